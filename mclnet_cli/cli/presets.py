@@ -1,0 +1,56 @@
+"""``mclnet presets list|show``."""
+
+from __future__ import annotations
+
+from typing import Annotated, List, Optional
+
+import typer
+
+from mclnet_cli.cli.output import console, guard, print_json
+
+app = typer.Typer(help="List and show the shipped configuration presets.", no_args_is_help=True)
+
+
+@app.command("list")
+@guard
+def list_(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List the presets shipped with mclnet."""
+    from mclnet_cli.config import list_presets, load_preset_dict, presets_dir
+
+    names = list_presets()
+    if json_out:
+        print_json({"presets_dir": str(presets_dir()), "presets": names})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"presets in {presets_dir()}")
+    for col in ("name", "arch", "size", "dataset", "protocol"):
+        table.add_column(col)
+    for name in names:
+        raw = load_preset_dict(name)
+        data, model, ev = raw.get("data", {}), raw.get("model", {}), raw.get("eval", {})
+        table.add_row(
+            name,
+            str(model.get("arch", "")),
+            f"{data.get('height', '')}x{data.get('width', '')}",
+            str(data.get("dataset", "")),
+            str(ev.get("protocol", "")),
+        )
+    console.print(table)
+
+
+@app.command("show")
+@guard
+def show(
+    name: Annotated[str, typer.Argument(help="Preset name or path to a YAML file.")],
+    set_: Annotated[Optional[List[str]], typer.Option("--set", help="Override a.b=value (repeatable).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+) -> None:
+    """Show a preset fully resolved (base merged, overrides applied, defaults filled)."""
+    from mclnet_cli.config import load_config
+
+    cfg = load_config(name, set_ or ())
+    if json_out:
+        print_json(cfg.to_dict())
+    else:
+        typer.echo(cfg.to_yaml(), nl=False)

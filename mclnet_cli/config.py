@@ -1,0 +1,399 @@
+"""Configuration schema, presets and ``--set`` overrides.
+
+This is the one place YAML is parsed. The schema is a tree of frozen
+dataclasses; a preset is a YAML file that fills part of it, optionally on top of
+one ``base:`` preset. Values are type-checked strictly, so YAML 1.1 surprises
+(``on`` read as ``True`` for a string option) are refused instead of silently
+changing behaviour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from mclnet_cli.errors import ConfigError
+
+PRESET_SUFFIX = ".yaml"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Input pipeline: image size, sampler and augmentation."""
+
+    dataset: str = "synthetic"  # sysu | regdb | llcm | synthetic (informational)
+    height: int = 288
+    width: int = 144
+    num_ids: int = 4  # P identities per batch
+    num_instances: int = 4  # K images per identity and modality
+    workers: int = 2
+    train_on_val: bool = True  # SYSU: train on train+val ids (standard practice)
+    trial: int = 1  # RegDB split 1..10
+    use_cache: bool = True  # use the prepared uint8 cache when present
+    pad: int = 10
+    grayscale_p: float = 0.5  # visible only
+    flip_p: float = 0.5
+    erasing_p: float = 0.5
+    channel_aug: bool = False  # CAJ channel exchange / random channel erasing
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Two-stream MCLNet network."""
+
+    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50
+    pretrained: str = "imagenet"  # imagenet | none | <path to a state dict>
+    specific_stages: int = 3  # stem, layer1, layer2 modality-specific (code: share_net=3)
+    last_stride: int = 1
+    pooling: str = "gem"  # gem | avg
+    gem_p: float = 3.0
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weight of each term of the objective; zero skips the term."""
+
+    id: float = 1.0
+    supcon: float = 5.0
+    hks: float = 5.0
+    mmd: float = 0.25
+    triplet: float = 0.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The weighted MCLNet objective."""
+
+    weights: LossWeights = field(default_factory=LossWeights)
+    supcon_temperature: float = 0.1
+    hks_temperature: float = 1.0
+    mmd_margin: float | None = None
+    label_smoothing: float = 0.0
+    triplet_margin: float = 0.3
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser, parameter groups and learning-rate schedule."""
+
+    name: str = "sgd"  # sgd | adam
+    lr: float = 0.01  # backbone, heads
+    head_lr: float = 0.1  # BNNeck + classifier
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 10
+    milestones: tuple[int, ...] = (20, 50)
+    gamma: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training loop."""
+
+    epochs: int = 151
+    steps_per_epoch: int | None = None  # None: as in the method (about max(#vis, #ir) / (P*K))
+    eval_every: int = 0  # evaluate on the validation split every N epochs; 0 = never
+    amp: bool = True  # mixed precision on CUDA only
+    channels_last: bool = True  # CUDA only
+    compile: bool = False
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation protocol."""
+
+    protocol: str = "sysu"  # sysu | regdb | llcm
+    mode: str = "all"  # sysu: all | indoor
+    shots: int = 1  # sysu: 1 | 10
+    trials: int = 10
+    direction: str = "both"  # regdb/llcm: visible_to_infrared | infrared_to_visible | both
+    batch_size: int = 64
+    flip: bool = False  # flip test-time augmentation
+    rerank: bool = False  # k-reciprocal re-ranking
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Gallery index defaults."""
+
+    kind: str = "flat"  # flat | ivf | hnsw | ivfpq
+    batch_size: int = 64
+    nlist: int = 1024
+    nprobe: int = 32
+    hnsw_m: int = 32
+    pq_m: int = 64
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole resolved configuration of a run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), safe for YAML and JSON."""
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.dataset": ("sysu", "regdb", "llcm", "synthetic"),
+    "model.arch": ("resnet18", "resnet34", "resnet50"),
+    "model.pooling": ("gem", "avg"),
+    "optim.name": ("sgd", "adam"),
+    "eval.protocol": ("sysu", "regdb", "llcm"),
+    "eval.mode": ("all", "indoor"),
+    "eval.direction": ("visible_to_infrared", "infrared_to_visible", "both"),
+    "index.kind": ("flat", "ivf", "hnsw", "ivfpq"),
+}
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+# ----------------------------------------------------------------------------
+# Presets
+
+
+def presets_dir() -> Path:
+    """Folder holding the shipped presets (inside the installed package)."""
+    return Path(str(resources.files("mclnet_cli") / "presets"))
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob(f"*{PRESET_SUFFIX}"))
+
+
+def _preset_path(preset: str | Path) -> Path:
+    text = str(preset)
+    candidate = Path(text)
+    if text.endswith((".yaml", ".yml")) or candidate.parent != Path("."):
+        if not candidate.is_file():
+            raise ConfigError(f"preset file not found: {candidate}")
+        return candidate
+    path = presets_dir() / f"{text}{PRESET_SUFFIX}"
+    if not path.is_file():
+        names = list_presets()
+        raise ConfigError(f"unknown preset {text!r}{_suggest(text, names)}; choose from: {', '.join(names)}")
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_preset_dict(preset: str | Path) -> dict[str, Any]:
+    """Raw preset as a nested dict, its ``base:`` merged in (one level only)."""
+    path = _preset_path(preset)
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: 'base' must be a preset name, got {base!r}")
+    if base.endswith((".yaml", ".yml")):
+        base_path = _preset_path(path.parent / base)
+    else:
+        base_path = _preset_path(base)
+    base_data = _read_yaml(base_path)
+    if "base" in base_data:
+        raise ConfigError(f"{path}: base preset {base!r} has a base of its own; only one 'base:' level is allowed")
+    return _deep_merge(base_data, data)
+
+
+def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _deep_merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# ----------------------------------------------------------------------------
+# Overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], typed value via ``yaml.safe_load``)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form key.path=value (e.g. optim.lr=0.02)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML") from exc
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    result = _deep_merge({}, data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = result
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        node[keys[-1]] = value
+    return result
+
+
+# ----------------------------------------------------------------------------
+# Building the typed config
+
+
+def _suggest(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    return str(tp)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is tuple:
+        (item,) = typing.get_args(tp)[:1]
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, bool):
+            raise ConfigError(
+                f"{where}: expected a string, got the boolean {value!r} "
+                "(YAML reads on/off/yes/no as booleans; quote the value)"
+            )
+        if isinstance(value, (int, float)):
+            return str(value)
+    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of options, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(
+                f"unknown config key {where!r}{_suggest(str(key), fields)}; "
+                f"valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(fields)}"
+            )
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{where}.")
+        else:
+            kwargs[key] = _coerce(value, tp, where)
+            allowed = CHOICES.get(where)
+            if allowed and kwargs[key] not in allowed:
+                raise ConfigError(
+                    f"{where}: {kwargs[key]!r} is not allowed{_suggest(kwargs[key], allowed)}; "
+                    f"choose from: {', '.join(allowed)}"
+                )
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    checks = [
+        (cfg.data.height > 0 and cfg.data.width > 0, "data.height and data.width must be positive"),
+        (cfg.data.num_ids >= 2, "data.num_ids must be at least 2 (contrastive losses need negatives)"),
+        (cfg.data.num_instances >= 1, "data.num_instances must be at least 1"),
+        (1 <= cfg.data.trial <= 10, "data.trial must be between 1 and 10"),
+        (1 <= cfg.model.specific_stages <= 4, "model.specific_stages must be between 1 and 4"),
+        (cfg.model.last_stride in (1, 2), "model.last_stride must be 1 or 2"),
+        (cfg.eval.shots in (1, 10), "eval.shots must be 1 or 10"),
+        (1 <= cfg.eval.trials <= 10, "eval.trials must be between 1 and 10"),
+        (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
+        (cfg.optim.lr > 0 and cfg.optim.head_lr > 0, "optim.lr and optim.head_lr must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Typed, validated :class:`Config` from a nested dict (missing keys take defaults)."""
+    cfg = _build(Config, data, "")
+    _validate(cfg)
+    return cfg
+
+
+def load_config(preset: str | Path = "base", overrides: Iterable[str] = ()) -> Config:
+    """Resolve a preset (name or path) plus ``a.b=value`` overrides into a :class:`Config`."""
+    return config_from_dict(apply_overrides(load_preset_dict(preset), overrides))

@@ -1,0 +1,161 @@
+"""Modalities, samples and the prepared-dataset format (a JSONL manifest + meta.json).
+
+A prepared dataset is a folder with ``manifest.jsonl`` (one sample a line) and
+``meta.json`` (dataset, root, counts, mclnet version). Only ``prepare`` reads raw
+dataset layouts; everything downstream reads a prepared dataset.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from mclnet_cli.errors import DataError
+
+MANIFEST = "manifest.jsonl"
+META = "meta.json"
+SPLITS = ("train", "val", "test")
+
+
+class Modality(str, enum.Enum):
+    """The two spectra. ``Modality.parse`` accepts the usual aliases."""
+
+    VISIBLE = "visible"
+    INFRARED = "infrared"
+
+    @classmethod
+    def parse(cls, value: "str | Modality") -> "Modality":
+        if isinstance(value, Modality):
+            return value
+        key = str(value).strip().lower()
+        for modality, aliases in _ALIASES.items():
+            if key in aliases:
+                return modality
+        raise DataError(
+            f"unknown modality {value!r}; expected visible (vis, rgb) or infrared (ir, nir, thermal)"
+        )
+
+    @property
+    def index(self) -> int:
+        """0 for visible, 1 for infrared (used in tensors)."""
+        return 0 if self is Modality.VISIBLE else 1
+
+    def other(self) -> "Modality":
+        return Modality.INFRARED if self is Modality.VISIBLE else Modality.VISIBLE
+
+    def __str__(self) -> str:  # plain value in f-strings and tables
+        return self.value
+
+
+_ALIASES = {
+    Modality.VISIBLE: {"visible", "vis", "rgb", "v"},
+    Modality.INFRARED: {"infrared", "ir", "nir", "thermal", "t"},
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a dataset: absolute path, person id, camera, modality, split."""
+
+    path: str
+    pid: int
+    cam: int
+    modality: Modality
+    split: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "pid": self.pid, "cam": self.cam, "modality": self.modality.value, "split": self.split}
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> "Sample":
+        return cls(str(row["path"]), int(row["pid"]), int(row["cam"]), Modality.parse(row["modality"]), str(row["split"]))
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset as loaded from disk."""
+
+    root: Path
+    samples: list[Sample]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("dataset", "unknown"))
+
+    def select(self, split: str, modality: Modality | None = None) -> list[Sample]:
+        return [s for s in self.samples if s.split == split and (modality is None or s.modality is modality)]
+
+
+def count_samples(samples: Iterable[Sample]) -> dict[str, dict[str, dict[str, int]]]:
+    """``{split: {modality: {"ids": n, "images": n}}}`` for the splits present."""
+    ids: dict[tuple[str, str], set[int]] = defaultdict(set)
+    images: dict[tuple[str, str], int] = defaultdict(int)
+    for s in samples:
+        key = (s.split, s.modality.value)
+        ids[key].add(s.pid)
+        images[key] += 1
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for split in sorted({k[0] for k in images}, key=lambda x: (SPLITS.index(x) if x in SPLITS else 99, x)):
+        counts[split] = {
+            m.value: {"ids": len(ids[(split, m.value)]), "images": images[(split, m.value)]} for m in Modality
+        }
+    return counts
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file via a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_prepared(out_dir: Path, samples: Sequence[Sample], meta: dict[str, Any]) -> Path:
+    """Write ``manifest.jsonl`` and ``meta.json`` (counts added) atomically; returns ``out_dir``."""
+    from mclnet_cli import __version__
+
+    out_dir = Path(out_dir)
+    manifest = "".join(json.dumps(s.to_json()) + "\n" for s in samples)
+    atomic_write_text(out_dir / MANIFEST, manifest)
+    full_meta = {"mclnet_version": __version__, **meta, "counts": count_samples(samples)}
+    atomic_write_text(out_dir / META, json.dumps(full_meta, indent=2) + "\n")
+    return out_dir
+
+
+def load_prepared(path: Path | str) -> PreparedDataset:
+    """Load a prepared dataset folder written by ``mclnet prepare``."""
+    root = Path(path)
+    manifest, meta_path = root / MANIFEST, root / META
+    if not root.is_dir():
+        raise DataError(f"prepared dataset not found: {root} (run 'mclnet prepare' first)")
+    if not manifest.is_file() or not meta_path.is_file():
+        raise DataError(f"{root} is not a prepared dataset: expected {MANIFEST} and {META} (run 'mclnet prepare')")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{meta_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    samples = []
+    with manifest.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                samples.append(Sample.from_json(json.loads(line)))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"{manifest}:{lineno}: malformed manifest line ({exc})") from exc
+    return PreparedDataset(root=root, samples=samples, meta=meta)

@@ -1,0 +1,113 @@
+"""Feature extraction: image files -> L2-normalised embeddings through one modality's stream.
+
+Shared by evaluation, indexing and querying, so all three see exactly the same
+decoding, resizing and normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mclnet_cli.data.images import load_rgb
+from mclnet_cli.data.records import Modality
+from mclnet_cli.data.transforms import test_transform
+from mclnet_cli.errors import DataError
+
+
+@dataclass
+class Extracted:
+    """Embeddings of the images that decoded, and the ones that did not."""
+
+    features: np.ndarray  # [N, D] float32, L2-normalised, the first requested feature
+    paths: list[str]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    by_name: dict[str, np.ndarray] = field(default_factory=dict)  # every requested feature
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, paths: Sequence[str], height: int, width: int, skip_bad: bool) -> None:
+        self.paths = list(paths)
+        self.transform = test_transform(height, width)
+        self.skip_bad = skip_bad
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        try:
+            return self.transform(load_rgb(path)), i, ""
+        except DataError as exc:
+            if not self.skip_bad:
+                raise
+            return None, i, str(exc)
+
+
+def _collate(items):
+    good = [(img, i) for img, i, _ in items if img is not None]
+    bad = [(i, reason) for img, i, reason in items if img is None]
+    images = torch.stack([img for img, _ in good]) if good else None
+    return images, [i for _, i in good], bad
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    paths: Sequence[str],
+    modality: Modality | str,
+    *,
+    height: int,
+    width: int,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+    feature: str | Sequence[str] = "bn",
+    flip: bool = False,
+    skip_bad: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> Extracted:
+    """Embed ``paths`` with the ``modality`` stream of ``model``.
+
+    ``feature`` is ``"bn"`` (BNNeck output, the method's retrieval feature), ``"pool"``
+    (pre-BN f4), or several of them (one forward per name). ``flip`` averages the
+    embeddings of the image and its mirror before re-normalising.
+    """
+    modality = Modality.parse(modality)
+    names = [feature] if isinstance(feature, str) else list(feature)
+    device = torch.device(device)
+    model.eval()
+    loader = DataLoader(
+        _ImageFiles(paths, height, width, skip_bad),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=device.type == "cuda",
+    )
+    chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    kept: list[int] = []
+    failed: list[tuple[str, str]] = []
+    for images, indices, bad in loader:
+        failed.extend((paths[i], reason) for i, reason in bad)
+        if images is not None:
+            images = images.to(device, non_blocking=True)
+            for name in names:
+                emb = model.embed(images, modality, feature=name)
+                if flip:
+                    emb = emb + model.embed(torch.flip(images, dims=[3]), modality, feature=name)
+                    emb = torch.nn.functional.normalize(emb, dim=1)
+                chunks[name].append(emb.float().cpu())
+            kept.extend(indices)
+        if on_progress is not None:
+            on_progress(len(indices) + len(bad))
+    dim = int(getattr(model, "feature_dim", 0))
+    by_name = {
+        name: (torch.cat(parts).numpy() if parts else np.zeros((0, dim), dtype=np.float32)).astype(np.float32)
+        for name, parts in chunks.items()
+    }
+    return Extracted(by_name[names[0]], [paths[i] for i in kept], failed, by_name)

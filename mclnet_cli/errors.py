@@ -1,0 +1,25 @@
+"""Errors raised by the core. The CLI renders them as one line and exits 1."""
+
+
+class MclnetError(Exception):
+    """Base class for every error a user can cause and fix."""
+
+
+class ConfigError(MclnetError):
+    """A preset, an override or a config value is wrong."""
+
+
+class DataError(MclnetError):
+    """A dataset tree, split file, image or prepared dataset is wrong."""
+
+
+class CheckpointError(MclnetError):
+    """A checkpoint is missing, unreadable or does not fit."""
+
+
+class IndexStoreError(MclnetError):
+    """A gallery index is missing, unreadable or does not fit its checkpoint."""
+
+
+class TrainingError(MclnetError):
+    """Training cannot go on (for example, a loss became NaN)."""
