@@ -72,3 +72,15 @@ def test_ci_runs_the_readme_test_command():
     test_command = blocks[1]
     assert "pytest" in test_command and "mclnet demo" in blocks[0]
     assert test_command in (ROOT / ".ci" / "run").read_text()
+
+
+def test_info_json_reports_real_versions():
+    import torch
+
+    result = runner.invoke(app, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["mclnet"] == __version__
+    assert data["torch"] == torch.__version__
+    assert data["faiss"] and data["torchvision"]
+    assert Path(data["presets_dir"], "tiny.yaml").is_file()

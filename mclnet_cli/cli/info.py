@@ -1,10 +1,28 @@
-"""``mclnet info``: not implemented yet (issue #7)."""
+"""``mclnet info``: the first thing to paste into a bug report."""
 
 from __future__ import annotations
 
-from mclnet_cli.cli.output import fail
+from typing import Annotated
+
+import typer
+
+from mclnet_cli.cli.output import console, guard, print_json
 
 
-def info() -> None:
-    """Versions, device and paths, for bug reports. (not implemented yet)"""
-    raise fail("'mclnet info' is not implemented yet (issue #7)")
+@guard
+def info(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Versions of mclnet, torch, torchvision and faiss; device and threads; where presets live."""
+    from mclnet_cli.info import environment_info
+
+    facts = environment_info()
+    if json_out:
+        print_json(facts)
+        return
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in facts.items():
+        table.add_row(key, "-" if value is None else str(value))
+    console.print(table)
