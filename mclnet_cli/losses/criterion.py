@@ -1,0 +1,109 @@
+"""The weighted MCLNet objective: named parts plus their weighted total."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from torch import Tensor
+
+from mclnet_cli.errors import ConfigError
+from mclnet_cli.losses.functional import hks_loss, id_loss, mmd_loss, supcon_loss, triplet_loss
+from mclnet_cli.model.net import SCALES, ModelOutput
+
+TERMS = ("id", "supcon", "hks", "mmd", "triplet")
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """``total``: the weighted sum to call backward on; ``parts``: unweighted, detached terms for logging."""
+
+    total: Tensor
+    parts: dict[str, Tensor]
+
+
+class Criterion:
+    """L = w_id L_id + w_mmd L_mmd + w_supcon sum_k L_sc(f_k) + w_hks L_hks (+ w_triplet L_tri).
+
+    Terms with weight 0 are neither computed nor reported. ``parts["supcon"]`` is
+    the unweighted sum over the four scales. MMD and triplet use pre-BN f4.
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[str, float],
+        supcon_temperature: float = 0.1,
+        hks_temperature: float = 1.0,
+        mmd_margin: float | None = None,
+        label_smoothing: float = 0.0,
+        triplet_margin: float = 0.3,
+    ) -> None:
+        unknown = sorted(set(weights) - set(TERMS))
+        if unknown:
+            raise ConfigError(f"loss.weights: unknown term(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(TERMS)}")
+        for name, value in weights.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"loss.weights.{name}: expected a finite number >= 0, got {value!r}")
+        if supcon_temperature <= 0 or hks_temperature <= 0:
+            raise ConfigError("loss.supcon_temperature and loss.hks_temperature must be positive")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.weights = {name: float(value) for name, value in weights.items() if value > 0}
+        if not self.weights:
+            raise ConfigError("loss.weights: every term has weight 0; nothing to train")
+        self.supcon_temperature = supcon_temperature
+        self.hks_temperature = hks_temperature
+        self.mmd_margin = mmd_margin
+        self.label_smoothing = label_smoothing
+        self.triplet_margin = triplet_margin
+
+    @classmethod
+    def from_config(cls, loss_cfg: Any) -> "Criterion":
+        """From a ``LossConfig`` (its ``weights`` dataclass or mapping and the term settings)."""
+        weights = loss_cfg.weights
+        weights = dataclasses.asdict(weights) if dataclasses.is_dataclass(weights) else dict(weights)
+        return cls(
+            weights,
+            supcon_temperature=loss_cfg.supcon_temperature,
+            hks_temperature=loss_cfg.hks_temperature,
+            mmd_margin=loss_cfg.mmd_margin,
+            label_smoothing=loss_cfg.label_smoothing,
+            triplet_margin=loss_cfg.triplet_margin,
+        )
+
+    def _term(self, name: str, output: ModelOutput, labels: Tensor, modalities: Tensor) -> Tensor:
+        f4 = output.features["layer4"]
+        if name == "id":
+            return id_loss(output.logits, labels, self.label_smoothing)
+        if name == "supcon":
+            terms = [supcon_loss(output.features[s], labels, self.supcon_temperature) for s in SCALES]
+            return sum(terms[1:], terms[0])
+        if name == "hks":
+            return hks_loss([output.features[s] for s in SCALES], self.hks_temperature)
+        if name == "mmd":
+            vis = modalities == 0
+            return mmd_loss(f4[vis], f4[~vis], labels[vis], labels[~vis], self.mmd_margin)
+        if name == "triplet":
+            return triplet_loss(f4, labels, modalities, self.triplet_margin)
+        raise AssertionError(name)  # unreachable: names validated in __init__
+
+    def __call__(self, output: ModelOutput, labels: Tensor, modalities: Tensor) -> LossOutput:
+        """``labels`` [B] and ``modalities`` [B] (0 visible, 1 infrared) row-aligned with ``output``."""
+        if labels.shape[0] != output.logits.shape[0] or modalities.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"criterion: {output.logits.shape[0]} rows of output, {labels.shape[0]} labels, "
+                f"{modalities.shape[0]} modalities"
+            )
+        parts: dict[str, Tensor] = {}
+        total: Tensor | None = None
+        for name in TERMS:
+            weight = self.weights.get(name, 0.0)
+            if weight == 0.0:
+                continue
+            value = self._term(name, output, labels, modalities)
+            parts[name] = value.detach()
+            total = weight * value if total is None else total + weight * value
+        assert total is not None
+        return LossOutput(total=total, parts=parts)

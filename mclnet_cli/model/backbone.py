@@ -1,0 +1,179 @@
+"""Two-stream split of a torchvision ResNet.
+
+Stage 0 is the stem (conv1, bn1, relu, maxpool), stages 1..4 are layer1..layer4.
+The first ``specific_stages`` stages exist once per modality (deep copies, so
+separate parameters); the rest are shared by both modalities. Pretrained weights
+are loaded into the single torchvision ResNet *before* it is split, so every
+modality copy starts from the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import urllib.error
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+from torchvision import models
+
+from mclnet_cli.data.records import Modality
+from mclnet_cli.errors import CheckpointError, ConfigError
+
+ARCHS: dict[str, tuple[Any, str]] = {
+    "resnet18": (models.resnet18, "ResNet18_Weights"),
+    "resnet34": (models.resnet34, "ResNet34_Weights"),
+    "resnet50": (models.resnet50, "ResNet50_Weights"),
+}
+NUM_STAGES = 5  # stem, layer1, layer2, layer3, layer4
+
+
+def _weights_enum(arch: str) -> Any:
+    return getattr(models, ARCHS[arch][1]).IMAGENET1K_V1
+
+
+def _imagenet_state_dict(arch: str) -> dict[str, Tensor]:
+    """ImageNet weights through torchvision's weights API (downloads once, then cached)."""
+    weights = _weights_enum(arch)
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise CheckpointError(
+            f"model.pretrained=imagenet: could not get {arch} ImageNet weights ({weights.url}): {reason}; "
+            "use model.pretrained=none or model.pretrained=<path to a local torchvision state dict>"
+        ) from exc
+
+
+def _unwrap_state_dict(obj: Any, path: Path) -> dict[str, Tensor]:
+    """Accept a bare state dict or one nested under ``state_dict``/``model``; drop ``module.``."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"model.pretrained={path}: not a state dict of tensors")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
+
+
+def _local_state_dict(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise CheckpointError(
+            f"model.pretrained={path}: file not found; expected imagenet, none or a path to a torchvision resnet state dict"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"model.pretrained={path}: cannot read as a torch state dict ({first})") from exc
+    return _unwrap_state_dict(obj, path)
+
+
+def _load_into(resnet: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Strictly load a torchvision-named state dict, ignoring the ImageNet ``fc`` classifier."""
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    own = {k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise CheckpointError(f"{source}: keys do not match a torchvision resnet: {'; '.join(detail)}")
+    for key, value in own.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"{source}: {key} has shape {tuple(state[key].shape)}, expected {tuple(value.shape)} "
+                "(wrong architecture? check model.arch)"
+            )
+    resnet.load_state_dict(state, strict=False)
+
+
+def build_resnet(arch: str, pretrained: str = "none", last_stride: int = 1) -> nn.Module:
+    """A torchvision ResNet with the requested weights and stride of its last stage.
+
+    ``pretrained`` is ``imagenet``, ``none`` or a path to a state dict with
+    torchvision key names. ``last_stride=1`` keeps layer4 at layer3's resolution
+    (18x9 for a 288x144 input), as person re-id models usually do.
+    """
+    if arch not in ARCHS:
+        raise ConfigError(f"model.arch: unknown {arch!r}; choose from: {', '.join(ARCHS)}")
+    if last_stride not in (1, 2):
+        raise ConfigError(f"model.last_stride must be 1 or 2, got {last_stride!r}")
+    resnet = ARCHS[arch][0](weights=None)
+    choice = str(pretrained).strip()
+    if choice.lower() == "imagenet":
+        _load_into(resnet, _imagenet_state_dict(arch), f"{arch} ImageNet weights")
+    elif choice.lower() not in ("none", ""):
+        path = Path(choice).expanduser()
+        _load_into(resnet, _local_state_dict(path), f"model.pretrained={path}")
+    if last_stride == 1:
+        _set_last_stride_one(resnet.layer4)
+    return resnet
+
+
+def _set_last_stride_one(layer4: nn.Module) -> None:
+    first = layer4[0]
+    for conv in (getattr(first, "conv1", None), getattr(first, "conv2", None)):
+        if conv is not None and conv.stride != (1, 1):
+            conv.stride = (1, 1)
+    if first.downsample is not None:
+        first.downsample[0].stride = (1, 1)
+
+
+def resnet_stages(resnet: nn.Module) -> list[nn.Module]:
+    """The five stages of a torchvision ResNet: stem, layer1..layer4."""
+    stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
+    return [stem, resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4]
+
+
+def stage_channels(resnet: nn.Module) -> tuple[int, int, int, int]:
+    """Output channels of layer1..layer4 (64..512 for resnet18/34, 256..2048 for resnet50)."""
+    out = []
+    for layer in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4):
+        last_block = layer[-1]
+        bn = last_block.bn3 if hasattr(last_block, "bn3") else last_block.bn2
+        out.append(bn.num_features)
+    return tuple(out)  # type: ignore[return-value]
+
+
+class TwoStreamBackbone(nn.Module):
+    """Modality-specific stages ``0..specific_stages-1``, then shared stages up to layer4."""
+
+    def __init__(self, resnet: nn.Module, specific_stages: int = 3) -> None:
+        super().__init__()
+        if not 1 <= specific_stages <= NUM_STAGES - 1:
+            raise ConfigError(f"model.specific_stages must be between 1 and 4, got {specific_stages!r}")
+        stages = resnet_stages(resnet)
+        self.specific_stages = specific_stages
+        self.channels = stage_channels(resnet)
+        self.specific = nn.ModuleDict(
+            {
+                m.value: nn.ModuleList(copy.deepcopy(s) for s in stages[:specific_stages])
+                for m in (Modality.VISIBLE, Modality.INFRARED)
+            }
+        )
+        self.shared = nn.ModuleList(stages[specific_stages:])
+
+    def forward_specific(self, images: Tensor, modality: Modality) -> list[Tensor]:
+        """Outputs of the modality's own stages, in order (stem first)."""
+        maps = []
+        x = images
+        for stage in self.specific[modality.value]:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+    def forward_shared(self, x: Tensor) -> list[Tensor]:
+        """Outputs of the shared stages, in order (layer4 last)."""
+        maps = []
+        for stage in self.shared:
+            x = stage(x)
+            maps.append(x)
+        return maps

@@ -1,0 +1,131 @@
+"""MCLNet: two-stream ResNet, multi-scale projection heads, pooling, BNNeck."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mclnet_cli.config import ModelConfig
+from mclnet_cli.data.records import Modality
+from mclnet_cli.errors import ConfigError
+from mclnet_cli.model.backbone import TwoStreamBackbone, build_resnet
+from mclnet_cli.model.heads import BNNeck, build_pooling, projection_head
+
+SCALES = ("layer1", "layer2", "layer3", "layer4")
+FEATURES = ("bn", "pool")
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """What one forward returns, in training and evaluation alike.
+
+    ``features``: pooled pre-BN features keyed by scale (``SCALES``), each [B, C];
+    ``layer4`` is f4. ``bn_feature``: BNNeck(f4) [B, C]. ``logits``: [B, num_classes].
+    Rows are visible images first, then infrared ones.
+    """
+
+    features: dict[str, Tensor]
+    bn_feature: Tensor
+    logits: Tensor
+
+
+def _stage_scale(stage: int) -> str | None:
+    """Scale name of a stage index (0 is the stem, which has none)."""
+    return SCALES[stage - 1] if stage >= 1 else None
+
+
+class MCLNet(nn.Module):
+    """Two-stream network with deep supervision on four scales.
+
+    Stages ``0..specific_stages-1`` (stem, layer1, ...) are per modality, the rest
+    shared. Projection heads bring layer1..layer3 to layer4's channel count; a
+    head is per modality exactly when its stage is.
+    """
+
+    def __init__(self, backbone: TwoStreamBackbone, num_classes: int, pooling: str = "gem", gem_p: float = 3.0) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be at least 1, got {num_classes!r}")
+        self.backbone = backbone
+        self.num_classes = num_classes
+        channels = dict(zip(SCALES, backbone.channels))
+        self.feature_dim: int = channels["layer4"]
+        k = backbone.specific_stages
+        self.specific_heads = nn.ModuleDict(
+            {
+                m.value: nn.ModuleDict(
+                    {
+                        _stage_scale(s): projection_head(channels[_stage_scale(s)], self.feature_dim)
+                        for s in range(1, k)
+                    }
+                )
+                for m in (Modality.VISIBLE, Modality.INFRARED)
+            }
+        )
+        self.shared_heads = nn.ModuleDict(
+            {_stage_scale(s): projection_head(channels[_stage_scale(s)], self.feature_dim) for s in range(k, 4)}
+        )
+        self.pool = build_pooling(pooling, gem_p)
+        self.neck = BNNeck(self.feature_dim, num_classes)
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(self, visible: Tensor | None = None, infrared: Tensor | None = None) -> ModelOutput:
+        """Both modalities through their own stages, then concatenated (visible first) for the shared ones."""
+        inputs = [(m, x) for m, x in ((Modality.VISIBLE, visible), (Modality.INFRARED, infrared)) if x is not None]
+        if not inputs:
+            raise ValueError("MCLNet.forward needs visible and/or infrared images")
+        k = self.backbone.specific_stages
+        specific_feats: dict[str, list[Tensor]] = {}
+        last_maps = []
+        for modality, images in inputs:
+            maps = self.backbone.forward_specific(images, modality)
+            heads = self.specific_heads[modality.value]
+            for stage in range(1, k):
+                scale = _stage_scale(stage)
+                specific_feats.setdefault(scale, []).append(self.pool(heads[scale](maps[stage])))
+            last_maps.append(maps[-1])
+        x = last_maps[0] if len(last_maps) == 1 else torch.cat(last_maps, dim=0)
+        features = {scale: torch.cat(parts, dim=0) for scale, parts in specific_feats.items()}
+        for offset, fmap in enumerate(self.backbone.forward_shared(x)):
+            scale = _stage_scale(k + offset)
+            features[scale] = self.pool(self.shared_heads[scale](fmap) if scale != "layer4" else fmap)
+        bn_feature, logits = self.neck(features["layer4"])
+        return ModelOutput(features={s: features[s] for s in SCALES}, bn_feature=bn_feature, logits=logits)
+
+    def embed(self, images: Tensor, modality: Modality | str, feature: str = "bn") -> Tensor:
+        """L2-normalised retrieval feature [B, C] of one modality's images.
+
+        ``feature="bn"``: BNNeck(f4) (the default inference feature); ``"pool"``:
+        pre-BN f4. Skips the projection heads, which only serve training.
+        """
+        if feature not in FEATURES:
+            raise ConfigError(f"feature: unknown {feature!r}; choose from: {', '.join(FEATURES)}")
+        modality = Modality.parse(modality)
+        x = self.backbone.forward_specific(images, modality)[-1]
+        x = self.backbone.forward_shared(x)[-1]
+        f4 = self.pool(x)
+        out = self.neck.bn(f4) if feature == "bn" else f4
+        return F.normalize(out.float(), dim=1)
+
+    # ------------------------------------------------------- parameter groups
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        """Trainable BNNeck + classifier parameters (the high-lr group)."""
+        return (p for p in self.neck.parameters() if p.requires_grad)
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        """Every other trainable parameter: backbone stages and projection heads."""
+        head_ids = {id(p) for p in self.neck.parameters()}
+        return (p for p in self.parameters() if p.requires_grad and id(p) not in head_ids)
+
+
+def build_model(model_cfg: ModelConfig, num_classes: int) -> MCLNet:
+    """MCLNet from the ``model`` config section and the number of training identities."""
+    resnet = build_resnet(model_cfg.arch, model_cfg.pretrained, model_cfg.last_stride)
+    backbone = TwoStreamBackbone(resnet, model_cfg.specific_stages)
+    return MCLNet(backbone, num_classes, pooling=model_cfg.pooling, gem_p=model_cfg.gem_p)

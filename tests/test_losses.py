@@ -1,0 +1,302 @@
+"""Losses against loop / closed-form references, invariants, and the Criterion contract."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mclnet_cli.config import LossConfig, LossWeights
+from mclnet_cli.errors import ConfigError
+from mclnet_cli.losses import (
+    Criterion,
+    gaussian_mmd,
+    hks_loss,
+    id_loss,
+    kl_divergence,
+    mmd_loss,
+    supcon_loss,
+    triplet_loss,
+)
+from mclnet_cli.model import SCALES, ModelOutput
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- references
+
+
+def supcon_reference(features: torch.Tensor, labels: list[int], tau: float) -> float:
+    """Per-anchor loop over the formula in MCLNET.md, in float64."""
+    z = [[v / math.sqrt(sum(u * u for u in f)) for v in f] for f in features.double().tolist()]
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    n = len(z)
+    per_anchor = []
+    for i in range(n):
+        pos = [p for p in range(n) if p != i and labels[p] == labels[i]]
+        if not pos:
+            continue
+        denom = sum(math.exp(dot(z[i], z[a]) / tau) for a in range(n) if a != i)
+        terms = [math.log(math.exp(dot(z[i], z[p]) / tau) / denom) for p in pos]
+        per_anchor.append(-sum(terms) / len(pos))
+    return tau * sum(per_anchor) / len(per_anchor)
+
+
+def kl_reference(p_logits: list[float], q_logits: list[float], t: float) -> float:
+    """KL(softmax(p/t) || softmax(q/t)) written out."""
+    def softmax(v: list[float]) -> list[float]:
+        m = max(v)
+        e = [math.exp((x - m) / t) for x in v]
+        s = sum(e)
+        return [x / s for x in e]
+
+    p, q = softmax(p_logits), softmax(q_logits)
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+
+def mmd_reference(x: list[list[float]], y: list[list[float]], mul: float = 2.0, num: int = 5) -> float:
+    """Multi-kernel Gaussian MMD with explicit loops."""
+    pts = x + y
+    n_total = len(pts)
+    d = [[sum((a - b) ** 2 for a, b in zip(p, q)) for q in pts] for p in pts]
+    bandwidth = sum(map(sum, d)) / (n_total * n_total - n_total) / mul ** (num // 2)
+    k = [[sum(math.exp(-d[i][j] / (bandwidth * mul**q)) for q in range(num)) for j in range(n_total)] for i in range(n_total)]
+    n = len(x)
+
+    def block_mean(rows: range, cols: range) -> float:
+        return sum(k[i][j] for i in rows for j in cols) / (len(rows) * len(cols))
+
+    xs, ys = range(0, n), range(n, n_total)
+    return block_mean(xs, xs) + block_mean(ys, ys) - block_mean(xs, ys) - block_mean(ys, xs)
+
+
+# --------------------------------------------------------------------------- SupCon
+
+
+def test_supcon_matches_per_anchor_loop() -> None:
+    feats = torch.randn(10, 6, generator=_gen(1))
+    labels = [0, 0, 1, 1, 1, 2, 2, 3, 4, 4]  # id 3 has no positive: left out of the mean
+    for tau in (0.1, 0.5):
+        got = supcon_loss(feats, torch.tensor(labels), temperature=tau).item()
+        assert got == pytest.approx(supcon_reference(feats, labels, tau), rel=1e-5)
+
+
+def test_supcon_invariant_to_permutation_and_scale() -> None:
+    feats = torch.randn(12, 8, generator=_gen(2))
+    labels = torch.tensor([0, 1, 2, 3] * 3)
+    base = supcon_loss(feats, labels)
+    perm = torch.randperm(12, generator=_gen(3))
+    assert supcon_loss(feats[perm], labels[perm]).item() == pytest.approx(base.item(), rel=1e-5)
+    scale = torch.rand(12, 1, generator=_gen(4)) * 10 + 0.1  # per-row positive scale
+    assert supcon_loss(feats * scale, labels).item() == pytest.approx(base.item(), rel=1e-5)
+
+
+def test_supcon_prefers_clustered_features() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    centres = torch.eye(3) * 5
+    clustered = centres[labels] + 0.01 * torch.randn(6, 3, generator=_gen(5))
+    shuffled = centres[torch.tensor([0, 1, 2, 0, 1, 2])]
+    assert supcon_loss(clustered, labels) < supcon_loss(shuffled, labels)
+
+
+def test_supcon_without_positives_is_zero_and_differentiable() -> None:
+    feats = torch.randn(4, 5, requires_grad=True)
+    loss = supcon_loss(feats, torch.tensor([0, 1, 2, 3]))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.isfinite(feats.grad).all()
+
+
+# --------------------------------------------------------------------------- KL / HKS
+
+
+def test_kl_of_identical_inputs_is_zero_and_matches_formula() -> None:
+    a = torch.randn(5, 7, generator=_gen(6))
+    assert kl_divergence(a, a.clone()).item() == pytest.approx(0.0, abs=1e-6)
+    b = torch.randn(5, 7, generator=_gen(7))
+    for t in (1.0, 2.0):
+        ref = sum(kl_reference(p, q, t) for p, q in zip(a.tolist(), b.tolist())) / 5
+        assert kl_divergence(a, b, t).item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_hks_matches_loop_over_ordered_pairs() -> None:
+    feats = [torch.randn(4, 6, generator=_gen(10 + k)) for k in range(4)]
+    for t in (1.0, 3.0):
+        ref = 0.0
+        for i in range(4):
+            for j in range(4):
+                if i != j:  # KL(teacher f_j || student f_i), batch mean
+                    ref += sum(kl_reference(p, q, t) for p, q in zip(feats[j].tolist(), feats[i].tolist())) / 4
+        assert hks_loss(feats, t).item() == pytest.approx(ref, rel=1e-5)
+    same = torch.randn(3, 6)
+    assert hks_loss([same, same, same, same]).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_hks_stops_gradient_through_teacher() -> None:
+    student = torch.randn(3, 5, requires_grad=True)
+    teacher = torch.randn(3, 5, requires_grad=True)
+    kl_divergence(teacher, student).backward()
+    assert teacher.grad is None or torch.all(teacher.grad == 0)
+    assert student.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- MMD
+
+
+def test_gaussian_mmd_matches_loop_reference() -> None:
+    x = torch.randn(3, 4, generator=_gen(20))
+    y = torch.randn(5, 4, generator=_gen(21)) + 0.5
+    assert gaussian_mmd(x, y).item() == pytest.approx(mmd_reference(x.tolist(), y.tolist()), rel=1e-5)
+
+
+def test_mmd_of_identical_sets_is_zero_and_grows_with_shift() -> None:
+    x = torch.randn(4, 8, generator=_gen(22))
+    labels = torch.tensor([0, 0, 1, 1])
+    assert mmd_loss(x, x.clone(), labels, labels).item() == pytest.approx(0.0, abs=1e-6)
+    values = [mmd_loss(x, x + shift, labels, labels).item() for shift in (0.1, 0.5, 2.0)]
+    assert values[0] > 1e-6
+    assert values[0] < values[1] < values[2]
+
+
+def test_mmd_loss_is_mean_over_shared_identities_with_margin() -> None:
+    vis = torch.randn(6, 4, generator=_gen(23))
+    ir = torch.randn(5, 4, generator=_gen(24))
+    vl = torch.tensor([0, 0, 1, 1, 2, 2])  # id 2 visible only
+    il = torch.tensor([0, 0, 1, 1, 3])  # id 3 infrared only
+    d0 = mmd_reference(vis[:2].tolist(), ir[:2].tolist())
+    d1 = mmd_reference(vis[2:4].tolist(), ir[2:4].tolist())
+    assert mmd_loss(vis, ir, vl, il).item() == pytest.approx((d0 + d1) / 2, rel=1e-5)
+    m = (d0 + d1) / 2  # between the two, so one identity is clipped to 0
+    expected = (max(0.0, d0 - m) + max(0.0, d1 - m)) / 2
+    assert mmd_loss(vis, ir, vl, il, margin=m).item() == pytest.approx(expected, rel=1e-5)
+    assert mmd_loss(vis, ir, torch.tensor([5] * 6), il).item() == 0.0
+
+
+# --------------------------------------------------------------------------- ID / triplet
+
+
+def test_id_loss_matches_closed_form() -> None:
+    logits = torch.randn(4, 3, generator=_gen(30))
+    labels = torch.tensor([0, 2, 1, 2])
+    ref = sum(-math.log(math.exp(row[y]) / sum(math.exp(v) for v in row)) for row, y in zip(logits.tolist(), labels.tolist())) / 4
+    assert id_loss(logits, labels).item() == pytest.approx(ref, rel=1e-5)
+    eps = 0.2
+    ref_smooth = 0.0
+    for row, y in zip(logits.tolist(), labels.tolist()):
+        logz = math.log(sum(math.exp(v) for v in row))
+        target = [eps / 3 + (1 - eps) * (k == y) for k in range(3)]
+        ref_smooth += -sum(t * (v - logz) for t, v in zip(target, row))
+    assert id_loss(logits, labels, label_smoothing=eps).item() == pytest.approx(ref_smooth / 4, rel=1e-5)
+
+
+def test_triplet_uses_cross_modality_hardest_pairs() -> None:
+    feats = torch.randn(8, 5, generator=_gen(31))
+    labels = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    mods = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    d = torch.cdist(feats.double(), feats.double())
+    per_anchor = []
+    for i in range(8):
+        other = [j for j in range(8) if mods[j] != mods[i]]
+        ap = max(d[i, j].item() for j in other if labels[j] == labels[i])
+        an = min(d[i, j].item() for j in other if labels[j] != labels[i])
+        per_anchor.append(max(0.0, ap - an + 0.3))
+    assert triplet_loss(feats, labels, mods, margin=0.3).item() == pytest.approx(sum(per_anchor) / 8, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- gradients
+
+
+def test_every_term_has_finite_gradients() -> None:
+    labels = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    mods = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    feats = [torch.randn(8, 6, generator=_gen(40 + k)).requires_grad_(True) for k in range(4)]
+    logits = torch.randn(8, 2, generator=_gen(45)).requires_grad_(True)
+    terms = {
+        "id": lambda: id_loss(logits, labels),
+        "supcon": lambda: supcon_loss(feats[0], labels),
+        "hks": lambda: hks_loss(feats),
+        "mmd": lambda: mmd_loss(feats[3][:4], feats[3][4:], labels[:4], labels[4:]),
+        "mmd_margin": lambda: mmd_loss(feats[3][:4], feats[3][4:], labels[:4], labels[4:], margin=0.01),
+        "triplet": lambda: triplet_loss(feats[3], labels, mods),
+    }
+    for name, fn in terms.items():
+        for t in feats + [logits]:
+            t.grad = None
+        loss = fn()
+        assert torch.isfinite(loss), name
+        loss.backward()
+        grads = [t.grad for t in feats + [logits] if t.grad is not None]
+        assert grads, name
+        assert all(torch.isfinite(g).all() for g in grads), name
+        assert any(g.abs().sum() > 0 for g in grads), name
+
+
+# --------------------------------------------------------------------------- Criterion
+
+
+def _fake_output(batch: int = 8, dim: int = 6, classes: int = 2, seed: int = 50) -> ModelOutput:
+    g = _gen(seed)
+    feats = {s: torch.randn(batch, dim, generator=g).requires_grad_(True) for s in SCALES}
+    bn = torch.randn(batch, dim, generator=g)
+    logits = torch.randn(batch, classes, generator=g).requires_grad_(True)
+    return ModelOutput(features=feats, bn_feature=bn, logits=logits)
+
+
+LABELS = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+MODS = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def test_criterion_total_is_weighted_sum_of_parts() -> None:
+    out = _fake_output()
+    weights = {"id": 1.0, "supcon": 5.0, "hks": 5.0, "mmd": 0.25, "triplet": 0.5}
+    crit = Criterion(weights, mmd_margin=None)
+    result = crit(out, LABELS, MODS)
+    assert set(result.parts) == set(weights)
+    assert all(not p.requires_grad for p in result.parts.values())
+    f = out.features
+    expected = {
+        "id": id_loss(out.logits, LABELS),
+        "supcon": sum(supcon_loss(f[s], LABELS) for s in SCALES),
+        "hks": hks_loss([f[s] for s in SCALES]),
+        "mmd": mmd_loss(f["layer4"][:4], f["layer4"][4:], LABELS[:4], LABELS[4:]),
+        "triplet": triplet_loss(f["layer4"], LABELS, MODS),
+    }
+    for name, value in expected.items():
+        assert result.parts[name].item() == pytest.approx(value.item(), rel=1e-5), name
+    total = sum(weights[k] * expected[k].item() for k in weights)
+    assert result.total.item() == pytest.approx(total, rel=1e-5)
+    result.total.backward()
+    assert all(t.grad is not None for t in out.features.values())
+
+
+def test_criterion_skips_zero_weights() -> None:
+    out = _fake_output()
+    result = Criterion({"id": 1.0, "supcon": 0.0, "hks": 0.0, "mmd": 0.0})(out, LABELS, MODS)
+    assert set(result.parts) == {"id"}
+    assert result.total.item() == pytest.approx(id_loss(out.logits, LABELS).item(), rel=1e-6)
+    result.total.backward()
+    assert all(t.grad is None for t in out.features.values())  # nothing computed on them
+
+
+def test_criterion_rejects_unknown_and_bad_weights() -> None:
+    with pytest.raises(ConfigError, match="allowed: id, supcon, hks, mmd, triplet"):
+        Criterion({"id": 1.0, "center": 1.0})
+    with pytest.raises(ConfigError, match="loss.weights.mmd"):
+        Criterion({"id": 1.0, "mmd": -1.0})
+    with pytest.raises(ConfigError):
+        Criterion({"id": 0.0})
+
+
+def test_criterion_from_config() -> None:
+    cfg = LossConfig(weights=LossWeights(id=1.0, supcon=2.0, hks=0.0, mmd=0.5, triplet=0.0), mmd_margin=0.1)
+    crit = Criterion.from_config(cfg)
+    assert crit.weights == {"id": 1.0, "supcon": 2.0, "mmd": 0.5}
+    assert crit.mmd_margin == 0.1
+    out = _fake_output()
+    assert set(crit(out, LABELS, MODS).parts) == {"id", "supcon", "mmd"}
+    default = Criterion.from_config(LossConfig())
+    assert default.weights == {"id": 1.0, "supcon": 5.0, "hks": 5.0, "mmd": 0.25}
