@@ -74,7 +74,7 @@ def extract_features(
     """Embed ``paths`` with the ``modality`` stream of ``model``.
 
     ``feature`` is ``"bn"`` (BNNeck output, the method's retrieval feature), ``"pool"``
-    (pre-BN f4), or several of them (one forward per name). ``flip`` averages the
+    (pre-BN f4), or several of them (all from one forward pass). ``flip`` averages the
     embeddings of the image and its mirror before re-normalising.
     """
     modality = Modality.parse(modality)
@@ -96,12 +96,12 @@ def extract_features(
         failed.extend((paths[i], reason) for i, reason in bad)
         if images is not None:
             images = images.to(device, non_blocking=True)
+            embs = model.embed_all(images, modality)
+            if flip:
+                mirrored = model.embed_all(torch.flip(images, dims=[3]), modality)
+                embs = {k: torch.nn.functional.normalize(v + mirrored[k], dim=1) for k, v in embs.items()}
             for name in names:
-                emb = model.embed(images, modality, feature=name)
-                if flip:
-                    emb = emb + model.embed(torch.flip(images, dims=[3]), modality, feature=name)
-                    emb = torch.nn.functional.normalize(emb, dim=1)
-                chunks[name].append(emb.float().cpu())
+                chunks[name].append(embs[name].float().cpu())
             kept.extend(indices)
         if on_progress is not None:
             on_progress(len(indices) + len(bad))

@@ -105,12 +105,15 @@ class MCLNet(nn.Module):
         """
         if feature not in FEATURES:
             raise ConfigError(f"feature: unknown {feature!r}; choose from: {', '.join(FEATURES)}")
+        return self.embed_all(images, modality)[feature]
+
+    def embed_all(self, images: Tensor, modality: Modality | str) -> dict[str, Tensor]:
+        """Both retrieval features (``bn`` and ``pool``) from one forward pass, L2-normalised."""
         modality = Modality.parse(modality)
         x = self.backbone.forward_specific(images, modality)[-1]
         x = self.backbone.forward_shared(x)[-1]
         f4 = self.pool(x)
-        out = self.neck.bn(f4) if feature == "bn" else f4
-        return F.normalize(out.float(), dim=1)
+        return {"bn": F.normalize(self.neck.bn(f4).float(), dim=1), "pool": F.normalize(f4.float(), dim=1)}
 
     # ------------------------------------------------------- parameter groups
 
