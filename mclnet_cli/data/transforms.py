@@ -1,8 +1,21 @@
-"""Image transforms: test-time resize + normalise (training augmentation: see issue #3)."""
+"""Image transforms: training augmentation per modality, channel augmentation, test-time resize.
+
+Training (the method): resize, pad ``data.pad``, random crop back to size,
+horizontal flip, random grayscale (visible only), to tensor, optional channel
+augmentation (CAJ), ImageNet normalisation, random erasing. All randomness comes
+from torch's global generator, which the loader seeds per image.
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
+from PIL import Image
 from torchvision import transforms as T
+
+from mclnet_cli.config import DataConfig
+from mclnet_cli.data.records import Modality
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -17,3 +30,72 @@ def test_transform(height: int, width: int) -> T.Compose:
             T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
+
+
+class ChannelExchange:
+    """CAJ channel exchange on a [3, H, W] tensor: with probability ``p``, either
+    replicate one random channel to all three or permute the channels at random."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if torch.rand(1).item() >= self.p:
+            return image
+        if torch.rand(1).item() < 0.5:
+            channel = int(torch.randint(0, image.shape[0], (1,)).item())
+            return image[channel : channel + 1].expand_as(image).clone()
+        return image[torch.randperm(image.shape[0])]
+
+    def __repr__(self) -> str:
+        return f"ChannelExchange(p={self.p})"
+
+
+class ChannelRandomErasing:
+    """CAJ random channel erasing: with probability ``p``, fill a random rectangle
+    (area 2-40%, aspect 0.3-3.3) of each channel with an independent random value."""
+
+    def __init__(self, p: float = 0.5, area: tuple[float, float] = (0.02, 0.4), ratio: tuple[float, float] = (0.3, 3.3)) -> None:
+        self.p = p
+        self.area = area
+        self.ratio = ratio
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if torch.rand(1).item() >= self.p:
+            return image
+        channels, height, width = image.shape
+        for _ in range(10):
+            target = height * width * float(torch.empty(1).uniform_(*self.area))
+            aspect = float(torch.empty(1).uniform_(self.ratio[0], self.ratio[1]))
+            h, w = int(round((target * aspect) ** 0.5)), int(round((target / aspect) ** 0.5))
+            if 0 < h < height and 0 < w < width:
+                top = int(torch.randint(0, height - h + 1, (1,)))
+                left = int(torch.randint(0, width - w + 1, (1,)))
+                out = image.clone()
+                out[:, top : top + h, left : left + w] = torch.rand(channels, 1, 1)
+                return out
+        return image
+
+    def __repr__(self) -> str:
+        return f"ChannelRandomErasing(p={self.p})"
+
+
+def train_transform(data_cfg: DataConfig, modality: Modality | str) -> Callable[[Image.Image], torch.Tensor]:
+    """The training augmentation of one modality: a PIL RGB image -> normalised [3, H, W] tensor."""
+    modality = Modality.parse(modality)
+    size = (data_cfg.height, data_cfg.width)
+    steps: list[Callable] = [T.Resize(size, interpolation=T.InterpolationMode.BILINEAR, antialias=True)]
+    if data_cfg.pad > 0:
+        steps.append(T.Pad(data_cfg.pad))
+    steps += [T.RandomCrop(size), T.RandomHorizontalFlip(data_cfg.flip_p)]
+    if modality is Modality.VISIBLE and data_cfg.grayscale_p > 0:
+        steps.append(T.RandomGrayscale(data_cfg.grayscale_p))
+    steps.append(T.ToTensor())
+    if data_cfg.channel_aug:
+        if modality is Modality.VISIBLE:
+            steps.append(ChannelExchange(0.5))
+        steps.append(ChannelRandomErasing(0.5))
+    steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    if data_cfg.erasing_p > 0:
+        steps.append(T.RandomErasing(p=data_cfg.erasing_p, value=0))
+    return T.Compose(steps)

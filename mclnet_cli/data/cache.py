@@ -1,0 +1,129 @@
+"""Optional uint8 cache of the training images, pre-resized, stored as a ``.npy`` memmap.
+
+Training then reads rows of a memory-mapped array instead of decoding JPEGs every
+epoch, without loading the whole set into RAM. A JSON index maps each image path
+to its row. The memmap is opened lazily in each process (DataLoader workers
+included) and never pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from mclnet_cli.data.images import load_rgb
+from mclnet_cli.data.records import Sample, atomic_write_text
+from mclnet_cli.errors import DataError
+
+CACHE_DIR = "cache"
+DEFAULT_CACHE_SIZE = (288, 144)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"288x144"`` -> (288, 144) as (height, width)."""
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise DataError(f"image size {text!r} is not of the form HEIGHTxWIDTH (e.g. 288x144)")
+    return int(parts[0]), int(parts[1])
+
+
+def cache_paths(root: Path | str, height: int, width: int) -> tuple[Path, Path]:
+    """(array file, JSON index) of the cache for one image size."""
+    folder = Path(root) / CACHE_DIR
+    stem = f"train_uint8_{height}x{width}"
+    return folder / f"{stem}.npy", folder / f"{stem}.json"
+
+
+def resized_array(path: str, height: int, width: int) -> np.ndarray:
+    """Decode to RGB and resize to (height, width): uint8 [H, W, 3]."""
+    image = load_rgb(path)
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def build_cache(
+    root: Path | str,
+    samples: Sequence[Sample],
+    height: int,
+    width: int,
+    *,
+    workers: int = 4,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Write the cache of ``samples`` under ``root/cache`` atomically; returns a summary."""
+    array_path, index_path = cache_paths(root, height, width)
+    array_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = array_path.with_name(f".{array_path.name}.tmp")
+    paths = [s.path for s in samples]
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), height, width, 3))
+    try:
+
+        def fill(row: int) -> None:
+            array[row] = resized_array(paths[row], height, width)
+
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for _ in pool.map(fill, range(len(paths))):
+                if on_progress is not None:
+                    on_progress(1)
+        array.flush()
+        del array
+        os.replace(tmp, array_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    index = {"height": height, "width": width, "count": len(paths), "array": array_path.name, "paths": paths}
+    atomic_write_text(index_path, json.dumps(index) + "\n")
+    return {"path": str(array_path), "height": height, "width": width, "images": len(paths), "bytes": array_path.stat().st_size}
+
+
+class ImageCache:
+    """Read-only access to a cache; the memmap opens on first use in each process."""
+
+    def __init__(self, array_path: Path, rows: dict[str, int], height: int, width: int) -> None:
+        self.array_path = Path(array_path)
+        self.rows = rows
+        self.height = height
+        self.width = width
+        self._array: np.ndarray | None = None
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.rows
+
+    def array(self, path: str) -> np.ndarray:
+        """uint8 [H, W, 3] of one cached image."""
+        if self._array is None:
+            self._array = np.load(self.array_path, mmap_mode="r")
+        return np.array(self._array[self.rows[path]])
+
+    def image(self, path: str) -> Image.Image:
+        return Image.fromarray(self.array(path), mode="RGB")
+
+    def __getstate__(self) -> dict[str, Any]:  # never pickle the mapped array into workers
+        state = dict(self.__dict__)
+        state["_array"] = None
+        return state
+
+
+def open_cache(root: Path | str, height: int, width: int, samples: Sequence[Sample]) -> ImageCache | None:
+    """The cache for this size if it exists and holds every sample; otherwise None."""
+    array_path, index_path = cache_paths(root, height, width)
+    if not array_path.is_file() or not index_path.is_file():
+        return None
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        paths = list(index["paths"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DataError(f"{index_path}: malformed cache index ({exc}); delete the cache folder or re-run prepare --cache") from exc
+    rows = {p: i for i, p in enumerate(paths)}
+    if any(s.path not in rows for s in samples):
+        return None
+    if (index.get("height"), index.get("width")) != (height, width):
+        return None
+    return ImageCache(array_path, rows, height, width)

@@ -1,0 +1,167 @@
+"""Training data: samples of the training split, the paired dataset and the DataLoader.
+
+A batch is P identities x K visible + K infrared images; row ``i`` of the
+visible and infrared tensors share ``labels[i]``. Augmentation randomness is
+seeded per image from the sampler's plan, so a (seed, epoch) gives the same
+batches with any number of workers.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from mclnet_cli.config import DataConfig
+from mclnet_cli.data.cache import ImageCache, open_cache
+from mclnet_cli.data.images import load_rgb
+from mclnet_cli.data.records import Modality, PreparedDataset, Sample
+from mclnet_cli.data.sampler import CrossModalityBatchSampler, Key
+from mclnet_cli.data.transforms import train_transform
+from mclnet_cli.errors import DataError
+
+
+@dataclass
+class TrainBatch:
+    """visible / infrared: float [P*K, 3, H, W]; labels: long [P*K], the same for both."""
+
+    visible: torch.Tensor
+    infrared: torch.Tensor
+    labels: torch.Tensor
+
+
+def training_samples(prepared: PreparedDataset, data_cfg: DataConfig) -> list[Sample]:
+    """Split "train", plus "val" when ``data.train_on_val`` (SYSU practice: 395 classes)."""
+    trial = prepared.meta.get("trial")
+    if trial is not None and int(trial) != data_cfg.trial:
+        raise DataError(
+            f"{prepared.root} was prepared for RegDB trial {trial} but data.trial is {data_cfg.trial}; "
+            f"pass --set data.trial={trial} or prepare trial {data_cfg.trial}"
+        )
+    splits = {"train", "val"} if data_cfg.train_on_val else {"train"}
+    samples = [s for s in prepared.samples if s.split in splits]
+    if not samples:
+        raise DataError(f"{prepared.root}: no training samples (split 'train'{' or val' if data_cfg.train_on_val else ''})")
+    return samples
+
+
+def make_label_map(samples: Sequence[Sample]) -> dict[int, int]:
+    """pid -> contiguous label 0..N-1 in sorted pid order."""
+    return {pid: label for label, pid in enumerate(sorted({s.pid for s in samples}))}
+
+
+class PairDataset(Dataset):
+    """Maps a sampler :data:`Key` to (visible image, infrared image, label), augmented."""
+
+    def __init__(
+        self,
+        visible: Sequence[Sample],
+        infrared: Sequence[Sample],
+        transforms: dict[Modality, Callable[[Image.Image], torch.Tensor]],
+        cache: ImageCache | None = None,
+    ) -> None:
+        self.visible = [s.path for s in visible]
+        self.infrared = [s.path for s in infrared]
+        self.transforms = transforms
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.visible) + len(self.infrared)
+
+    def load(self, path: str) -> Image.Image:
+        if self.cache is not None and path in self.cache:
+            return self.cache.image(path)
+        return load_rgb(path)
+
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, torch.Tensor, int]:
+        v_index, i_index, label, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            visible = self.transforms[Modality.VISIBLE](self.load(self.visible[v_index]))
+            infrared = self.transforms[Modality.INFRARED](self.load(self.infrared[i_index]))
+        return visible, infrared, label
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed ``random`` and numpy in a worker from torch's per-worker seed (deterministic)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+class TrainLoader:
+    """Iterable of :class:`TrainBatch`; ``len()`` is the steps per epoch of this rank."""
+
+    def __init__(self, dataset: PairDataset, sampler: CrossModalityBatchSampler, label_map: dict[int, int], *, workers: int, seed: int, cached: bool) -> None:
+        self.dataset = dataset
+        self.sampler = sampler
+        self.label_map = label_map
+        self.num_classes = len(label_map)
+        self.cached = cached
+        generator = torch.Generator()
+        generator.manual_seed(seed)
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            worker_init_fn=seed_worker,
+            generator=generator,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[TrainBatch]:
+        for visible, infrared, labels in self.loader:
+            yield TrainBatch(visible=visible, infrared=infrared, labels=labels.long())
+
+
+def build_train_loader(
+    prepared: PreparedDataset,
+    data_cfg: DataConfig,
+    *,
+    seed: int,
+    steps_per_epoch: int | None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> TrainLoader:
+    """The training loader of a prepared dataset (uses its uint8 cache when present and matching)."""
+    samples = training_samples(prepared, data_cfg)
+    label_map = make_label_map(samples)
+    visible = [s for s in samples if s.modality is Modality.VISIBLE]
+    infrared = [s for s in samples if s.modality is Modality.INFRARED]
+    sampler = CrossModalityBatchSampler(
+        [label_map[s.pid] for s in visible],
+        [label_map[s.pid] for s in infrared],
+        num_ids=data_cfg.num_ids,
+        num_instances=data_cfg.num_instances,
+        seed=seed,
+        steps_per_epoch=steps_per_epoch,
+        rank=rank,
+        world_size=world_size,
+    )
+    cache = open_cache(prepared.root, data_cfg.height, data_cfg.width, samples) if data_cfg.use_cache else None
+    transforms = {m: train_transform(data_cfg, m) for m in Modality}
+    dataset = PairDataset(visible, infrared, transforms, cache)
+    return TrainLoader(dataset, sampler, label_map, workers=data_cfg.workers, seed=seed, cached=cache is not None)
+
+
+def describe(loader: TrainLoader) -> dict[str, Any]:
+    """A small summary for logs: classes, images per modality, steps, cache use."""
+    return {
+        "num_classes": loader.num_classes,
+        "visible": len(loader.dataset.visible),
+        "infrared": len(loader.dataset.infrared),
+        "steps_per_epoch": len(loader),
+        "cached": loader.cached,
+    }

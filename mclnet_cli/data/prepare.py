@@ -1,0 +1,180 @@
+"""Prepare a dataset: read its published layout, check every image, write manifest + meta.
+
+The CLI is a thin layer over :func:`prepare_dataset`; progress is reported
+through a ``progress(description, total)`` context-manager factory (the CLI
+passes its rich progress bar), so this module never prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, Sequence
+
+from PIL import Image
+
+from mclnet_cli.data.cache import build_cache
+from mclnet_cli.data.records import Modality, Sample, count_samples, write_prepared
+from mclnet_cli.data.sources import READERS
+from mclnet_cli.errors import DataError
+
+ProgressFactory = Callable[[str, int], ContextManager[Callable[[int], None]]]
+TRAINING_SPLITS = ("train", "val")
+SHOW_BAD = 3
+
+
+@contextlib.contextmanager
+def no_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """The default progress factory: does nothing."""
+    yield lambda n=1: None
+
+
+def default_workers() -> int:
+    """Threads for header checks: I/O-bound, so a few more than the cores."""
+    return min(16, (os.cpu_count() or 1) * 4)
+
+
+def check_image(path: str) -> str | None:
+    """None when ``path`` opens as an image (header + PIL ``verify``), else the reason."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except FileNotFoundError:
+        return "file not found"
+    except Exception as exc:  # PIL raises many types for corrupt files
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return None
+
+
+def check_images(
+    paths: Sequence[str], *, workers: int | None = None, on_progress: Callable[[int], None] | None = None
+) -> list[tuple[str, str]]:
+    """(path, reason) for each image that does not open, in input order; checks run in a thread pool."""
+    bad: list[tuple[str, str]] = []
+    chunk = 64
+    with ThreadPoolExecutor(max_workers=workers or default_workers()) as pool:
+        for start in range(0, len(paths), chunk):
+            part = paths[start : start + chunk]
+            for path, reason in zip(part, pool.map(check_image, part)):
+                if reason is not None:
+                    bad.append((path, reason))
+            if on_progress is not None:
+                on_progress(len(part))
+    return bad
+
+
+def single_modality_ids(samples: Sequence[Sample]) -> list[int]:
+    """Training ids (train/val splits) with images in only one modality."""
+    seen: dict[int, set[Modality]] = defaultdict(set)
+    for s in samples:
+        if s.split in TRAINING_SPLITS:
+            seen[s.pid].add(s.modality)
+    return sorted(pid for pid, modalities in seen.items() if len(modalities) < 2)
+
+
+@dataclass
+class PrepareReport:
+    """What ``prepare`` found and wrote."""
+
+    dataset: str
+    root: str
+    out: str
+    counts: dict[str, dict[str, dict[str, int]]]
+    skipped: list[str] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    single_modality_ids: list[int] = field(default_factory=list)
+    trial: int | None = None
+    cache: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "dataset": self.dataset,
+            "root": self.root,
+            "out": self.out,
+            "counts": self.counts,
+            "skipped": self.skipped,
+            "bad": [{"path": p, "reason": r} for p, r in self.bad],
+            "single_modality_ids": self.single_modality_ids,
+            "cache": self.cache,
+        }
+        if self.trial is not None:
+            payload["trial"] = self.trial
+        return payload
+
+
+def describe_bad(bad: Sequence[tuple[str, str]]) -> str:
+    shown = "; ".join(f"{p} ({r})" for p, r in bad[:SHOW_BAD])
+    more = f"; and {len(bad) - SHOW_BAD} more" if len(bad) > SHOW_BAD else ""
+    return f"{len(bad)} image(s) do not decode: {shown}{more} (fix them, or pass --skip-bad to drop them)"
+
+
+def read_source(dataset: str, root: Path | str, *, trial: int | None = None) -> list[Sample]:
+    """Samples of a raw dataset tree via its reader."""
+    reader = READERS.get(dataset)
+    if reader is None:
+        raise DataError(f"unknown dataset {dataset!r}; choose from: {', '.join(READERS)}")
+    if not Path(root).exists():
+        raise DataError(f"dataset root not found: {root}")
+    if dataset == "regdb":
+        return reader(root, trial=trial or 1)
+    return reader(root)
+
+
+def prepare_dataset(
+    dataset: str,
+    root: Path | str,
+    out: Path | str,
+    *,
+    trial: int | None = None,
+    skip_bad: bool = False,
+    cache_size: tuple[int, int] | None = None,
+    workers: int | None = None,
+    progress: ProgressFactory = no_progress,
+    label: str | None = None,
+) -> PrepareReport:
+    """Read ``root`` in the layout of ``dataset``, verify images, write the prepared dataset to ``out``.
+
+    ``label`` overrides the dataset name written to meta.json (the synthetic set
+    is read with the SYSU reader but recorded as "synthetic"). ``cache_size``
+    (height, width) also writes the uint8 training-image cache.
+    """
+    samples = read_source(dataset, root, trial=trial)
+    paths = [s.path for s in samples]
+    with progress("checking images", len(paths)) as advance:
+        bad = check_images(paths, workers=workers, on_progress=advance)
+    if bad and not skip_bad:
+        raise DataError(describe_bad(bad))
+    bad_paths = {p for p, _ in bad}
+    kept = [s for s in samples if s.path not in bad_paths]
+    if not kept:
+        raise DataError(f"{root}: no usable images left after dropping {len(bad)} bad one(s)")
+    name = label or dataset
+    out_dir = Path(out).resolve()
+    meta: dict[str, Any] = {"dataset": name, "root": str(Path(root).resolve()), "reader": dataset}
+    if dataset == "regdb":
+        meta["trial"] = trial or 1
+    if bad:
+        meta["skipped"] = sorted(bad_paths)
+    cache_info = None
+    if cache_size is not None:
+        train = [s for s in kept if s.split in TRAINING_SPLITS]
+        height, width = cache_size
+        with progress(f"caching {height}x{width}", len(train)) as advance:
+            cache_info = build_cache(out_dir, train, height, width, workers=workers or default_workers(), on_progress=advance)
+        meta["cache"] = {"height": height, "width": width, "images": len(train)}
+    write_prepared(out_dir, kept, meta)
+    return PrepareReport(
+        dataset=name,
+        root=meta["root"],
+        out=str(out_dir),
+        counts=count_samples(kept),
+        skipped=sorted(bad_paths),
+        bad=list(bad),
+        single_modality_ids=single_modality_ids(kept),
+        trial=meta.get("trial"),
+        cache=cache_info,
+    )

@@ -1,0 +1,169 @@
+"""``mclnet prepare`` through the CLI: JSON shape, written files, clear errors, --skip-bad, --cache."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from mclnet_cli.cli.app import app
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_sources import SIXTEEN_BIT, make_llcm, make_regdb, make_sysu  # noqa: E402
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, ["--quiet", *map(str, args)])
+
+
+def assert_clean_failure(result, *needles: str) -> str:
+    """Exit code 1, one error line naming what is wrong, no traceback."""
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert result.stdout == ""
+    return lines[0]
+
+
+def test_sysu_json_and_files(tmp_path: Path) -> None:
+    root = make_sysu(tmp_path / "SYSU-MM01")
+    out = tmp_path / "prepared"
+    result = invoke("prepare", "sysu", root, "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["dataset"] == "sysu" and payload["out"] == str(out.resolve()) and payload["skipped"] == []
+    assert payload["counts"]["train"]["visible"] == {"ids": 3, "images": 8}  # pid 1: 2+1+1+1, pid 2: 1, pid 3: 2
+    assert payload["counts"]["train"]["infrared"] == {"ids": 3, "images": 5}
+    assert payload["counts"]["val"] == {"visible": {"ids": 1, "images": 1}, "infrared": {"ids": 1, "images": 1}}
+    assert payload["counts"]["test"] == {"visible": {"ids": 2, "images": 5}, "infrared": {"ids": 2, "images": 4}}
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dataset"] == "sysu" and meta["root"] == str(root.resolve()) and "mclnet_version" in meta
+    assert meta["counts"] == payload["counts"]
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 + 5 + 2 + 9 and {r["pid"] for r in rows} == {1, 2, 3, 4, 5, 6}
+
+
+def test_sysu_table_output(tmp_path: Path) -> None:
+    root = make_sysu(tmp_path / "SYSU-MM01")
+    result = invoke("prepare", "sysu", root, "--out", tmp_path / "p")
+    assert result.exit_code == 0, result.output
+    assert "train" in result.stdout and "infrared" in result.stdout and "wrote" in result.stdout
+    assert not result.stdout.lstrip().startswith("{")
+
+
+def test_training_id_in_one_modality_is_a_warning(tmp_path: Path) -> None:
+    tree = {1: {1: 1, 3: 1}, 2: {1: 2}, 3: {1: 1, 6: 1}, 5: {1: 1, 3: 1}}
+    root = make_sysu(tmp_path / "SYSU", tree=tree, splits={"train": [1, 2], "val": [3], "test": [5]})
+    result = invoke("prepare", "sysu", root, "--out", tmp_path / "p", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["single_modality_ids"] == [2]
+    human = invoke("prepare", "sysu", root, "--out", tmp_path / "p")
+    assert "1 training id(s) have images in only one modality" in human.stderr
+
+
+def test_corrupt_image_fails_then_skip_bad(tmp_path: Path) -> None:
+    root = make_sysu(tmp_path / "SYSU")
+    bad = root / "cam1" / "0005" / "0001.jpg"
+    bad.write_bytes(b"this is not a jpeg at all")
+    out = tmp_path / "p"
+    line = assert_clean_failure(invoke("prepare", "sysu", root, "--out", out), str(bad), "--skip-bad", "1 image(s) do not decode")
+    assert not (out / "manifest.jsonl").exists(), line
+    result = invoke("prepare", "sysu", root, "--out", out, "--skip-bad", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["skipped"] == [str(bad)]
+    assert payload["counts"]["test"]["visible"]["images"] == 4
+    assert str(bad) not in (out / "manifest.jsonl").read_text()
+    assert json.loads((out / "meta.json").read_text())["skipped"] == [str(bad)]
+
+
+def test_many_corrupt_images_listed_briefly(tmp_path: Path) -> None:
+    root = make_sysu(tmp_path / "SYSU")
+    for path in sorted((root / "cam1").rglob("*.jpg")):
+        path.write_bytes(b"")
+    assert_clean_failure(invoke("prepare", "sysu", root, "--out", tmp_path / "p"), "do not decode", "more")
+
+
+def test_missing_split_file(tmp_path: Path) -> None:
+    root = make_sysu(tmp_path / "SYSU")
+    (root / "exp" / "test_id.txt").unlink()
+    assert_clean_failure(invoke("prepare", "sysu", root, "--out", tmp_path / "p"), "missing file", "test_id.txt")
+
+
+def test_missing_root_and_folder(tmp_path: Path) -> None:
+    assert_clean_failure(invoke("prepare", "sysu", tmp_path / "nope", "--out", tmp_path / "p"), "not found", "nope")
+    root = make_llcm(tmp_path / "LLCM")
+    for child in (root / "test_vis").rglob("*"):
+        if child.is_file():
+            child.unlink()
+    (root / "test_vis" / "cam1" / "0010").rmdir()
+    (root / "test_vis" / "cam2" / "0010").rmdir()
+    (root / "test_vis" / "cam9" / "0011").rmdir()
+    for cam in ("cam1", "cam2", "cam9"):
+        (root / "test_vis" / cam).rmdir()
+    (root / "test_vis").rmdir()
+    assert_clean_failure(invoke("prepare", "llcm", root, "--out", tmp_path / "p"), "missing folder", "test_vis")
+
+
+def test_malformed_split_line(tmp_path: Path) -> None:
+    root = make_sysu(tmp_path / "SYSU")
+    (root / "exp" / "val_id.txt").write_text("4,\n")
+    assert_clean_failure(invoke("prepare", "sysu", root, "--out", tmp_path / "p"), "val_id.txt", "trailing")
+
+
+def test_root_path_containing_cam(tmp_path: Path) -> None:
+    root = make_sysu(tmp_path / "my_cam3_backup" / "cam1")
+    result = invoke("prepare", "sysu", root, "--out", tmp_path / "cam2_out", "--json")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "cam2_out" / "manifest.jsonl").read_text().splitlines()]
+    assert {(r["pid"], r["cam"]) for r in rows if r["pid"] == 6} == {(6, 4), (6, 5), (6, 6)}
+    llcm = make_llcm(tmp_path / "cam7" / "LLCM")
+    result = invoke("prepare", "llcm", llcm, "--out", tmp_path / "llcm_out", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["counts"]["test"]["infrared"] == {"ids": 2, "images": 3}
+
+
+def test_regdb_trial_recorded(tmp_path: Path) -> None:
+    root = make_regdb(tmp_path / "RegDB")
+    result = invoke("prepare", "regdb", root, "--out", tmp_path / "p", "--trial", "3", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["trial"] == 3 and payload["dataset"] == "regdb"
+    assert json.loads((tmp_path / "p" / "meta.json").read_text())["trial"] == 3
+    assert payload["counts"]["train"]["infrared"] == {"ids": 3, "images": 6}
+    bad = invoke("prepare", "regdb", root, "--out", tmp_path / "p", "--trial", "12")
+    assert bad.exit_code != 0 and "Traceback" not in bad.output
+
+
+def test_cache_rows_match_resized_images(tmp_path: Path) -> None:
+    from mclnet_cli.data.cache import open_cache, resized_array
+    from mclnet_cli.data.records import load_prepared
+
+    root = make_sysu(tmp_path / "SYSU")
+    out = tmp_path / "p"
+    result = invoke("prepare", "sysu", root, "--out", out, "--cache", "--cache-size", "12x6", "--json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["cache"]["images"] == 15 and payload["cache"]["height"] == 12  # train + val images
+    prepared = load_prepared(out)
+    train = [s for s in prepared.samples if s.split in ("train", "val")]
+    cache = open_cache(out, 12, 6, train)
+    assert cache is not None and open_cache(out, 24, 12, train) is None
+    array = np.load(out / "cache" / "train_uint8_12x6.npy", mmap_mode="r")
+    assert array.shape == (15, 12, 6, 3) and array.dtype == np.uint8
+    pid, cam, index = SIXTEEN_BIT
+    sixteen = str(root / f"cam{cam}" / f"{pid:04d}" / f"{index:04d}.png")
+    for sample in train:
+        assert np.array_equal(cache.array(sample.path), resized_array(sample.path, 12, 6))
+    reference = np.asarray(Image.open(sixteen), dtype=np.float64)
+    assert cache.array(sixteen).std() > 0 and reference.max() > 255  # 16-bit content scaled into uint8
+    assert_clean_failure(invoke("prepare", "sysu", root, "--out", out, "--cache", "--cache-size", "12by6"), "12by6", "HEIGHTxWIDTH")

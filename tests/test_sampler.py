@@ -1,0 +1,166 @@
+"""The P x K cross-modality sampler and the training loader built on it."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from mclnet_cli.config import load_config
+from mclnet_cli.data.records import Modality, Sample, load_prepared, write_prepared
+from mclnet_cli.data.sampler import CrossModalityBatchSampler, default_steps
+from mclnet_cli.errors import DataError
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+# label -> number of visible / infrared images; label 5 is visible only, label 6 infrared only.
+VISIBLE = [0] * 6 + [1] * 2 + [2] * 5 + [3] * 1 + [4] * 4 + [5] * 3
+INFRARED = [0] * 3 + [1] * 4 + [2] * 2 + [3] * 6 + [4] * 1 + [6] * 2
+
+
+def make(seed: int = 0, **kwargs) -> CrossModalityBatchSampler:
+    options = {"num_ids": 3, "num_instances": 2, "seed": seed, **kwargs}
+    return CrossModalityBatchSampler(VISIBLE, INFRARED, **options)
+
+
+def test_batch_composition() -> None:
+    sampler = make()
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == max(len(VISIBLE), len(INFRARED)) // 6
+    for batch in batches:
+        assert len(batch) == 6
+        labels = [label for _, _, label, _ in batch]
+        assert Counter(labels) == Counter({label: 2 for label in set(labels)}) and len(set(labels)) == 3
+        assert labels == sorted(labels, key=labels.index)  # identity-major: the K rows of an id are adjacent
+        for v, i, label, _ in batch:
+            assert VISIBLE[v] == label and INFRARED[i] == label
+            assert label not in (5, 6)  # only ids with both modalities
+
+
+def test_replacement_only_when_needed() -> None:
+    sampler = make(num_instances=3, steps_per_epoch=40)
+    for batch in sampler.plan(0):
+        for label in {b[2] for b in batch}:
+            vis = [b[0] for b in batch if b[2] == label]
+            if VISIBLE.count(label) >= 3:
+                assert len(set(vis)) == 3  # enough images: all distinct
+    # label 3 has one visible image: it is repeated
+    rows = [b for batch in sampler.plan(0) for b in batch if b[2] == 3]
+    assert rows and len({b[0] for b in rows}) == 1
+
+
+def test_every_identity_visited_before_repeats() -> None:
+    sampler = make(steps_per_epoch=4)  # 4 steps x 3 ids = 12 >= 2 rounds of the 5 eligible ids
+    seen = [b[2] for batch in sampler.plan(0)[:1] for b in batch[::2]]
+    seen += [b[2] for batch in sampler.plan(0)[1:2] for b in batch[::2]][:2]
+    assert len(set(seen)) == 5
+
+
+def test_determinism_and_epochs() -> None:
+    a, b = make(seed=1), make(seed=1)
+    assert a.plan(3) == b.plan(3)
+    a.set_epoch(3)
+    assert list(a) == b.plan(3)
+    assert a.plan(3) != a.plan(4)
+    assert make(seed=2).plan(3) != a.plan(3)
+
+
+def test_steps_override_and_default() -> None:
+    assert default_steps(100, 40, 4, 4) == 6
+    assert default_steps(3, 2, 4, 4) == 1
+    assert len(make(steps_per_epoch=7)) == 7
+
+
+def test_ddp_shards_are_disjoint_and_equal() -> None:
+    single = make(seed=5, steps_per_epoch=6).plan(2)
+    shards = []
+    for rank in range(2):
+        sampler = make(seed=5, steps_per_epoch=6, rank=rank, world_size=2)
+        sampler.set_epoch(2)
+        shards.append(list(sampler))
+        assert len(sampler) == 3
+    assert shards[0] == single[0::2] and shards[1] == single[1::2]
+    uneven = [make(steps_per_epoch=5, rank=r, world_size=2) for r in range(2)]
+    assert len(uneven[0]) == len(uneven[1]) == 3 == len(list(uneven[1]))
+
+
+def test_too_few_identities() -> None:
+    with pytest.raises(DataError, match="at least 6 identities"):
+        make(num_ids=6)
+    with pytest.raises(DataError, match="rank"):
+        make(rank=2, world_size=2)
+
+
+# ---------------------------------------------------------------------------- loader
+
+
+def tiny_prepared(tmp_path: Path):
+    from test_sources import write_image
+
+    samples = []
+    for pid in (3, 7, 8, 12, 20):
+        for k in range(3):
+            for modality, cam, mode in ((Modality.VISIBLE, 1, "RGB"), (Modality.INFRARED, 3, "L")):
+                path = write_image(tmp_path / "raw" / f"{pid}_{cam}_{k}.png", mode=mode, size=(20, 40), value=pid * 10 + k + cam)
+                samples.append(Sample(str(path), pid, cam, modality, "val" if pid == 20 else "train"))
+    samples.append(Sample(samples[0].path, 30, 1, Modality.VISIBLE, "test"))
+    write_prepared(tmp_path / "prepared", samples, {"dataset": "sysu"})
+    return load_prepared(tmp_path / "prepared")
+
+
+@pytest.fixture()
+def data_cfg():
+    return dataclasses.replace(load_config("tiny").data, height=16, width=8, pad=2, num_ids=2, num_instances=2, workers=0)
+
+
+def test_loader_batches_labels_and_determinism(tmp_path: Path, data_cfg) -> None:
+    from mclnet_cli.data.loader import build_train_loader, training_samples
+
+    prepared = tiny_prepared(tmp_path)
+    assert {s.pid for s in training_samples(prepared, data_cfg)} == {3, 7, 8, 12, 20}
+    only_train = dataclasses.replace(data_cfg, train_on_val=False)
+    assert 20 not in {s.pid for s in training_samples(prepared, only_train)}
+    loader = build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=3)
+    assert loader.label_map == {3: 0, 7: 1, 8: 2, 12: 3, 20: 4} and loader.num_classes == 5 and len(loader) == 3
+    first = list(loader)
+    assert len(first) == 3
+    for batch in first:
+        assert batch.visible.shape == batch.infrared.shape == (4, 3, 16, 8)
+        assert batch.labels.dtype == torch.long and batch.labels.shape == (4,)
+        assert batch.labels[0] == batch.labels[1] and batch.labels[2] == batch.labels[3] and batch.labels[0] != batch.labels[2]
+    again = list(build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=3))
+    for x, y in zip(first, again):
+        assert torch.equal(x.visible, y.visible) and torch.equal(x.infrared, y.infrared) and torch.equal(x.labels, y.labels)
+    loader.set_epoch(1)
+    second = list(loader)
+    assert any(not torch.equal(x.visible, y.visible) for x, y in zip(first, second))
+
+
+def test_loader_regdb_trial_mismatch(tmp_path: Path, data_cfg) -> None:
+    from mclnet_cli.data.loader import build_train_loader
+
+    prepared = tiny_prepared(tmp_path)
+    prepared.meta["trial"] = 4
+    with pytest.raises(DataError, match="trial 4 but data.trial is 1"):
+        build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=1)
+
+
+def test_loader_uses_matching_cache(tmp_path: Path, data_cfg) -> None:
+    from mclnet_cli.data.cache import build_cache
+    from mclnet_cli.data.loader import build_train_loader, training_samples
+
+    prepared = tiny_prepared(tmp_path)
+    assert not build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=1).cached
+    build_cache(prepared.root, training_samples(prepared, data_cfg), 16, 8, workers=1)
+    cached = build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=2)
+    assert cached.cached
+    assert not build_train_loader(prepared, dataclasses.replace(data_cfg, use_cache=False), seed=0, steps_per_epoch=1).cached
+    assert not build_train_loader(prepared, dataclasses.replace(data_cfg, height=32, width=16), seed=0, steps_per_epoch=1).cached
+    for path in cached.dataset.visible:  # a cached row is the image as decoded and resized
+        Path(path).unlink()
+    batches = list(cached)
+    assert len(batches) == 2 and batches[0].visible.shape == (4, 3, 16, 8)

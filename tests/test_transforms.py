@@ -1,0 +1,123 @@
+"""Training and test transforms: shapes, per-modality grayscale, pad+crop, flips, channel augmentation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mclnet_cli.config import DataConfig
+from mclnet_cli.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ChannelExchange,
+    ChannelRandomErasing,
+    test_transform as make_test_transform,
+    train_transform,
+)
+
+PLAIN = DataConfig(height=16, width=8, pad=0, grayscale_p=0.0, flip_p=0.0, erasing_p=0.0, channel_aug=False)
+
+
+def colour_image(height: int = 16, width: int = 8, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8), mode="RGB")
+
+
+def unnormalise(tensor: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return tensor * std + mean
+
+
+def test_shapes_from_any_size() -> None:
+    cfg = DataConfig(height=32, width=16, pad=4)
+    for modality in ("visible", "infrared"):
+        out = train_transform(cfg, modality)(colour_image(50, 23))
+        assert out.shape == (3, 32, 16) and out.dtype == torch.float32
+    assert make_test_transform(32, 16)(colour_image(50, 23)).shape == (3, 32, 16)
+
+
+def test_plain_training_transform_is_normalised_pixels() -> None:
+    image = colour_image()
+    out = unnormalise(train_transform(PLAIN, "visible")(image))
+    expected = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+    assert torch.allclose(out, expected, atol=1e-5)
+
+
+def test_grayscale_only_on_visible() -> None:
+    cfg = dataclasses.replace(PLAIN, grayscale_p=1.0)
+    image = colour_image()
+    visible = unnormalise(train_transform(cfg, "visible")(image))
+    infrared = unnormalise(train_transform(cfg, "infrared")(image))
+    assert torch.allclose(visible[0], visible[1], atol=1e-5) and torch.allclose(visible[1], visible[2], atol=1e-5)
+    assert (infrared[0] - infrared[2]).abs().max() > 0.1  # colour kept
+    assert "Grayscale" not in repr(train_transform(dataclasses.replace(PLAIN, grayscale_p=0.5), "infrared"))
+
+
+def test_pad_crop_is_a_shift_and_flip_mirrors() -> None:
+    cfg = dataclasses.replace(PLAIN, pad=3)
+    image = colour_image()
+    pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255
+    padded = np.pad(pixels, ((0, 0), (3, 3), (3, 3)))
+    crops = [padded[:, y : y + 16, x : x + 8] for y in range(7) for x in range(7)]
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        out = unnormalise(train_transform(cfg, "infrared")(image)).numpy()
+        matches = [k for k, crop in enumerate(crops) if np.allclose(out, crop, atol=1e-5)]
+        assert matches, "output is not a crop of the padded image"
+        seen.add(matches[0])
+    assert len(seen) > 1  # the crop position is random
+    flipped = unnormalise(train_transform(dataclasses.replace(PLAIN, flip_p=1.0), "visible")(image))
+    assert torch.allclose(flipped, torch.from_numpy(pixels[:, :, ::-1].copy()), atol=1e-5)
+
+
+def test_random_erasing_zeroes_a_rectangle() -> None:
+    cfg = dataclasses.replace(PLAIN, height=32, width=16, erasing_p=1.0)
+    torch.manual_seed(1)
+    out = train_transform(cfg, "visible")(colour_image(32, 16))
+    zero = (out == 0).all(dim=0)
+    assert zero.any()
+    rows, cols = torch.nonzero(zero, as_tuple=True)
+    assert zero[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all()
+
+
+def test_channel_exchange_replicates_or_permutes() -> None:
+    image = torch.rand(3, 8, 4)
+    torch.manual_seed(0)
+    kinds = set()
+    for _ in range(30):
+        out = ChannelExchange(p=1.0)(image)
+        channels = [out[c] for c in range(3)]
+        if all(torch.equal(channels[0], c) for c in channels):
+            assert any(torch.equal(channels[0], image[c]) for c in range(3))
+            kinds.add("replicate")
+        else:
+            assert sorted(tuple(c.flatten().tolist()) for c in channels) == sorted(tuple(image[c].flatten().tolist()) for c in range(3))
+            kinds.add("permute")
+    assert kinds == {"replicate", "permute"}
+    assert torch.equal(ChannelExchange(p=0.0)(image), image)
+
+
+def test_channel_erasing_fills_one_rectangle_per_channel_with_constants() -> None:
+    image = torch.rand(3, 32, 16)
+    torch.manual_seed(3)
+    out = ChannelRandomErasing(p=1.0)(image)
+    changed = (out != image).any(dim=0)
+    assert changed.any()
+    rows, cols = torch.nonzero(changed, as_tuple=True)
+    box = out[:, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    for c in range(3):
+        assert torch.all(box[c] == box[c, 0, 0])
+
+
+@pytest.mark.parametrize("modality", ["visible", "infrared"])
+def test_channel_aug_option(modality: str) -> None:
+    on = repr(train_transform(dataclasses.replace(PLAIN, channel_aug=True), modality))
+    off = repr(train_transform(PLAIN, modality))
+    assert "ChannelRandomErasing" in on and "ChannelRandomErasing" not in off
+    assert ("ChannelExchange" in on) == (modality == "visible")
