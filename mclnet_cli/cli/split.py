@@ -1,10 +1,107 @@
-"""``mclnet split``: not implemented yet (issue #4)."""
+"""``mclnet split``: show which test images are the queries and which form the gallery of one trial."""
 
 from __future__ import annotations
 
-from mclnet_cli.cli.output import fail
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from mclnet_cli.cli.output import console, guard, print_json
+
+PROTOCOL_HELP = "sysu, regdb or llcm (default: the prepared dataset's own, else sysu)."
 
 
-def split() -> None:
-    """Show the query and gallery images of one protocol trial. (not implemented yet)"""
-    raise fail("'mclnet split' is not implemented yet (issue #4)")
+def split(
+    prepared: Annotated[Path, typer.Argument(help="Prepared dataset folder (from 'mclnet prepare').")],
+    protocol: Annotated[Optional[str], typer.Option("--protocol", help=PROTOCOL_HELP)] = None,
+    mode: Annotated[str, typer.Option("--mode", help="sysu: all or indoor.")] = "all",
+    shots: Annotated[int, typer.Option("--shots", help="Gallery images per (pid, camera): 1 or 10.")] = 1,
+    trial: Annotated[int, typer.Option("--trial", help="Trial number (0-based draw seed; regdb has trial 0 only).")] = 0,
+    direction: Annotated[
+        str, typer.Option("--direction", help="regdb/llcm: infrared_to_visible or visible_to_infrared.")
+    ] = "infrared_to_visible",
+    draws: Annotated[str, typer.Option("--draws", help="sysu gallery draws: agw (default) or official.")] = "agw",
+    perm_file: Annotated[
+        Optional[Path], typer.Option("--perm-file", help="rand_perm_cam.mat for --draws official (default: <root>/exp/).")
+    ] = None,
+    show: Annotated[int, typer.Option("--show", help="Gallery rows to list in the table (0: none).")] = 20,
+    json_output: Annotated[bool, typer.Option("--json", help="Print queries and gallery as one JSON document.")] = False,
+) -> None:
+    """Show the query and gallery images of one protocol trial (summary table, or every image with --json)."""
+    _run(prepared, protocol, mode, shots, trial, direction, draws, perm_file, show, json_output)
+
+
+@guard
+def _run(
+    prepared_path: Path, protocol: str | None, mode: str, shots: int, trial_number: int, direction: str,
+    draws: str, perm_file: Path | None, show: int, json_output: bool,
+) -> None:
+    from mclnet_cli.data.records import load_prepared
+    from mclnet_cli.errors import ConfigError
+    from mclnet_cli.metrics.protocols import DIRECTIONS, llcm_trial, load_official_draws, regdb_trial, sysu_trial
+
+    prepared = load_prepared(prepared_path)
+    reader = str(prepared.meta.get("reader") or prepared.meta.get("dataset") or "")
+    name = protocol or (reader if reader in ("sysu", "regdb", "llcm") else "sysu")
+    if trial_number < 0:
+        raise ConfigError(f"--trial must be 0 or more, got {trial_number}")
+    if draws not in ("agw", "official"):
+        raise ConfigError(f"--draws {draws!r} is not allowed; choose from: agw, official")
+    if draws == "official" and name != "sysu":
+        raise ConfigError("--draws official exists for the sysu protocol only")
+    samples = prepared.samples
+    if name == "sysu":
+        official = None
+        if draws == "official":
+            root = prepared.meta.get("root")
+            if perm_file is None and not root:
+                raise ConfigError("--draws official needs --perm-file (the prepared dataset does not record its root)")
+            official = load_official_draws(perm_file or Path(root) / "exp" / "rand_perm_cam.mat")
+        trial = sysu_trial(samples, mode, shots, trial_number, official=official)
+    elif name in ("regdb", "llcm"):
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"--direction {direction!r} is not allowed; choose from: {', '.join(DIRECTIONS)}")
+        if name == "regdb":
+            if trial_number != 0:
+                raise ConfigError("regdb draws no gallery: its only trial is 0 (the data split is chosen at prepare time)")
+            trial = regdb_trial(samples, direction)
+        else:
+            trial = llcm_trial(samples, direction, trial_number, shots)
+    else:
+        raise ConfigError(f"--protocol {name!r} is not known; choose from: sysu, regdb, llcm")
+
+    def rows(indices: Any) -> list[dict[str, Any]]:
+        return [{"path": samples[i].path, "pid": samples[i].pid, "cam": samples[i].cam} for i in indices]
+
+    info = {**trial.describe(), "data": str(prepared.root)}
+    if json_output:
+        print_json({"protocol": info, "queries": rows(trial.query), "gallery": rows(trial.gallery)})
+        return
+    _render(info, [samples[i] for i in trial.query], [samples[i] for i in trial.gallery], show)
+
+
+def _render(info: dict[str, Any], queries: list[Any], gallery: list[Any], show: int) -> None:
+    from rich.table import Table
+
+    title = f"{info['protocol']} trial {info['trial']}, {info['direction'].replace('_', ' ')}"
+    if info["protocol"] == "sysu":
+        title += f", {info['mode']}-search, {info['shots']}-shot, {info['draws']} draws"
+    summary = Table(title=title, title_justify="left")
+    for column in ("set", "modality", "images", "ids", "images per camera"):
+        summary.add_column(column, justify="right" if column in ("images", "ids") else "left")
+    for label, group in (("queries", queries), ("gallery", gallery)):
+        per_cam = Counter(s.cam for s in group)
+        cams = ", ".join(f"cam{c}: {n}" for c, n in sorted(per_cam.items()))
+        modality = ", ".join(sorted({s.modality.value for s in group}))
+        summary.add_row(label, modality, str(len(group)), str(len({s.pid for s in group})), cams)
+    console.print(summary)
+    if show > 0 and gallery:
+        listing = Table(title=f"gallery (first {min(show, len(gallery))} of {len(gallery)})", title_justify="left")
+        for column in ("pid", "cam", "path"):
+            listing.add_column(column, justify="right" if column != "path" else "left")
+        for s in gallery[:show]:
+            listing.add_row(str(s.pid), str(s.cam), s.path)
+        console.print(listing)
+    console.print("[dim]--json lists every query and gallery image.[/]")

@@ -1,0 +1,353 @@
+"""Evaluation: embed the test images once, then score every protocol trial by indexing into them.
+
+Two entry points build an :class:`EvaluationReport` (values in percent):
+
+- :func:`evaluate_checkpoint`: a checkpoint and a prepared dataset; each image
+  goes through its own modality's stream; both retrieval features ``bn``
+  (BNNeck f4, the method's) and ``pool`` (pre-BN f4) are scored.
+- :func:`evaluate_features_file`: features computed elsewhere, in an ``.npz``
+  with arrays ``features`` [N, D], ``pids``, ``cams``, ``modalities`` (strings or
+  0 visible / 1 infrared) and ``paths``; scored as the feature ``features``.
+
+Result keys: SYSU-MM01 has one direction (infrared -> visible), so results are
+keyed by feature name (``bn``, ``pool``); RegDB and LLCM always key them
+``<direction>/<feature>`` (e.g. ``visible_to_infrared/bn``), one entry per
+direction asked. Distances are 1 - cosine similarity of L2-normalised features,
+or k-reciprocal re-ranked distances with ``rerank``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Mapping, Sequence
+
+import numpy as np
+
+from mclnet_cli.config import EvalConfig
+from mclnet_cli.data.records import Modality, Sample, load_prepared
+from mclnet_cli.errors import ConfigError, DataError
+from mclnet_cli.metrics.protocols import OfficialDraws, Trial, load_official_draws, protocol_trials
+from mclnet_cli.metrics.ranking import cmc_kind, rank_metrics
+from mclnet_cli.metrics.report import METRIC_KEYS, as_percent, mean_std
+
+FEATURES = ("bn", "pool")
+DRAWS = ("agw", "official")
+NPZ_ARRAYS = ("features", "pids", "cams", "modalities", "paths")
+ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The protocol choices of one evaluation run."""
+
+    protocol: str = "sysu"
+    mode: str = "all"
+    shots: int = 1
+    trials: int = 10
+    direction: str = "both"
+    batch_size: int = 64
+    flip: bool = False
+    rerank: bool = False
+    draws: str = "agw"
+
+    @classmethod
+    def resolve(cls, defaults: EvalConfig, **overrides: Any) -> "EvalSettings":
+        """Config ``eval`` section, with every non-None override on top; values checked."""
+        values = {
+            "protocol": defaults.protocol, "mode": defaults.mode, "shots": defaults.shots,
+            "trials": defaults.trials, "direction": defaults.direction, "batch_size": defaults.batch_size,
+            "flip": defaults.flip, "rerank": defaults.rerank, "draws": "agw",
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        choices = {
+            "protocol": ("sysu", "regdb", "llcm"), "mode": ("all", "indoor"), "shots": (1, 10),
+            "direction": ("visible_to_infrared", "infrared_to_visible", "both"), "draws": DRAWS,
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ConfigError(f"--{name} {value!r} is not allowed; choose from: {', '.join(map(str, allowed))}")
+        if not 1 <= self.trials <= 10:
+            raise ConfigError(f"--trials must be between 1 and 10, got {self.trials}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.draws == "official" and self.protocol != "sysu":
+            raise ConfigError("--draws official exists for the sysu protocol only")
+
+
+@dataclass
+class FeatureResult:
+    """One feature (in one direction): per-trial rows and their mean and std, in percent."""
+
+    trials: list[dict[str, Any]]
+    mean: dict[str, float]
+    std: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "trials": self.trials}
+
+
+@dataclass
+class EvaluationReport:
+    """Everything an evaluation measured, ready to render or dump as JSON."""
+
+    protocol: dict[str, Any]
+    results: dict[str, FeatureResult]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "results": {k: v.to_json() for k, v in self.results.items()}}
+
+
+# ----------------------------------------------------------------------------
+# Scoring (no model): features aligned with a sample list
+
+
+def l2_normalise(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero)."""
+    features = np.asarray(features, dtype=np.float32)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.maximum(norms, 1e-12)
+
+
+def trial_distances(query: np.ndarray, gallery: np.ndarray, rerank: bool = False) -> np.ndarray:
+    """[queries, gallery] distances: 1 - cosine, or k-reciprocal re-ranked (k1=20, k2=6, lambda=0.3)."""
+    if rerank:
+        from mclnet_cli.metrics.rerank import k_reciprocal_distance
+
+        return k_reciprocal_distance(query, gallery, k1=20, k2=6, lambda_value=0.3)
+    return 1.0 - query @ gallery.T
+
+
+def result_key(protocol: str, direction: str, feature: str) -> str:
+    """``feature`` for sysu; ``direction/feature`` for regdb and llcm."""
+    return feature if protocol == "sysu" else f"{direction}/{feature}"
+
+
+def score_trials(
+    samples: Sequence[Sample],
+    features: Mapping[str, np.ndarray],
+    rows: np.ndarray,
+    trials: Sequence[Trial],
+    *,
+    rerank: bool = False,
+) -> dict[str, FeatureResult]:
+    """Score each trial with each feature. ``rows[i]`` is sample i's row in the feature arrays."""
+    pids = np.array([s.pid for s in samples], dtype=np.int64)
+    cams = np.array([s.cam for s in samples], dtype=np.int64)
+    table: dict[str, list[dict[str, Any]]] = {}
+    for trial in trials:
+        q, g = trial.query, trial.gallery
+        for name, array in features.items():
+            dist = trial_distances(array[rows[q]], array[rows[g]], rerank=rerank)
+            result = rank_metrics(dist, pids[q], pids[g], cams[q], cams[g], trial.protocol)
+            row: dict[str, Any] = {"trial": trial.trial, **as_percent(result)}
+            row.update(
+                queries=int(len(q)), valid_queries=result.num_valid, skipped_queries=result.num_skipped,
+                gallery=int(len(g)), ranks_available=result.num_ranks,
+            )
+            table.setdefault(result_key(trial.protocol, trial.direction, name), []).append(row)
+    results = {}
+    for key, trial_rows in table.items():
+        mean, std = mean_std(trial_rows, METRIC_KEYS)
+        results[key] = FeatureResult(trial_rows, mean, std)
+    return results
+
+
+def describe_protocol(settings: EvalSettings, trials: Sequence[Trial], **extra: Any) -> dict[str, Any]:
+    """The ``protocol`` block of a report: what was measured and how."""
+    info: dict[str, Any] = {"name": settings.protocol}
+    if settings.protocol == "sysu":
+        info.update(mode=settings.mode, shots=settings.shots, draws=trials[0].draws)
+    elif settings.protocol == "llcm":
+        info.update(shots=settings.shots, draws="agw")
+    info.update(
+        directions=sorted({t.direction for t in trials}, key=("visible_to_infrared", "infrared_to_visible").index),
+        trials=sorted({t.trial for t in trials}),
+        cmc=cmc_kind(settings.protocol),
+        distance="k-reciprocal (k1=20, k2=6, lambda=0.3)" if settings.rerank else "1 - cosine",
+        flip=settings.flip,
+        rerank=settings.rerank,
+        units="percent",
+        std="population (ddof=0) over trials",
+    )
+    info.update(extra)
+    return info
+
+
+def _official(settings: EvalSettings, perm_file: Path | str | None, root: str | None) -> OfficialDraws | None:
+    if settings.draws != "official":
+        return None
+    if perm_file is None:
+        if not root:
+            raise ConfigError("--draws official needs --perm-file (the prepared dataset does not record its root)")
+        perm_file = Path(root) / "exp" / "rand_perm_cam.mat"
+    return load_official_draws(perm_file)
+
+
+def _trials(samples: Sequence[Sample], settings: EvalSettings, official: OfficialDraws | None) -> list[Trial]:
+    return protocol_trials(
+        samples, settings.protocol, mode=settings.mode, shots=settings.shots,
+        trials=settings.trials, direction=settings.direction, official=official,
+    )
+
+
+# ----------------------------------------------------------------------------
+# Features file
+
+
+def load_features_npz(path: Path | str) -> tuple[list[Sample], np.ndarray]:
+    """Samples (split "test") and their [N, D] features from an ``.npz`` file (no pickle)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"features file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = [name for name in NPZ_ARRAYS if name not in data.files]
+            if missing:
+                raise DataError(
+                    f"{path}: missing array(s) {', '.join(missing)}; expected {', '.join(NPZ_ARRAYS)}"
+                )
+            arrays = {name: data[name] for name in NPZ_ARRAYS}
+    except DataError:
+        raise
+    except Exception as exc:  # not a zip, object arrays refused, truncated file
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: cannot read as an .npz of plain arrays ({reason})") from exc
+    features = arrays["features"]
+    if features.ndim != 2 or not np.issubdtype(features.dtype, np.number):
+        raise DataError(f"{path}: 'features' must be a 2-D numeric array [N, D], got shape {features.shape}")
+    n = features.shape[0]
+    for name in NPZ_ARRAYS[1:]:
+        if arrays[name].shape != (n,):
+            raise DataError(f"{path}: {name!r} must have shape ({n},) like the rows of 'features', got {arrays[name].shape}")
+    for name in ("pids", "cams"):
+        if not np.issubdtype(arrays[name].dtype, np.integer):
+            raise DataError(f"{path}: {name!r} must hold integers, got dtype {arrays[name].dtype}")
+    if not np.isfinite(features).all():
+        raise DataError(f"{path}: 'features' holds NaN or infinite values")
+    modalities = [_parse_modality(value, path) for value in arrays["modalities"].tolist()]
+    samples = [
+        Sample(str(p), int(pid), int(cam), m, "test")
+        for p, pid, cam, m in zip(arrays["paths"].tolist(), arrays["pids"].tolist(), arrays["cams"].tolist(), modalities)
+    ]
+    return samples, features.astype(np.float32)
+
+
+def _parse_modality(value: Any, path: Path) -> Modality:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if value in (0, 1):
+            return Modality.VISIBLE if value == 0 else Modality.INFRARED
+        raise DataError(f"{path}: modality {value} is not 0 (visible) or 1 (infrared)")
+    try:
+        return Modality.parse(str(value))
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from exc
+
+
+def evaluate_features_file(
+    path: Path | str,
+    settings: EvalSettings,
+    *,
+    perm_file: Path | str | None = None,
+) -> EvaluationReport:
+    """Score features computed elsewhere under a protocol (see module doc for the file format)."""
+    samples, features = load_features_npz(path)
+    trials = _trials(samples, settings, _official(settings, perm_file, None))
+    rows = np.arange(len(samples))
+    results = score_trials(samples, {"features": l2_normalise(features)}, rows, trials, rerank=settings.rerank)
+    protocol = describe_protocol(settings, trials, source="features", features_file=str(path))
+    return EvaluationReport(protocol, results)
+
+
+# ----------------------------------------------------------------------------
+# Checkpoint
+
+
+def _check_dataset(settings: EvalSettings, meta: Mapping[str, Any], protocol_given: bool, data: Path) -> None:
+    """Refuse a protocol default that does not fit the prepared dataset (e.g. sysu on RegDB)."""
+    reader = str(meta.get("reader") or meta.get("dataset") or "")
+    if reader in ("sysu", "regdb", "llcm") and reader != settings.protocol and not protocol_given:
+        raise ConfigError(
+            f"the checkpoint's eval.protocol is {settings.protocol!r} but {data} is a {reader} dataset; "
+            f"pass --protocol {reader}"
+        )
+
+
+def evaluate_checkpoint(
+    checkpoint: Path | str,
+    data: Path | str,
+    *,
+    protocol: str | None = None,
+    mode: str | None = None,
+    shots: int | None = None,
+    trials: int | None = None,
+    direction: str | None = None,
+    batch_size: int | None = None,
+    flip: bool | None = None,
+    rerank: bool | None = None,
+    draws: str | None = None,
+    perm_file: Path | str | None = None,
+    device: str = "auto",
+    workers: int | None = None,
+    progress: ProgressFactory | None = None,
+) -> EvaluationReport:
+    """Evaluate a checkpoint on a prepared dataset's test split; None options take the checkpoint's ``eval`` config.
+
+    Only the test images some trial uses are embedded (each once, through its own
+    modality's stream); ``progress(total)`` is entered around the embedding.
+    """
+    from mclnet_cli.engine.checkpoint import load_model
+    from mclnet_cli.engine.device import resolve_device
+    from mclnet_cli.engine.extract import extract_features
+
+    torch_device = resolve_device(device)
+    loaded = load_model(checkpoint, device=torch_device)
+    config = loaded.config
+    settings = EvalSettings.resolve(
+        config.eval, protocol=protocol, mode=mode, shots=shots, trials=trials, direction=direction,
+        batch_size=batch_size, flip=flip, rerank=rerank, draws=draws,
+    )
+    prepared = load_prepared(data)
+    _check_dataset(settings, prepared.meta, protocol is not None, prepared.root)
+    samples = prepared.samples
+    trial_list = _trials(samples, settings, _official(settings, perm_file, prepared.meta.get("root")))
+
+    used = np.unique(np.concatenate([np.concatenate([t.query, t.gallery]) for t in trial_list]))
+    rows = np.full(len(samples), -1, dtype=np.int64)
+    blocks: dict[str, list[np.ndarray]] = {name: [] for name in FEATURES}
+    order: list[int] = []
+    context = progress(len(used)) if progress is not None else contextlib.nullcontext(None)
+    with context as advance:
+        for modality in (Modality.VISIBLE, Modality.INFRARED):
+            indices = [int(i) for i in used if samples[i].modality is modality]
+            if not indices:
+                continue
+            out = extract_features(
+                loaded.model, [samples[i].path for i in indices], modality,
+                height=config.data.height, width=config.data.width, batch_size=settings.batch_size,
+                device=torch_device, workers=config.data.workers if workers is None else workers,
+                feature=FEATURES, flip=settings.flip, on_progress=advance,
+            )
+            for name in FEATURES:
+                blocks[name].append(out.by_name[name])
+            order.extend(indices)
+    rows[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+    features = {name: np.concatenate(parts) for name, parts in blocks.items()}
+    results = score_trials(samples, features, rows, trial_list, rerank=settings.rerank)
+    extra: dict[str, Any] = {}
+    if settings.protocol == "regdb" and prepared.meta.get("trial") is not None:
+        extra["regdb_split"] = prepared.meta["trial"]  # the idx split (1-10) prepared; one model per split
+    protocol_info = describe_protocol(
+        settings, trial_list, source="checkpoint", checkpoint=str(loaded.path), fingerprint=loaded.fingerprint,
+        data=str(prepared.root), dataset=prepared.name, device=str(torch_device), images_embedded=len(order),
+        **extra,
+    )
+    return EvaluationReport(protocol_info, results)

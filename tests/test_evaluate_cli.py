@@ -1,0 +1,209 @@
+"""`mclnet split` and `mclnet evaluate`: JSON shapes, features files, and a tiny checkpoint end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mclnet_cli.cli.app import app
+from mclnet_cli.data.records import Modality, Sample, write_prepared
+from mclnet_cli.metrics.protocols import sysu_trial
+
+runner = CliRunner()
+METRICS = {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
+
+
+def fake_sysu_samples(root: Path, images: bool = False) -> list[Sample]:
+    """Test ids 1..3 in SYSU layout; pid 3 is seen visibly only by camera 2."""
+    samples = []
+    rng = np.random.default_rng(0)
+    layout = {1: (1, 2, 4, 3, 6), 2: (1, 5, 3, 6), 3: (2, 3)}
+    for pid, cams in layout.items():
+        for cam in cams:
+            for k in range(1, 3):
+                path = root / f"cam{cam}" / f"{pid:04d}" / f"{k:04d}.jpg"
+                if images:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(rng.integers(0, 255, (24, 12, 3), dtype=np.uint8)).save(path)
+                modality = Modality.INFRARED if cam in (3, 6) else Modality.VISIBLE
+                samples.append(Sample(str(path), pid, cam, modality, "test"))
+    samples.append(Sample(str(root / "cam1/0009/0001.jpg"), 9, 1, Modality.VISIBLE, "train"))
+    return samples
+
+
+def write_npz(path: Path, samples: list[Sample], features: np.ndarray, **replace) -> Path:
+    arrays = {
+        "features": features,
+        "pids": np.array([s.pid for s in samples]),
+        "cams": np.array([s.cam for s in samples]),
+        "modalities": np.array([s.modality.value for s in samples]),
+        "paths": np.array([s.path for s in samples]),
+    }
+    arrays.update(replace)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def invoke_json(args: list[str]) -> dict:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_features_npz_round_trip_json(tmp_path):
+    samples = [s for s in fake_sysu_samples(tmp_path) if s.split == "test"]
+    # perfect features: one axis per identity
+    features = np.eye(4, dtype=np.float32)[[s.pid for s in samples]]
+    npz = write_npz(tmp_path / "f.npz", samples, features)
+    data = invoke_json(["evaluate", "--features", str(npz), "--trials", "3", "--json"])
+    assert data["protocol"]["name"] == "sysu" and data["protocol"]["trials"] == [0, 1, 2]
+    assert data["protocol"]["flip"] is False and data["protocol"]["rerank"] is False
+    assert list(data["results"]) == ["features"]
+    result = data["results"]["features"]
+    assert set(result["mean"]) == METRICS and set(result["std"]) == METRICS
+    assert len(result["trials"]) == 3
+    for row in result["trials"]:
+        # pid 3 has visible images in cam 2 only: its cam-3 queries have no valid match
+        assert row["queries"] == 10 and row["skipped_queries"] == 2 and row["valid_queries"] == 8
+        assert all(row[k] == pytest.approx(100.0) for k in METRICS)
+    assert result["mean"]["mAP"] == pytest.approx(100.0) and result["std"]["mAP"] == pytest.approx(0.0)
+
+
+def test_features_npz_scores_match_direct_computation(tmp_path):
+    from mclnet_cli.metrics import as_percent, rank_metrics
+
+    samples = [s for s in fake_sysu_samples(tmp_path) if s.split == "test"]
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(len(samples), 6)).astype(np.float32) * 3.0  # not normalised
+    npz = write_npz(
+        tmp_path / "f.npz", samples, features, modalities=np.array([s.modality.index for s in samples])
+    )
+    data = invoke_json(["evaluate", "--features", str(npz), "--trials", "2", "--mode", "indoor", "--json"])
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    for t, row in enumerate(data["results"]["features"]["trials"]):
+        trial = sysu_trial(samples, "indoor", 1, t)
+        q, g = trial.query, trial.gallery
+        pick = lambda attr, idx: np.array([getattr(samples[i], attr) for i in idx])  # noqa: E731
+        expected = as_percent(
+            rank_metrics(1 - unit[q] @ unit[g].T, pick("pid", q), pick("pid", g), pick("cam", q), pick("cam", g), "sysu")
+        )
+        assert {k: row[k] for k in METRICS} == pytest.approx(expected)
+
+
+def test_features_npz_errors_are_one_line(tmp_path):
+    samples = [s for s in fake_sysu_samples(tmp_path) if s.split == "test"]
+    npz = write_npz(tmp_path / "f.npz", samples, np.ones((len(samples), 3)), cams=None)
+    result = runner.invoke(app, ["evaluate", "--features", str(npz)])
+    assert result.exit_code == 1 and "missing array(s) cams" in result.output
+    assert "Traceback" not in result.output
+    # an object array would need pickle: refused
+    bad = write_npz(tmp_path / "obj.npz", samples, np.ones((len(samples), 3)), pids=np.array([1] * (len(samples) - 1) + [None], dtype=object))
+    result = runner.invoke(app, ["evaluate", "--features", str(bad)])
+    assert result.exit_code == 1 and "cannot read" in result.output
+    result = runner.invoke(app, ["evaluate"])
+    assert result.exit_code == 1 and "CHECKPOINT" in result.output
+
+
+def test_split_json_shape(tmp_path):
+    samples = fake_sysu_samples(tmp_path)
+    prepared = write_prepared(tmp_path / "prep", samples, {"dataset": "sysu", "reader": "sysu"})
+    data = invoke_json(["split", str(prepared), "--trial", "4", "--json"])
+    assert data["protocol"]["protocol"] == "sysu" and data["protocol"]["trial"] == 4
+    assert set(data) == {"protocol", "queries", "gallery"}
+    assert all(set(row) == {"path", "pid", "cam"} for row in data["queries"] + data["gallery"])
+    assert {row["cam"] for row in data["queries"]} == {3, 6} and len(data["queries"]) == 10
+    expected = sysu_trial(samples, "all", 1, 4)
+    assert [row["path"] for row in data["gallery"]] == [samples[i].path for i in expected.gallery]
+    table = runner.invoke(app, ["split", str(prepared), "--mode", "indoor"])
+    assert table.exit_code == 0 and "gallery" in table.output
+    wrong = runner.invoke(app, ["split", str(prepared), "--protocol", "regdb", "--trial", "3"])
+    assert wrong.exit_code == 1 and "only trial is 0" in wrong.output
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    from mclnet_cli.config import load_config
+    from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
+    from mclnet_cli.model import build_model
+
+    import torch
+
+    torch.manual_seed(0)
+    config = load_config("tiny", ["eval.trials=2"])
+    model = build_model(config.model, num_classes=3)
+    root = tmp_path_factory.mktemp("ckpt")
+    return save_checkpoint(root / "tiny.pt", checkpoint_payload(model, config, {1: 0, 2: 1, 3: 2}))
+
+
+def test_evaluate_checkpoint_end_to_end(tmp_path, tiny_checkpoint):
+    from mclnet_cli.engine.checkpoint import load_model
+    from mclnet_cli.engine.extract import extract_features
+    from mclnet_cli.metrics import as_percent, rank_metrics
+
+    samples = fake_sysu_samples(tmp_path / "SYSU", images=True)
+    prepared = write_prepared(tmp_path / "prep", samples, {"dataset": "sysu", "reader": "sysu"})
+    data = invoke_json(["evaluate", str(tiny_checkpoint), "--data", str(prepared), "--device", "cpu", "--json"])
+    assert set(data["results"]) == {"bn", "pool"}
+    assert data["protocol"]["trials"] == [0, 1]  # the checkpoint's eval.trials
+    assert data["protocol"]["flip"] is False and data["protocol"]["rerank"] is False
+    assert data["protocol"]["images_embedded"] <= len(samples) - 1
+
+    # trial 0 of the bn feature, recomputed by hand from extract_features + rank_metrics
+    loaded = load_model(tiny_checkpoint)
+    test = [s for s in samples if s.split == "test"]
+    trial = sysu_trial(test, "all", 1, 0)
+    embed = lambda group, m: extract_features(  # noqa: E731
+        loaded.model, [s.path for s in group], m, height=64, width=32, feature="bn"
+    ).features
+    queries, gallery = [test[i] for i in trial.query], [test[i] for i in trial.gallery]
+    qf, gf = embed(queries, Modality.INFRARED), embed(gallery, Modality.VISIBLE)
+    expected = as_percent(rank_metrics(
+        1 - qf @ gf.T, np.array([s.pid for s in queries]), np.array([s.pid for s in gallery]),
+        np.array([s.cam for s in queries]), np.array([s.cam for s in gallery]), "sysu",
+    ))
+    row = data["results"]["bn"]["trials"][0]
+    assert {k: row[k] for k in METRICS} == pytest.approx(expected, abs=1e-3)
+
+    labelled = invoke_json([
+        "evaluate", str(tiny_checkpoint), "--data", str(prepared), "--device", "cpu",
+        "--trials", "1", "--flip", "--rerank", "--json",
+    ])
+    assert labelled["protocol"]["flip"] is True and labelled["protocol"]["rerank"] is True
+    assert len(labelled["results"]["pool"]["trials"]) == 1
+
+    table = runner.invoke(app, ["-q", "evaluate", str(tiny_checkpoint), "--data", str(prepared), "--device", "cpu"])
+    assert table.exit_code == 0 and "mean" in table.output and "rerank off" in table.output
+
+
+def test_evaluate_refuses_protocol_that_does_not_fit_the_dataset(tmp_path, tiny_checkpoint):
+    samples = fake_sysu_samples(tmp_path)
+    prepared = write_prepared(tmp_path / "prep", samples, {"dataset": "regdb", "reader": "regdb"})
+    result = runner.invoke(app, ["evaluate", str(tiny_checkpoint), "--data", str(prepared), "--device", "cpu"])
+    assert result.exit_code == 1 and "pass --protocol regdb" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_directional_protocols_key_results_by_direction(tmp_path):
+    samples = [
+        Sample(f"/d/{m.value}/cam{cam}/{pid:04d}/{k}.jpg", pid, cam, m, "test")
+        for m in Modality for pid in (1, 2, 3) for cam in (1, 2, 4) for k in range(2)
+    ]
+    features = np.eye(4, dtype=np.float32)[[s.pid for s in samples]]
+    npz = write_npz(tmp_path / "f.npz", samples, features)
+    both = invoke_json(["evaluate", "--features", str(npz), "--protocol", "llcm", "--trials", "2", "--json"])
+    assert list(both["results"]) == ["visible_to_infrared/features", "infrared_to_visible/features"]
+    assert both["protocol"]["cmc"] == "dedup" and both["protocol"]["trials"] == [0, 1]
+    for result in both["results"].values():
+        assert len(result["trials"]) == 2 and result["mean"]["mAP"] == pytest.approx(100.0)
+        # one gallery image per (pid, camera): 3 ids x 3 cameras
+        assert all(row["gallery"] == 9 for row in result["trials"])
+    one = invoke_json([
+        "evaluate", "--features", str(npz), "--protocol", "regdb", "--direction", "infrared_to_visible", "--json",
+    ])
+    assert list(one["results"]) == ["infrared_to_visible/features"]
+    assert one["protocol"]["cmc"] == "standard" and one["results"]["infrared_to_visible/features"]["trials"][0]["gallery"] == 18
