@@ -1,10 +1,103 @@
-"""``mclnet index``: not implemented yet (issue #6)."""
+"""``mclnet index``: embed a folder of gallery images into a FAISS index.
+
+Thin layer: parse options, call :func:`mclnet_cli.index.service.build_gallery_index`
+lazily (no torch or FAISS import at module level), render the report.
+"""
 
 from __future__ import annotations
 
-from mclnet_cli.cli.output import fail
+import enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar
+
+if TYPE_CHECKING:
+    from mclnet_cli.index.service import BuildReport
 
 
-def index() -> None:
-    """Embed a folder of gallery images into a FAISS index. (not implemented yet)"""
-    raise fail("'mclnet index' is not implemented yet (issue #6)")
+class IndexKind(str, enum.Enum):
+    """FAISS index kinds offered on the command line."""
+
+    flat = "flat"
+    ivf = "ivf"
+    hnsw = "hnsw"
+    ivfpq = "ivfpq"
+
+
+def index(
+    gallery_dir: Annotated[Path, typer.Argument(help="Folder of gallery images (searched recursively).", show_default=False)],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Trained mclnet checkpoint (.pt).", show_default=False)],
+    modality: Annotated[
+        str, typer.Option("--modality", "-m", help="Spectrum of the gallery images: visible or infrared.", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write (replaced atomically).", show_default=False)],
+    kind: Annotated[
+        IndexKind, typer.Option("--kind", help="flat: exact (default); hnsw, ivf, ivfpq: approximate, for large galleries.")
+    ] = IndexKind.flat,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 0,
+    add: Annotated[
+        bool, typer.Option("--add", help="Append images not yet in the index at --out (by path); IVF cells are not retrained.")
+    ] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")] = False,
+) -> None:
+    """Embed a folder of gallery images with one spectrum's stream into a FAISS index.
+
+    Unreadable and non-image files are skipped and listed, never fatal. The folder
+    --out holds index.faiss (plain FAISS), records.jsonl and meta.json.
+    """
+    _run(gallery_dir, checkpoint, modality, out, kind.value, batch_size, workers, add, device, as_json)
+
+
+@guard
+def _run(
+    gallery_dir: Path,
+    checkpoint: Path,
+    modality: str,
+    out: Path,
+    kind: str,
+    batch_size: int,
+    workers: int,
+    add: bool,
+    device: str,
+    as_json: bool,
+) -> None:
+    from mclnet_cli.index.service import build_gallery_index
+
+    report = build_gallery_index(
+        checkpoint,
+        gallery_dir,
+        modality,
+        out,
+        kind=kind,
+        add=add,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        progress=lambda total: progress_bar("embedding gallery", total),
+    )
+    if as_json:
+        print_json(report.to_json())
+    else:
+        _render(report)
+
+
+def _render(report: "BuildReport") -> None:
+    for note in report.notices:
+        err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+    for path, reason in report.skipped:
+        err_console.print(f"[yellow]skipped[/] {path}: {reason}", highlight=False, soft_wrap=True)
+    verb = "added" if report.appended else "indexed"
+    console.print(
+        f"{verb} {report.added} {report.modality} image(s) -> {report.index_dir} "
+        f"({report.count} in total, {report.kind} [{report.factory}], {report.dimension}-d)",
+        highlight=False,
+    )
+    if report.added:
+        console.print(f"{report.images_per_s:.1f} img/s over {report.seconds:.1f}s", highlight=False)
+    if report.skipped:
+        console.print(f"skipped {len(report.skipped)} file(s) (listed above)", highlight=False)

@@ -1,0 +1,186 @@
+"""Benchmark gallery indexing and search.
+
+1. Indexing throughput (images/s) of the full ``build_gallery_index`` pipeline
+   (walk, decode, resize, embed, FAISS, atomic save) against the model's own
+   forward pass on pre-decoded tensors, with the tiny model (resnet18, 64x32).
+2. Query latency and recall@10 of flat vs hnsw / ivf / ivfpq on synthetic
+   512-d features: identity-like clusters (10 images per person) and queries
+   that are new images of gallery people. The same data serves every kind;
+   ground truth is exact (flat) search.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_index.py --images 300 --sizes 100000 --queries 200
+    .venv/bin/python benchmarks/bench_index.py --skip-pipeline --sizes 1000000 --kinds flat ivf
+
+Prints Markdown tables (for docs/benchmarks.md) and, with ``--json``, writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _pipeline(n_images: int, batch_size: int, repeats: int = 3) -> dict:
+    import torch
+    from PIL import Image
+
+    from mclnet_cli.config import load_config
+    from mclnet_cli.data.images import load_rgb
+    from mclnet_cli.data.transforms import test_transform
+    from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
+    from mclnet_cli.index.service import build_gallery_index
+    from mclnet_cli.model import build_model
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg.model, num_classes=10)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ckpt = save_checkpoint(root / "tiny.pt", checkpoint_payload(model, cfg, {i: i for i in range(10)}))
+        paths = []
+        for i in range(n_images):
+            path = root / "gallery" / f"cam1/{i // 10 + 1:04d}/{i % 10 + 1:04d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, size=(128, 64, 3), dtype=np.uint8)).save(path, quality=90)
+            paths.append(path)
+
+        transform = test_transform(cfg.data.height, cfg.data.width)
+        tensors = torch.stack([transform(load_rgb(p)) for p in paths])
+        model.eval()
+        embed_rates, total_rates, forward_rates = [], [], []
+        for repeat in range(repeats):  # interleaved, best of N: the machine is shared
+            start = time.perf_counter()
+            report = build_gallery_index(ckpt, root / "gallery", "visible", root / f"idx{repeat}", device="cpu", batch_size=batch_size)
+            total_rates.append(n_images / (time.perf_counter() - start))  # whole call: load model, walk, embed, save
+            embed_rates.append(report.images_per_s)  # decode + resize + forward
+            with torch.no_grad():
+                start = time.perf_counter()
+                for i in range(0, len(tensors), batch_size):
+                    model.embed(tensors[i : i + batch_size], "visible")
+                forward_rates.append(n_images / (time.perf_counter() - start))
+    return {
+        "images": n_images,
+        "batch_size": batch_size,
+        "torch_threads": torch.get_num_threads(),
+        "repeats": repeats,
+        "pipeline_embed_images_per_s": round(max(embed_rates), 1),
+        "pipeline_total_images_per_s": round(max(total_rates), 1),
+        "forward_only_images_per_s": round(max(forward_rates), 1),
+    }
+
+
+def _synthetic(n: int, dim: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Identity-like features: ``n / 10`` people, 10 noisy images each; queries are new images of them."""
+    rng = np.random.default_rng(seed)
+    people = max(n // 10, 1)
+    centres = rng.standard_normal((people, dim), dtype=np.float32)
+    x = centres[rng.integers(0, people, n)]
+    x += rng.standard_normal((n, dim), dtype=np.float32)
+    q = centres[rng.integers(0, people, queries)] + rng.standard_normal((queries, dim), dtype=np.float32)
+    return x, q
+
+
+def _ann(n: int, dim: int, n_queries: int, kinds: list[str], top_k: int = 10) -> list[dict]:
+    from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
+
+    x, q = _synthetic(n, dim, n_queries)
+    records = [IndexRecord(str(i)) for i in range(n)]
+    rows = []
+    truth: list[set[int]] | None = None
+    for kind in ["flat"] + [k for k in kinds if k != "flat"]:
+        start = time.perf_counter()
+        gallery = GalleryIndex.build(x, records, kind=kind)
+        build_s = time.perf_counter() - start
+        gallery.search(q[:1], top_k)  # warm-up
+        latencies = []
+        found = []
+        for i in range(n_queries):
+            t0 = time.perf_counter()
+            (hits,) = gallery.search(q[i : i + 1], top_k)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            found.append({int(h.path) for h in hits})
+        t0 = time.perf_counter()
+        gallery.search(q, top_k)
+        batch_ms = (time.perf_counter() - t0) * 1000 / n_queries
+        if kind == "flat":
+            truth = found
+        assert truth is not None
+        recall = statistics.mean(len(f & t) / top_k for f, t in zip(found, truth))
+        rows.append(
+            {
+                "n": n,
+                "kind": gallery.kind,
+                "factory": gallery.factory,
+                "params": gallery.params,
+                "build_s": round(build_s, 2),
+                "latency_ms_median": round(statistics.median(latencies), 3),
+                "latency_ms_p95": round(float(np.percentile(latencies, 95)), 3),
+                "batch_ms_per_query": round(batch_ms, 3),
+                "recall_at_10": round(recall, 4),
+            }
+        )
+        print(f"  n={n} {kind}: {rows[-1]}", file=sys.stderr, flush=True)
+        del gallery
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=300, help="images for the pipeline benchmark")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--sizes", type=int, nargs="*", default=[100_000], help="gallery sizes for the ANN benchmark")
+    parser.add_argument("--kinds", nargs="*", default=["flat", "hnsw", "ivf", "ivfpq"])
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--skip-pipeline", action="store_true")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
+    args = parser.parse_args()
+
+    import faiss
+
+    result: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "faiss": faiss.__version__,
+        "faiss_threads": faiss.omp_get_max_threads(),
+    }
+    if not args.skip_pipeline:
+        result["pipeline"] = _pipeline(args.images, args.batch_size)
+        p = result["pipeline"]
+        print("| images | batch | torch threads | forward only (img/s) | pipeline, embed phase (img/s) | pipeline, whole call (img/s) |")
+        print("|---|---|---|---|---|---|")
+        print(
+            f"| {p['images']} | {p['batch_size']} | {p['torch_threads']} | {p['forward_only_images_per_s']} | "
+            f"{p['pipeline_embed_images_per_s']} | {p['pipeline_total_images_per_s']} |"
+        )
+        print()
+    result["ann"] = []
+    for n in args.sizes:
+        result["ann"].extend(_ann(n, args.dim, args.queries, args.kinds))
+    if result["ann"]:
+        print("| gallery | kind | factory | params | build (s) | latency median (ms) | p95 (ms) | batched (ms/query) | recall@10 |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in result["ann"]:
+            params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
+            print(
+                f"| {r['n']:,} | {r['kind']} | {r['factory']} | {params} | {r['build_s']} | {r['latency_ms_median']} | "
+                f"{r['latency_ms_p95']} | {r['batch_ms_per_query']} | {r['recall_at_10']:.3f} |"
+            )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

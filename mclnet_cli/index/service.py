@@ -1,0 +1,386 @@
+"""Index a folder of gallery images and search it with probes: the engine behind ``index``/``query``.
+
+Applications embed search through these two functions without the CLI:
+
+- :func:`build_gallery_index`: walk a folder, embed every image with the stream of
+  its modality, build (or ``add`` to) a :class:`GalleryIndex` and save it atomically.
+- :func:`search_gallery`: embed probes with their own modality's stream and rank
+  the gallery, refusing a checkpoint that is not the one that built the index.
+
+Neither prints: progress goes through an optional ``progress(total)`` factory that
+returns a context manager yielding ``advance(n)``; notices come back in the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, Sequence
+
+from mclnet_cli.data.images import IMAGE_SUFFIXES, is_image_file
+from mclnet_cli.data.records import Modality
+from mclnet_cli.errors import DataError, IndexStoreError
+from mclnet_cli.index.gallery import GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for
+from mclnet_cli.index.layout import identify
+
+ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
+FEATURE = "bn"  # BNNeck output: the method's retrieval feature
+
+
+@contextlib.contextmanager
+def _no_progress(total: int) -> Iterator[Callable[[int], None]]:
+    yield lambda n=1: None
+
+
+@dataclass
+class BuildReport:
+    """What :func:`build_gallery_index` did."""
+
+    index_dir: Path
+    modality: str
+    kind: str
+    factory: str
+    dimension: int
+    count: int  # rows in the index now
+    added: int  # rows embedded and added by this call
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not an image, or unreadable
+    notices: list[str] = field(default_factory=list)
+    checkpoint: str = ""
+    fingerprint: str = ""
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    appended: bool = False  # True when --add extended an existing index
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": str(self.index_dir),
+            "modality": self.modality,
+            "kind": self.kind,
+            "factory": self.factory,
+            "dimension": self.dimension,
+            "count": self.count,
+            "added": self.added,
+            "appended": self.appended,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "notices": list(self.notices),
+            "checkpoint": self.checkpoint,
+            "fingerprint": self.fingerprint,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images_per_s, 2),
+        }
+
+
+@dataclass
+class ProbeResult:
+    """The ranked gallery for one probe (``error`` set when the probe could not be decoded)."""
+
+    probe: str
+    pid: int | None
+    cam: int | None
+    hits: list[Hit]
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"probe": self.probe, "results": [h.to_json() for h in self.hits]}
+        if self.error is not None:
+            row["error"] = self.error
+        return row
+
+
+@dataclass
+class SearchReport:
+    """What :func:`search_gallery` found, plus what the caller should be told."""
+
+    results: list[ProbeResult]
+    index_dir: Path
+    gallery_modality: str
+    probe_modality: str
+    checkpoint: str
+    notices: list[str] = field(default_factory=list)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [r.to_json() for r in self.results]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def list_gallery(folder: Path | str, exclude: Path | str | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image files under ``folder`` (recursive, resolved, sorted) and the other files, with a reason.
+
+    ``exclude`` is a folder to leave out (the index being written, when it lies inside the gallery).
+    """
+    root = Path(folder)
+    skip = Path(exclude).resolve() if exclude is not None else None
+    if not root.is_dir():
+        raise DataError(f"gallery folder not found: {root}")
+    images: list[str] = []
+    others: list[tuple[str, str]] = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue  # hidden files and folders (.DS_Store, staging folders of an index)
+        resolved_path = path.resolve()
+        if skip is not None and resolved_path.is_relative_to(skip):
+            continue
+        resolved = str(resolved_path)
+        if is_image_file(path):
+            images.append(resolved)
+        else:
+            others.append((resolved, f"not an image file (expected {', '.join(IMAGE_SUFFIXES)})"))
+    return sorted(images), others
+
+
+def expand_probes(probes: Sequence[Path | str]) -> list[str]:
+    """Probe files as given plus the images inside probe folders (recursive, sorted), resolved."""
+    if not probes:
+        raise DataError("no probe given: pass one or more images or folders of images")
+    out: list[str] = []
+    for probe in probes:
+        path = Path(probe)
+        if path.is_dir():
+            images, _ = list_gallery(path)
+            if not images:
+                raise DataError(f"probe folder {path} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            out.extend(images)
+        elif path.is_file():
+            if not is_image_file(path):
+                raise DataError(f"probe {path} is not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
+            out.append(str(path.resolve()))
+        else:
+            raise DataError(f"probe not found: {path}")
+    return list(dict.fromkeys(out))
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _layout_notice(paths: Sequence[str], modality: Modality) -> list[str]:
+    other = [p for p in paths if (found := identify(p)) is not None and found.modality is not modality]
+    if not other:
+        return []
+    return [
+        f"{len(other)} image(s) look {modality.other().value} by their dataset layout (e.g. {other[0]}) "
+        f"but were embedded as {modality.value}"
+    ]
+
+
+def build_gallery_index(
+    checkpoint: Path | str,
+    gallery_dir: Path | str,
+    modality: Modality | str,
+    out_dir: Path | str,
+    *,
+    kind: str = "flat",
+    add: bool = False,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "auto",
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    progress: ProgressFactory | None = None,
+) -> BuildReport:
+    """Embed every image under ``gallery_dir`` with the ``modality`` stream and save an index in ``out_dir``.
+
+    Unreadable and non-image files are skipped and listed in the report. With
+    ``add``, images already in the index at ``out_dir`` (same resolved path) are
+    not embedded again and the rest are appended (IVF cells are not retrained);
+    without an index there yet, ``add`` builds one.
+    """
+    from mclnet_cli.engine.checkpoint import load_model
+    from mclnet_cli.engine.device import resolve_device
+    from mclnet_cli.engine.extract import extract_features
+
+    modality = Modality.parse(modality)
+    if batch_size < 1:
+        raise DataError(f"batch size must be at least 1, got {batch_size}")
+    out_dir = check_target(Path(out_dir))
+    gallery_root = Path(gallery_dir)
+    images, skipped = list_gallery(gallery_root, exclude=out_dir)
+    notices: list[str] = []
+
+    existing: GalleryIndex | None = None
+    if add:
+        if is_index_dir(out_dir):
+            existing = GalleryIndex.load(out_dir)
+            built_with = str(existing.extra.get("modality", modality.value))
+            if built_with != modality.value:
+                raise IndexStoreError(
+                    f"{out_dir} indexes {built_with} images; cannot add {modality.value} ones (use another --out)"
+                )
+        else:
+            notices.append(f"no index in {out_dir} yet: building a new one")
+
+    if not images and existing is None:
+        raise DataError(f"no image files under {gallery_root} ({', '.join(IMAGE_SUFFIXES)})")
+
+    torch_device = resolve_device(device)
+    loaded = load_model(checkpoint, torch_device)
+    checkpoint_path = str(Path(checkpoint).resolve())
+    if existing is not None:
+        _check_fingerprint(existing, out_dir, checkpoint_path, loaded.fingerprint)
+
+    todo = images
+    if existing is not None:
+        known = existing.paths()
+        todo = [p for p in images if p not in known]
+    data_cfg = loaded.config.data
+    started = time.perf_counter()
+    with (progress or _no_progress)(len(todo)) as advance:
+        extracted = extract_features(
+            loaded.model,
+            todo,
+            modality,
+            height=data_cfg.height,
+            width=data_cfg.width,
+            batch_size=batch_size,
+            device=torch_device,
+            workers=workers,
+            feature=FEATURE,
+            skip_bad=True,
+            on_progress=advance,
+        )
+    seconds = time.perf_counter() - started
+    skipped = skipped + [(p, r) for p, r in extracted.failed]
+    records = records_for(extracted.paths, modality.value)
+    notices.extend(_layout_notice(extracted.paths, modality))
+
+    if existing is None and not records:
+        first = f" (e.g. {extracted.failed[0][1]})" if extracted.failed else ""
+        raise DataError(f"none of the {len(todo)} image files under {gallery_root} could be decoded{first}")
+
+    extra = {
+        "modality": modality.value,
+        "checkpoint": {"path": checkpoint_path, "fingerprint": loaded.fingerprint},
+        "feature": FEATURE,
+        "image_size": [data_cfg.height, data_cfg.width],
+        "gallery_dir": str(gallery_root.resolve()),
+    }
+    if existing is None:
+        gallery = GalleryIndex.build(extracted.features, records, kind, nlist=nlist, nprobe=nprobe, extra=extra)
+        added = len(records)
+    else:
+        gallery = existing
+        if kind != gallery.kind:
+            notices.append(f"--kind {kind} ignored: adding to the existing {gallery.kind} index")
+        added = gallery.add(extracted.features, records)
+    notices.extend(gallery.notices)
+    if added:
+        gallery.save(out_dir)
+    elif existing is not None:
+        notices.append("nothing new to add: the index is unchanged")
+    return BuildReport(
+        index_dir=out_dir,
+        modality=modality.value,
+        kind=gallery.kind,
+        factory=gallery.factory,
+        dimension=gallery.dimension,
+        count=len(gallery),
+        added=added,
+        skipped=skipped,
+        notices=notices,
+        checkpoint=checkpoint_path,
+        fingerprint=loaded.fingerprint,
+        seconds=seconds,
+        images_per_s=(len(todo) / seconds) if seconds > 0 else 0.0,
+        appended=existing is not None,
+    )
+
+
+def _check_fingerprint(gallery: GalleryIndex, index_dir: Path, checkpoint: str, fingerprint: str) -> None:
+    recorded = dict(gallery.extra.get("checkpoint") or {}).get("fingerprint")
+    if recorded and recorded != fingerprint:
+        raise IndexStoreError(
+            f"checkpoint {checkpoint} (fingerprint {fingerprint}) is not the one that built {index_dir} "
+            f"(fingerprint {recorded}); use that checkpoint or rebuild the index"
+        )
+
+
+# --------------------------------------------------------------------------- search
+
+
+def search_gallery(
+    index_dir: Path | str,
+    probes: Sequence[Path | str],
+    modality: Modality | str,
+    top_k: int = 10,
+    *,
+    checkpoint: Path | str | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "auto",
+    progress: ProgressFactory | None = None,
+) -> SearchReport:
+    """Embed ``probes`` (files or folders) with the ``modality`` stream and rank the gallery of ``index_dir``.
+
+    The checkpoint defaults to the one recorded in the index; another path is
+    accepted only when its fingerprint matches, and its feature dimension must
+    equal the index's.
+    """
+    from mclnet_cli.engine.checkpoint import file_fingerprint, load_model
+    from mclnet_cli.engine.device import resolve_device
+    from mclnet_cli.engine.extract import extract_features
+
+    modality = Modality.parse(modality)
+    if top_k < 1:
+        raise DataError(f"--top-k must be at least 1, got {top_k}")
+    index_dir = Path(index_dir)
+    read_meta(index_dir)  # fail fast on a wrong folder before touching probes
+    probe_paths = expand_probes(probes)
+    gallery = GalleryIndex.load(index_dir)
+    recorded = dict(gallery.extra.get("checkpoint") or {})
+    if checkpoint is None:
+        if not recorded.get("path"):
+            raise IndexStoreError(f"{index_dir} records no checkpoint; pass --checkpoint")
+        checkpoint = recorded["path"]
+        if not Path(checkpoint).is_file():
+            raise IndexStoreError(
+                f"checkpoint {checkpoint} recorded in {index_dir}/meta.json is missing; pass --checkpoint "
+                "with the same file at its new place"
+            )
+    checkpoint_path = str(Path(checkpoint).resolve())
+    if not Path(checkpoint_path).is_file():
+        raise IndexStoreError(f"checkpoint not found: {checkpoint}")
+    _check_fingerprint(gallery, index_dir, checkpoint_path, file_fingerprint(checkpoint_path))
+
+    notices: list[str] = []
+    gallery_modality = str(gallery.extra.get("modality", ""))
+    if gallery_modality == modality.value:
+        notices.append(
+            f"probes and gallery are both {modality.value}: same-spectrum search "
+            "(MCLNet is trained for cross-spectrum matching)"
+        )
+
+    torch_device = resolve_device(device)
+    loaded = load_model(checkpoint_path, torch_device)
+    feature_dim = int(getattr(loaded.model, "feature_dim", 0))
+    if feature_dim != gallery.dimension:
+        raise IndexStoreError(
+            f"checkpoint {checkpoint_path} makes {feature_dim}-d features but {index_dir} holds {gallery.dimension}-d ones"
+        )
+    height, width = gallery.extra.get("image_size") or [loaded.config.data.height, loaded.config.data.width]
+    with (progress or _no_progress)(len(probe_paths)) as advance:
+        extracted = extract_features(
+            loaded.model,
+            probe_paths,
+            modality,
+            height=int(height),
+            width=int(width),
+            batch_size=batch_size,
+            device=torch_device,
+            workers=workers,
+            feature=str(gallery.extra.get("feature", FEATURE)),
+            skip_bad=True,
+            on_progress=advance,
+        )
+    if not extracted.paths:
+        raise DataError(f"none of the {len(probe_paths)} probe image(s) could be decoded (e.g. {extracted.failed[0][1]})")
+    ranked = dict(zip(extracted.paths, gallery.search(extracted.features, top_k)))
+    failed = dict(extracted.failed)
+    results = []
+    for path in probe_paths:
+        found = identify(path)
+        pid, cam = (found.pid, found.cam) if found else (None, None)
+        results.append(ProbeResult(path, pid, cam, ranked.get(path, []), failed.get(path)))
+    return SearchReport(results, index_dir, gallery_modality, modality.value, checkpoint_path, notices)

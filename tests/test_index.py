@@ -1,0 +1,318 @@
+"""GalleryIndex (FAISS + sidecar) against brute force, storage, atomic swaps, layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from mclnet_cli.errors import IndexStoreError
+from mclnet_cli.index import gallery as gallery_module
+from mclnet_cli.index.gallery import GalleryIndex, IndexRecord, plan_index
+from mclnet_cli.index.layout import identify
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _records(n: int, prefix: str = "/gallery") -> list[IndexRecord]:
+    return [IndexRecord(f"{prefix}/{i:05d}.jpg", "visible", pid=i % 7, cam=1) for i in range(n)]
+
+
+def _row(hit_path: str) -> int:
+    return int(Path(hit_path).stem)
+
+
+def _clustered(rng: np.random.Generator, n: int, dim: int, clusters: int, noise: float = 0.6) -> np.ndarray:
+    """Identity-like data: a few images per person around the person's centre."""
+    centres = rng.normal(size=(clusters, dim))
+    return centres[rng.integers(0, clusters, n)] + noise * rng.normal(size=(n, dim))
+
+
+def _recall_at_k(gallery: GalleryIndex, x: np.ndarray, q: np.ndarray, k: int) -> float:
+    truth = np.argsort(-(_unit(q) @ _unit(x).T), axis=1, kind="stable")[:, :k]
+    found = gallery.search(q, k)
+    return float(np.mean([len({_row(h.path) for h in hits} & set(truth[i].tolist())) / k for i, hits in enumerate(found)]))
+
+
+# --------------------------------------------------------------------------- exact search
+
+
+def test_flat_equals_brute_force_cosine_top_k() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 32)).astype(np.float32) * rng.uniform(0.5, 3.0, size=(300, 1))  # not unit length
+    q = rng.normal(size=(20, 32)).astype(np.float32)
+    # exact duplicates create ties: any order among equal scores is fine
+    x[10] = x[11]
+    q[0] = x[11] * 2.0
+    gallery = GalleryIndex.build(x, _records(300), kind="flat")
+    cosine = _unit(q) @ _unit(x).T
+    expected_scores = -np.sort(-cosine, axis=1)[:, :10]
+    results = gallery.search(q, top_k=10)
+    assert len(results) == 20
+    for i, hits in enumerate(results):
+        assert [h.rank for h in hits] == list(range(1, 11))
+        scores = np.array([h.score for h in hits])
+        np.testing.assert_allclose(scores, expected_scores[i], atol=1e-5)
+        # each hit's own brute-force score equals its reported score (ties may swap places)
+        np.testing.assert_allclose([cosine[i, _row(h.path)] for h in hits], scores, atol=1e-5)
+        assert len({h.path for h in hits}) == 10
+    assert {_row(h.path) for h in results[0][:2]} == {10, 11}
+    assert results[0][0].score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_hits_carry_record_fields_and_top_k_is_clamped() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(5, 8))
+    records = [IndexRecord(f"/g/{i}.jpg", "infrared", pid=100 + i, cam=3) for i in range(5)]
+    gallery = GalleryIndex.build(x, records)
+    (hits,) = gallery.search(x[2:3], top_k=50)
+    assert len(hits) == 5
+    assert hits[0].path == "/g/2.jpg" and hits[0].pid == 102 and hits[0].cam == 3
+    assert hits[0].to_json() == {"rank": 1, "path": "/g/2.jpg", "score": hits[0].score, "pid": 102, "cam": 3}
+
+
+def test_search_rejects_wrong_dimension_and_bad_input() -> None:
+    gallery = GalleryIndex.build(np.eye(4, 8), _records(4))
+    with pytest.raises(IndexStoreError, match="dimension 5"):
+        gallery.search(np.ones((1, 5)), 3)
+    with pytest.raises(IndexStoreError, match="top_k"):
+        gallery.search(np.ones((1, 8)), 0)
+    with pytest.raises(IndexStoreError, match="NaN"):
+        gallery.search(np.full((1, 8), np.nan), 3)
+    with pytest.raises(IndexStoreError, match="3 feature rows but 4 records"):
+        GalleryIndex.build(np.eye(3, 8), _records(4))
+    with pytest.raises(IndexStoreError, match="twice"):
+        GalleryIndex.build(np.eye(2, 8), [IndexRecord("/a.jpg"), IndexRecord("/a.jpg")])
+    with pytest.raises(IndexStoreError, match="unknown index kind"):
+        GalleryIndex.build(np.eye(2, 8), _records(2), kind="lsh")
+
+
+# --------------------------------------------------------------------------- approximate search
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_approximate_kinds_have_high_recall_at_10(kind: str) -> None:
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(300, 64))
+    x = centres[rng.integers(0, 300, 3000)] + 0.6 * rng.normal(size=(3000, 64))
+    probes = centres[rng.integers(0, 300, 50)] + 0.6 * rng.normal(size=(50, 64))  # new images of gallery people
+    gallery = GalleryIndex.build(x, _records(3000), kind=kind)
+    assert gallery.kind == kind
+    assert _recall_at_k(gallery, x, probes, 10) >= 0.9
+    if kind == "hnsw":  # the graph also copes with queries unlike anyone in the gallery
+        assert _recall_at_k(gallery, x, rng.normal(size=(50, 64)), 10) >= 0.9
+
+
+def test_ivfpq_builds_on_a_large_enough_gallery_and_recall_is_reasonable() -> None:
+    rng = np.random.default_rng(3)
+    x = _clustered(rng, 10000, 32, clusters=500)
+    gallery = GalleryIndex.build(x, _records(10000), kind="ivfpq")
+    assert gallery.kind == "ivfpq" and gallery.factory.startswith("IVF") and ",PQ4np" in gallery.factory
+    q = x[:40] + 0.2 * rng.normal(size=(40, 32))
+    assert _recall_at_k(gallery, x, q, 10) >= 0.5  # compressed codes: approximate scores
+
+
+def test_plan_falls_back_when_the_gallery_is_too_small() -> None:
+    small = plan_index("ivf", 100, 512)
+    assert small.kind == "flat" and small.factory == "Flat" and small.notices
+    pq = plan_index("ivfpq", 5000, 512)
+    assert pq.kind == "ivf" and "ivfpq" in pq.notices[0]
+    big = plan_index("ivf", 100_000, 512)
+    assert big.params["nlist"] == round(4 * 100_000**0.5)
+    assert 1 <= big.params["nprobe"] <= big.params["nlist"]
+    assert plan_index("ivfpq", 100_000, 512).params["pq_m"] == 64
+    assert plan_index("hnsw", 10, 512).factory == "HNSW32,Flat"  # graph: no training needed
+    clamped = plan_index("ivf", 1000, 8, nlist=500)
+    assert clamped.params["nlist"] == 1000 // 39 and clamped.notices
+
+
+def test_build_on_a_tiny_gallery_with_ivf_falls_back_to_flat_and_says_so() -> None:
+    gallery = GalleryIndex.build(np.random.default_rng(4).normal(size=(20, 16)), _records(20), kind="ivf")
+    assert gallery.kind == "flat"
+    assert any("flat" in n for n in gallery.notices)
+
+
+# --------------------------------------------------------------------------- add
+
+
+def test_add_appends_only_new_paths() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(10, 16))
+    records = _records(10)
+    gallery = GalleryIndex.build(x[:6], records[:6])
+    added = gallery.add(x[4:], records[4:])  # rows 4, 5 are already there
+    assert added == 4
+    assert len(gallery) == 10 and len(gallery.records) == 10
+    assert [r.path for r in gallery.records] == [r.path for r in records]
+    assert gallery.add(x[:3], records[:3]) == 0
+    (hits,) = gallery.search(x[8:9], 1)
+    assert hits[0].path == records[8].path
+
+
+def test_add_to_ivf_keeps_cells_and_finds_new_rows() -> None:
+    rng = np.random.default_rng(6)
+    x = _clustered(rng, 1500, 32, clusters=100)
+    records = _records(1500)
+    gallery = GalleryIndex.build(x[:1000], records[:1000], kind="ivf")
+    nlist = gallery.params["nlist"]
+    assert gallery.add(x[1000:], records[1000:]) == 500
+    assert gallery.params["nlist"] == nlist and gallery.trained_on == 1000
+    (hits,) = gallery.search(x[1200:1201], 1)
+    assert hits[0].path == records[1200].path
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(50, 24))
+    records = _records(50)
+    gallery = GalleryIndex.build(x, records, kind="hnsw", extra={"modality": "visible", "checkpoint": {"fingerprint": "ab"}})
+    out = gallery.save(tmp_path / "idx")
+    assert sorted(p.name for p in out.iterdir()) == ["index.faiss", "meta.json", "records.jsonl"]
+    assert faiss.read_index(str(out / "index.faiss")).ntotal == 50  # plain FAISS can read it
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dimension"] == 24 and meta["metric"] == "inner_product" and meta["count"] == 50
+    assert meta["kind"] == "hnsw" and meta["factory"] == "HNSW32,Flat" and meta["modality"] == "visible"
+    lines = (out / "records.jsonl").read_text().splitlines()
+    assert json.loads(lines[3]) == {"path": records[3].path, "modality": "visible", "pid": 3, "cam": 1}
+
+    loaded = GalleryIndex.load(out)
+    assert loaded.records == records and loaded.kind == "hnsw"
+    assert loaded.extra == {"modality": "visible", "checkpoint": {"fingerprint": "ab"}}
+    q = rng.normal(size=(5, 24))
+    before = [[(h.path, round(h.score, 5)) for h in hits] for hits in gallery.search(q, 5)]
+    after = [[(h.path, round(h.score, 5)) for h in hits] for hits in loaded.search(q, 5)]
+    assert before == after
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp or backup left
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_interrupted_write_leaves_the_previous_index_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(8)
+    old = GalleryIndex.build(rng.normal(size=(8, 16)), _records(8))
+    target = old.save(tmp_path / "idx")
+    before = _snapshot(target)
+    new = GalleryIndex.build(rng.normal(size=(12, 16)), _records(12, "/other"))
+
+    def boom(path: Path, text: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gallery_module, "_write_text", boom)
+    with pytest.raises(OSError, match="disk full"):
+        new.save(target)
+    assert _snapshot(target) == before
+    assert len(GalleryIndex.load(target)) == 8
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # staging folder cleaned up
+
+
+def test_failed_swap_restores_the_previous_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(9)
+    target = GalleryIndex.build(rng.normal(size=(8, 16)), _records(8)).save(tmp_path / "idx")
+    before = _snapshot(target)
+    new = GalleryIndex.build(rng.normal(size=(12, 16)), _records(12, "/other"))
+    real_rename = gallery_module.os.rename
+    calls = []
+
+    def flaky_rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # old index already moved aside; moving the new one in fails
+            raise OSError("interrupted")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(gallery_module.os, "rename", flaky_rename)
+    with pytest.raises(OSError, match="interrupted"):
+        new.save(target)
+    monkeypatch.undo()
+    assert _snapshot(target) == before
+    assert GalleryIndex.load(target).records == _records(8)
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
+def test_save_replaces_an_existing_index(tmp_path: Path) -> None:
+    rng = np.random.default_rng(10)
+    GalleryIndex.build(rng.normal(size=(8, 16)), _records(8)).save(tmp_path / "idx")
+    GalleryIndex.build(rng.normal(size=(3, 16)), _records(3, "/new")).save(tmp_path / "idx")
+    loaded = GalleryIndex.load(tmp_path / "idx")
+    assert [r.path for r in loaded.records] == [f"/new/{i:05d}.jpg" for i in range(3)]
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
+def test_save_refuses_to_clobber_a_folder_that_is_not_an_index(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(IndexStoreError, match="not an mclnet index"):
+        GalleryIndex.build(np.eye(2, 4), _records(2)).save(photos)
+    assert (photos / "holiday.jpg").read_bytes() == b"precious"
+
+
+def test_load_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(IndexStoreError, match="index not found"):
+        GalleryIndex.load(tmp_path / "missing")
+    out = GalleryIndex.build(np.eye(3, 4), _records(3)).save(tmp_path / "idx")
+    (out / "meta.json").write_text("{not json")
+    with pytest.raises(IndexStoreError, match="meta.json: not valid JSON"):
+        GalleryIndex.load(out)
+    out = GalleryIndex.build(np.eye(3, 4), _records(3)).save(tmp_path / "idx2")
+    with (out / "records.jsonl").open("a") as handle:
+        handle.write(json.dumps({"path": "/extra.jpg"}) + "\n")
+    with pytest.raises(IndexStoreError, match="4 rows but the index holds 3"):
+        GalleryIndex.load(out)
+    out = GalleryIndex.build(np.eye(3, 4), _records(3)).save(tmp_path / "idx3")
+    (out / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(IndexStoreError, match="cannot read the FAISS index"):
+        GalleryIndex.load(out)
+
+
+def test_load_points_at_a_backup_left_by_a_hard_interruption(tmp_path: Path) -> None:
+    out = GalleryIndex.build(np.eye(3, 4), _records(3)).save(tmp_path / "idx")
+    out.rename(tmp_path / ".idx.bak-1234abcd")  # as if killed between the two renames
+    with pytest.raises(IndexStoreError, match=r"\.idx\.bak-1234abcd"):
+        GalleryIndex.load(tmp_path / "idx")
+
+
+# --------------------------------------------------------------------------- layouts
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/data/SYSU-MM01/cam3/0007/0012.jpg", (7, 3, "infrared", "sysu")),
+        ("/data/SYSU-MM01/cam1/0333/0001.jpg", (333, 1, "visible", "sysu")),
+        ("/x/RegDB/Visible/42/female_front_v_00123_42.bmp", (42, 1, "visible", "regdb")),
+        ("/x/RegDB/Thermal/7/male_back_t_00001_7.bmp", (7, 2, "infrared", "regdb")),
+        ("/d/LLCM/test_vis/cam4/0123/0123_c04_s170917_f4380_vis.jpg", (123, 4, "visible", "llcm")),
+        ("/d/LLCM/test_nir/cam9/0010/0010_c09_s1_f2_nir.jpg", (10, 9, "infrared", "llcm")),
+        # a root folder whose name contains "cam" must not confuse the parser
+        ("/mnt/cam2_backup/camera/SYSU/cam6/0020/0003.jpg", (20, 6, "infrared", "sysu")),
+    ],
+)
+def test_known_layouts_give_pid_and_cam(path: str, expected: tuple) -> None:
+    found = identify(path)
+    assert found is not None
+    assert (found.pid, found.cam, found.modality.value, found.dataset) == expected
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/photos/holiday/img_0001.jpg",
+        "/data/SYSU-MM01/cam7/0007/0012.jpg",  # no camera 7 in SYSU
+        "/data/SYSU-MM01/cam3/7/0012.jpg",  # pid folder not 4 digits
+        "/x/RegDB/Visible/42/female_front_v_00123_43.bmp",  # file pid differs from folder
+        "/d/LLCM/test_vis/cam4/0123/0124_c04_s1_f1_vis.jpg",
+        "relative.jpg",
+    ],
+)
+def test_unknown_layouts_give_nothing(path: str) -> None:
+    assert identify(path) is None
