@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import enum
 import json
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from mclnet_cli.atomic import atomic_write_text
 from mclnet_cli.errors import DataError
+
+__all__ = ["Modality", "Sample", "PreparedDataset", "count_samples", "write_prepared", "load_prepared", "atomic_write_text"]
 
 MANIFEST = "manifest.jsonl"
 META = "meta.json"
@@ -107,22 +108,6 @@ def count_samples(samples: Iterable[Sample]) -> dict[str, dict[str, dict[str, in
             m.value: {"ids": len(ids[(split, m.value)]), "images": images[(split, m.value)]} for m in Modality
         }
     return counts
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file via a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_prepared(out_dir: Path, samples: Sequence[Sample], meta: dict[str, Any]) -> Path:

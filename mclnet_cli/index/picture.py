@@ -7,13 +7,12 @@ no known dataset layout). Each thumbnail is captioned with its rank and score.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from mclnet_cli.atomic import atomic_write
 from mclnet_cli.data.images import load_rgb
 from mclnet_cli.errors import DataError
 from mclnet_cli.index.gallery import Hit
@@ -86,15 +85,4 @@ def save_ranked_list(
     """Render ``rows`` and write a PNG atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     image = render_ranked_list(rows, top_k=top_k, thumb_width=thumb_width, thumb_height=thumb_height)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda handle: image.save(handle, format="PNG"))
