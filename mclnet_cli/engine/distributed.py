@@ -1,0 +1,83 @@
+"""DistributedDataParallel plumbing for ``torchrun`` launches.
+
+``torchrun --nproc_per_node N -m mclnet_cli train ...`` sets ``WORLD_SIZE``,
+``RANK`` and ``LOCAL_RANK``; :func:`init_distributed` reads them, joins the
+process group (NCCL on CUDA, gloo on CPU) and picks this rank's device. A plain
+launch is a world of one and touches nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from mclnet_cli.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the job."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main rank writes files and shows progress."""
+        return self.rank == 0
+
+
+def env_dist_info() -> DistInfo:
+    """Read ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` (defaults: a world of one)."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError as exc:
+        raise ConfigError(f"WORLD_SIZE/RANK/LOCAL_RANK must be integers ({exc})") from exc
+    if world < 1 or not 0 <= rank < world:
+        raise ConfigError(f"invalid distributed environment: RANK={rank} WORLD_SIZE={world}")
+    return DistInfo(rank=rank, local_rank=local, world_size=world)
+
+
+def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
+    """Join the process group when launched by torchrun; returns the info and this rank's device."""
+    info = env_dist_info()
+    if not info.enabled:
+        return info, device
+    if device.type == "cuda":
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
+    return info, device
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tensor`` over ranks (identity in a world of one)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        tensor /= dist.get_world_size()
+    return tensor

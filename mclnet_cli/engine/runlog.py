@@ -1,0 +1,181 @@
+"""The run directory: resolved config, environment, metrics log and summary.
+
+Layout of ``RUN_DIR``::
+
+    config.yaml        the resolved config (rewritten on resume)
+    environment.json   versions, device, seed, command line, start time, threads
+    metrics.jsonl      one JSON row per logged step window and per epoch
+    last.pt / best.pt  checkpoints (written by the trainer via save_checkpoint)
+    summary.json       written at the end (or when interrupted)
+    tensorboard/       only when the tensorboard package is importable
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+from mclnet_cli.config import Config
+from mclnet_cli.data.records import atomic_write_text
+from mclnet_cli.errors import ConfigError
+
+CONFIG_FILE = "config.yaml"
+ENVIRONMENT_FILE = "environment.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_run_dir(out_dir: Path, resume: bool) -> None:
+    """Refuse to overwrite a run by accident, and to resume a run that has no ``last.pt``."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; expected a run directory")
+    if resume:
+        if not (out_dir / LAST_CHECKPOINT).is_file():
+            raise ConfigError(f"nothing to resume: {out_dir / LAST_CHECKPOINT} not found (start without --resume)")
+        return
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ConfigError(
+            f"run directory {out_dir} is not empty; pass --resume to continue that run or choose another --out"
+        )
+
+
+def write_json(path: Path, payload: Mapping[str, Any]) -> None:
+    atomic_write_text(Path(path), json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def write_config(out_dir: Path, config: Config) -> None:
+    atomic_write_text(Path(out_dir) / CONFIG_FILE, config.to_yaml())
+
+
+def environment_info(*, device: str, seed: int, world_size: int = 1, argv: list[str] | None = None) -> dict[str, Any]:
+    """What ran this training: versions, hardware, seed, command line, start time, threads."""
+    import torch
+    import torchvision
+
+    from mclnet_cli import __version__
+
+    info: dict[str, Any] = {
+        "mclnet_version": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "platform": platform.platform(),
+        "device": device,
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None,
+        "world_size": world_size,
+        "seed": seed,
+        "command": list(sys.argv if argv is None else argv),
+        "cwd": os.getcwd(),
+        "started": now_iso(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+    }
+    return info
+
+
+def write_environment(out_dir: Path, info: Mapping[str, Any], resume: bool) -> None:
+    """Write ``environment.json``; on resume keep the original and append this start to ``resumes``."""
+    path = Path(out_dir) / ENVIRONMENT_FILE
+    if resume and path.is_file():
+        previous = read_json(path)
+        previous.setdefault("resumes", []).append(dict(info))
+        write_json(path, previous)
+    else:
+        write_json(path, dict(info))
+
+
+class MetricsLog:
+    """Append-only JSONL of training rows; flushed per row so a killed run keeps its log."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool = True) -> None:
+        self.path = Path(out_dir) / METRICS_FILE
+        self._tb = _tensorboard_writer(Path(out_dir) / TENSORBOARD_DIR) if tensorboard else None
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        """On resume: drop rows of epochs that are being re-run (``epoch >= start``)."""
+        if not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if int(row.get("epoch", 0)) < epoch:
+                kept.append(line + "\n")
+        atomic_write_text(self.path, "".join(kept))
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row, default=float) + "\n")
+        if self._tb is not None:
+            step = int(row.get("global_step", 0))
+            prefix = "epoch" if row.get("kind") == "epoch" else "train"
+            for key, value in _flatten(row).items():
+                if key not in ("epoch", "step", "global_step") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+
+
+def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
+    """All rows of ``metrics.jsonl`` (for tests and reports)."""
+    path = Path(out_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in row.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}/"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _tensorboard_writer(path: Path) -> Any:
+    """A SummaryWriter when tensorboard is installed, else None (optional, silent)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard missing or broken: logging to JSONL is enough
+        return None
+    return SummaryWriter(log_dir=str(path))
+
+
+class Stopwatch:
+    """Seconds since creation (monotonic)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start

@@ -1,0 +1,571 @@
+"""The training loop: ``fit(config, data_dir, out_dir)`` -> a run directory.
+
+One epoch = ``len(loader)`` steps of P ids x K images per modality. After each
+epoch the scheduler steps and ``last.pt`` is written atomically (weights,
+optimiser, scheduler, AMP scaler, RNG states), so a run killed at any moment
+loses at most the current epoch and ``resume=True`` continues it exactly where
+the last completed epoch ended. The core never prints: progress goes to a
+:class:`Reporter` that the CLI renders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from mclnet_cli.config import Config
+from mclnet_cli.data.records import Modality, PreparedDataset, load_prepared
+from mclnet_cli.engine import distributed as dist_utils
+from mclnet_cli.engine import runlog
+from mclnet_cli.engine.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+from mclnet_cli.engine.device import resolve_device
+from mclnet_cli.engine.optim import build_optimizer, build_scheduler, group_lrs
+from mclnet_cli.errors import CheckpointError, ConfigError, TrainingError
+
+FEATURE_STATEMENT = "bn: L2-normalised BNNeck(f4), cosine distance"
+# Config keys that may change when a run is resumed (everything else must match the run).
+RESUME_MUTABLE = ("train.", "eval.", "index.", "data.workers", "data.use_cache")
+
+
+class Reporter:
+    """Receives training events; the default does nothing. The CLI subclasses it to render."""
+
+    def start(self, info: Mapping[str, Any]) -> None:
+        """Before the first epoch: epochs, start_epoch, steps_per_epoch, device, world_size, ..."""
+
+    def epoch_start(self, epoch: int, steps: int) -> None:
+        """An epoch (0-based) of ``steps`` steps begins."""
+
+    def step(self, epoch: int, step: int, stats: Mapping[str, Any]) -> None:
+        """After each step: ``loss``, ``parts``, ``lr``, ``images_per_s``."""
+
+    def epoch_end(self, epoch: int, row: Mapping[str, Any]) -> None:
+        """After each epoch, with the row written to metrics.jsonl."""
+
+    def note(self, message: str) -> None:
+        """Something the user should know (a skipped option, a saved checkpoint)."""
+
+    def end(self, result: "TrainResult") -> None:
+        """The run finished, was interrupted, or stopped."""
+
+
+@dataclass
+class TrainResult:
+    """What a call to :func:`fit` did."""
+
+    out_dir: Path
+    status: str  # complete | interrupted
+    epochs: int
+    epochs_completed: int
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    final_losses: dict[str, float]
+    best: dict[str, Any] | None
+    time_s: float
+    images_per_s: float
+    summary: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0  # under torchrun only rank 0 has a summary to show
+
+
+# ----------------------------------------------------------------------------
+# RNG state in a weights_only-loadable form (tensors, lists, ints, floats)
+
+
+def rng_state() -> dict[str, Any]:
+    """torch / CUDA / numpy / python RNG states as tensors and plain lists."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": str(np_kind),
+            "keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            "pos": int(np_pos),
+            "has_gauss": int(np_has_gauss),
+            "cached_gaussian": float(np_cached),
+        },
+        "python": {"version": int(py_version), "internal": [int(x) for x in py_internal], "gauss": py_gauss},
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    npst = state["numpy"]
+    np.random.set_state(
+        (npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------
+# Checks before anything is written
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def resume_conflicts(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Config keys that differ between a run and its resume and may not change (e.g. model.arch)."""
+    old, new = _flatten(stored), _flatten(current)
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(RESUME_MUTABLE) or key in RESUME_MUTABLE:
+            continue
+        if old.get(key) != new.get(key):
+            changed.append(f"{key} ({old.get(key)!r} -> {new.get(key)!r})")
+    return changed
+
+
+def check_validation(prepared: PreparedDataset, config: Config, train_pids: set[int]) -> None:
+    """Periodic validation needs a val split whose ids are not trained on (never the test set)."""
+    if config.train.eval_every <= 0:
+        return
+    val = prepared.select("val")
+    if not val:
+        raise ConfigError(
+            f"train.eval_every={config.train.eval_every} but {prepared.root} has no val split "
+            "(validation never uses the test set); set train.eval_every=0"
+        )
+    vis = {s.pid for s in val if s.modality is Modality.VISIBLE}
+    ir = {s.pid for s in val if s.modality is Modality.INFRARED}
+    if not vis or not ir:
+        raise ConfigError(f"{prepared.root}: the val split needs both visible and infrared images for validation")
+    if (vis | ir) & train_pids:
+        raise ConfigError(
+            "train.eval_every > 0 but the val ids are also trained on; set data.train_on_val=false "
+            "to hold them out, or train.eval_every=0"
+        )
+
+
+# ----------------------------------------------------------------------------
+# Validation on held-out ids
+
+
+def validation_statement(config: Config) -> str:
+    return (
+        f"validation split (held-out ids, not the test set): queries = all val infrared images, "
+        f"gallery = all val visible images, {config.eval.protocol} exclusions and CMC, "
+        f"feature {FEATURE_STATEMENT}; best.pt picked by val mAP"
+    )
+
+
+def validate(model: torch.nn.Module, prepared: PreparedDataset, config: Config, device: torch.device) -> dict[str, Any]:
+    """mAP / Rank-1 / Rank-5 / mINP (percent) of val infrared queries against all val visible images."""
+    from mclnet_cli.engine.extract import extract_features
+    from mclnet_cli.metrics.ranking import rank_metrics
+
+    def embed(modality: Modality):
+        samples = prepared.select("val", modality)
+        out = extract_features(
+            model, [s.path for s in samples], modality,
+            height=config.data.height, width=config.data.width,
+            batch_size=config.eval.batch_size, device=device, feature="bn",
+        )
+        return out.features, samples
+
+    was_training = model.training
+    try:
+        g_feat, gallery = embed(Modality.VISIBLE)
+        q_feat, queries = embed(Modality.INFRARED)
+    finally:
+        model.train(was_training)
+    distmat = 1.0 - q_feat @ g_feat.T
+    result = rank_metrics(
+        distmat,
+        np.array([s.pid for s in queries]), np.array([s.pid for s in gallery]),
+        np.array([s.cam for s in queries]), np.array([s.cam for s in gallery]),
+        protocol=config.eval.protocol,
+    )
+    return {
+        "mAP": 100.0 * result.mAP,
+        "rank1": 100.0 * result.rank(1),
+        "rank5": 100.0 * result.rank(5),
+        "mINP": 100.0 * result.mINP,
+        "queries": result.num_valid,
+        "gallery": len(gallery),
+    }
+
+
+# ----------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class _Window:
+    """Running sums between two log rows."""
+
+    steps: int = 0
+    images: int = 0
+    sums: dict[str, float] = field(default_factory=dict)
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, values: Mapping[str, float], images: int) -> None:
+        self.steps += 1
+        self.images += images
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self.start
+        return self.images / elapsed if elapsed > 0 else 0.0
+
+
+def _amp_setup(config: Config, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use GradScaler): bf16 where supported, else fp16 + scaler; CUDA only."""
+    if device.type != "cuda" or not config.train.amp:
+        return None, False
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+def _float_output(output: Any) -> Any:
+    """Cast a ModelOutput's tensors to float32 so the losses run in full precision under AMP."""
+    if not dataclasses.is_dataclass(output):
+        return output
+    return dataclasses.replace(
+        output,
+        features={k: v.float() for k, v in output.features.items()},
+        bn_feature=output.bn_feature.float(),
+        logits=output.logits.float(),
+    )
+
+
+def _move(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    x = x.to(device, non_blocking=True)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def fit(
+    config: Config,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    device: str = "auto",
+    reporter: Reporter | None = None,
+) -> TrainResult:
+    """Train MCLNet on a prepared dataset into ``out_dir`` (or continue it with ``resume=True``).
+
+    Works in a world of one process or under ``torchrun`` (DistributedDataParallel;
+    only rank 0 writes files and reports). Raises ConfigError/DataError/CheckpointError
+    for bad input and TrainingError when a loss part stops being finite.
+    """
+    torch_device = resolve_device(device)
+    info, torch_device = dist_utils.init_distributed(torch_device)
+    try:
+        return _fit(config, Path(data_dir), Path(out_dir), resume, torch_device, info, reporter)
+    finally:
+        dist_utils.cleanup_distributed()
+
+
+def _fit(
+    config: Config,
+    data_dir: Path,
+    out_dir: Path,
+    resume: bool,
+    device: torch.device,
+    info: dist_utils.DistInfo,
+    reporter: Reporter | None,
+) -> TrainResult:
+    from mclnet_cli.data.loader import build_train_loader, describe
+    from mclnet_cli.losses import Criterion
+    from mclnet_cli.model import build_model
+
+    main = info.is_main
+    reporter = reporter if (reporter is not None and main) else Reporter()
+    session = runlog.Stopwatch()
+
+    # --- checks (every rank, before anything is written) --------------------
+    runlog.check_run_dir(out_dir, resume)
+    prepared = load_prepared(data_dir)
+    seed_everything(config.seed)
+    loader = build_train_loader(
+        prepared, config.data, seed=config.seed, steps_per_epoch=config.train.steps_per_epoch,
+        rank=info.rank, world_size=info.world_size,
+    )
+    label_map = {int(k): int(v) for k, v in loader.label_map.items()}
+    check_validation(prepared, config, set(label_map))
+    payload: dict[str, Any] | None = None
+    last_path = out_dir / runlog.LAST_CHECKPOINT
+    best_path = out_dir / runlog.BEST_CHECKPOINT
+    if resume:
+        payload = load_checkpoint(last_path)
+        conflicts = resume_conflicts(payload.get("config", {}), config.to_dict())
+        if conflicts:
+            raise ConfigError(
+                f"cannot resume {out_dir}: the config differs from the run's in {'; '.join(conflicts[:3])}; "
+                "resume with the run's own settings (omit --preset to use its config.yaml) or choose another --out"
+            )
+        stored_map = {int(k): int(v) for k, v in payload.get("label_map", {}).items()}
+        if stored_map != label_map:
+            raise CheckpointError(f"{last_path}: its training identities differ from {data_dir}'s (another dataset?)")
+    dist_utils.barrier()  # every rank has checked the run directory before rank 0 writes to it
+
+    # --- model, loss, optimiser ---------------------------------------------
+    model = build_model(config.model, loader.num_classes).to(device)
+    channels_last = device.type == "cuda" and config.train.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = Criterion.from_config(config.loss)
+    if isinstance(criterion, torch.nn.Module):
+        criterion = criterion.to(device)
+    optimizer = build_optimizer(model, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim)
+    amp_dtype, use_scaler = _amp_setup(config, device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    start_epoch, global_step, best = 0, 0, None
+    if payload is not None:
+        try:
+            model.load_state_dict(payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+            scheduler.load_state_dict(payload["scheduler"])
+            if payload.get("scaler"):
+                scaler.load_state_dict(payload["scaler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"{last_path}: cannot restore training state ({exc})") from exc
+        start_epoch = int(payload["epoch"])
+        global_step = int(payload.get("global_step", 0))
+        best = payload.get("best")
+        set_rng_state(payload["rng"])
+
+    train_model: torch.nn.Module = model
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        train_model = DistributedDataParallel(model, device_ids=ids)
+    if config.train.compile:
+        train_model = torch.compile(train_model)
+
+    def save_last(epoch: int) -> None:
+        extra = {
+            "kind": "last",
+            "epoch": epoch,  # completed epochs = the next epoch to run
+            "global_step": global_step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rng_state(),
+            "best": best,
+        }
+        save_checkpoint(last_path, checkpoint_payload(model, config, label_map, **extra))
+
+    # --- run directory (rank 0) -----------------------------------------------
+    metrics: runlog.MetricsLog | None = None
+    resumed_row: dict[str, Any] = {}
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        runlog.write_config(out_dir, config)
+        env = runlog.environment_info(device=str(device), seed=config.seed, world_size=info.world_size)
+        env.update(amp=str(amp_dtype).replace("torch.", "") if amp_dtype else None, channels_last=channels_last,
+                   compile=config.train.compile, resumed_from_epoch=start_epoch if resume else None)
+        runlog.write_environment(out_dir, env, resume)
+        metrics = runlog.MetricsLog(out_dir)
+        if resume:
+            metrics.keep_epochs_before(start_epoch)
+            done = [r for r in runlog.read_metrics(out_dir) if r.get("kind") == "epoch"]
+            resumed_row = done[-1] if done else {}
+        else:
+            save_last(0)  # a last good checkpoint exists from the very start
+    dist_utils.barrier()
+
+    epochs = config.train.epochs
+    steps = len(loader)
+    per_step_images = 2 * config.data.num_ids * config.data.num_instances * info.world_size
+    reporter.start({
+        **describe(loader),
+        "epochs": epochs, "start_epoch": start_epoch, "steps_per_epoch": steps, "device": str(device),
+        "world_size": info.world_size, "num_classes": loader.num_classes, "dataset": prepared.name,
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype else None, "out_dir": str(out_dir),
+    })
+
+    status, last_row, session_images, failure = "complete", resumed_row, 0, None
+    log_every = max(1, config.train.log_every)
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, epochs):
+            loader.set_epoch(epoch)
+            train_model.train()
+            reporter.epoch_start(epoch, steps)
+            lrs = group_lrs(optimizer)
+            epoch_window, log_window = _Window(), _Window()
+            data_time = 0.0
+            fetch = time.perf_counter()
+            for step, batch in enumerate(loader):
+                data_time += time.perf_counter() - fetch
+                visible = _move(batch.visible, device, channels_last)
+                infrared = _move(batch.infrared, device, channels_last)
+                labels = batch.labels.to(device, non_blocking=True)
+                all_labels = torch.cat([labels, labels])
+                modalities = torch.cat([torch.zeros_like(labels), torch.ones_like(labels)])
+                autocast = (
+                    torch.autocast(device_type="cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+                )
+                with autocast:
+                    output = train_model(visible=visible, infrared=infrared)
+                loss = criterion(_float_output(output), all_labels, modalities)
+
+                names = ["total", *loss.parts]
+                stacked = torch.stack([loss.total.detach().float(), *(loss.parts[n].float() for n in loss.parts)])
+                values = dist_utils.all_reduce_mean(stacked).cpu().tolist()
+                bad = [(n, v) for n, v in zip(names, values) if not math.isfinite(v)]
+                if bad:
+                    name, value = next(((n, v) for n, v in bad if n != "total"), bad[0])
+                    failure = (
+                        f"loss part {name!r} became {value} at epoch {epoch + 1}/{epochs} step {step + 1}/{steps}; "
+                        f"last good checkpoint: {last_path}"
+                    )
+                    raise TrainingError(failure)
+
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss.total).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                global_step += 1
+
+                row_values = dict(zip(names, values))
+                epoch_window.add(row_values, per_step_images)
+                log_window.add(row_values, per_step_images)
+                reporter.step(epoch, step, {
+                    "loss": row_values["total"], "parts": {n: row_values[n] for n in loss.parts},
+                    "lr": lrs, "images_per_s": epoch_window.rate(),
+                })
+                if metrics is not None and (step + 1) % log_every == 0:
+                    means = log_window.means()
+                    metrics.write({
+                        "kind": "step", "epoch": epoch, "step": step, "global_step": global_step,
+                        "loss": means.pop("total"), "parts": means, "lr": lrs,
+                        "images_per_s": log_window.rate(),
+                    })
+                    log_window = _Window()
+                fetch = time.perf_counter()
+
+            scheduler.step()
+            epoch_time = time.perf_counter() - epoch_window.start
+            session_images += epoch_window.images
+            means = epoch_window.means()
+            last_row = {
+                "kind": "epoch", "epoch": epoch, "global_step": global_step, "loss": means.pop("total", float("nan")),
+                "parts": means, "lr": lrs, "images_per_s": epoch_window.rate(), "epoch_time_s": epoch_time,
+                "data_time_s": data_time,
+            }
+            if config.train.eval_every > 0 and ((epoch + 1) % config.train.eval_every == 0 or epoch + 1 == epochs):
+                if main:
+                    val = validate(model, prepared, config, device)
+                    last_row["val"] = val
+                    if best is None or val["mAP"] > best["mAP"]:
+                        best = {"epoch": epoch, **val}
+                        save_checkpoint(best_path, checkpoint_payload(
+                            model, config, label_map, kind="best", epoch=epoch + 1, val=val,
+                            protocol=validation_statement(config), feature=FEATURE_STATEMENT,
+                        ))
+                dist_utils.barrier()
+            if main:
+                save_last(epoch + 1)
+                assert metrics is not None
+                metrics.write(last_row)
+            reporter.epoch_end(epoch, last_row)
+        epoch = epochs
+    except KeyboardInterrupt:
+        status = "interrupted"
+    except TrainingError:
+        status = "stopped"
+        if main:
+            _write_summary(out_dir, config, prepared, info, status, epoch, last_row, best, session, session_images,
+                           steps, failure)
+        raise
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+    completed = epochs if status == "complete" else epoch
+    summary = (
+        _write_summary(out_dir, config, prepared, info, status, completed, last_row, best, session, session_images,
+                       steps, None)
+        if main else {}
+    )
+    result = TrainResult(
+        out_dir=out_dir, status=status, epochs=epochs, epochs_completed=completed, last_checkpoint=last_path,
+        best_checkpoint=best_path if best is not None else None,
+        final_losses=summary.get("final_losses", {}), best=best, time_s=session.elapsed(),
+        images_per_s=summary.get("images_per_s", 0.0), summary=summary, rank=info.rank,
+    )
+    reporter.end(result)
+    return result
+
+
+def _write_summary(
+    out_dir: Path,
+    config: Config,
+    prepared: PreparedDataset,
+    info: dist_utils.DistInfo,
+    status: str,
+    epochs_completed: int,
+    last_row: Mapping[str, Any],
+    best: Mapping[str, Any] | None,
+    session: runlog.Stopwatch,
+    session_images: int,
+    steps: int,
+    message: str | None,
+) -> dict[str, Any]:
+    """``summary.json``: what was trained, how far, final losses, time, and what any val number means."""
+    elapsed = session.elapsed()
+    final = {"total": last_row["loss"], **last_row["parts"]} if last_row else {}
+    validated = config.train.eval_every > 0
+    summary = {
+        "status": status,
+        "message": message,
+        "dataset": prepared.name,
+        "data": str(prepared.root),
+        "epochs": config.train.epochs,
+        "epochs_completed": epochs_completed,
+        "steps_per_epoch": steps,
+        "world_size": info.world_size,
+        "final_losses": final,
+        "final_lr": dict(last_row.get("lr", {})) if last_row else {},
+        "time_s": elapsed,
+        "images_per_s": session_images / elapsed if elapsed > 0 else 0.0,
+        "best_val": dict(best) if best else None,
+        "protocol": validation_statement(config) if validated
+        else "no validation during training (train.eval_every=0); no checkpoint was selected on any evaluation set",
+        "feature": FEATURE_STATEMENT,
+        "checkpoints": {
+            "last": str(out_dir / runlog.LAST_CHECKPOINT),
+            "best": str(out_dir / runlog.BEST_CHECKPOINT) if best else None,
+        },
+        "finished": runlog.now_iso(),
+    }
+    runlog.write_json(out_dir / runlog.SUMMARY_FILE, summary)
+    return summary

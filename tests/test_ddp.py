@@ -1,0 +1,82 @@
+"""DistributedDataParallel on CPU: torchrun with 2 gloo processes, tiny model, 1 epoch of 2 steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch.distributed as dist
+import pytest
+from PIL import Image
+
+from mclnet_cli.data.records import Modality, Sample, write_prepared
+from mclnet_cli.engine.checkpoint import load_model
+from mclnet_cli.engine.distributed import env_dist_info
+from mclnet_cli.engine.runlog import read_metrics
+from mclnet_cli.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _prepared(root: Path) -> Path:
+    rng = np.random.default_rng(1)
+    samples = []
+    for pid in range(1, 5):
+        base = rng.integers(0, 255, size=3)
+        for cam, modality in ((1, Modality.VISIBLE), (2, Modality.VISIBLE), (3, Modality.INFRARED), (6, Modality.INFRARED)):
+            pixels = np.clip(base + rng.normal(0, 30, size=(32, 16, 3)), 0, 255).astype(np.uint8)
+            path = root / f"{pid}_{cam}.png"
+            Image.fromarray(pixels).save(path)
+            samples.append(Sample(str(path), pid, cam, modality, "train"))
+    return write_prepared(root / "prepared", samples, {"dataset": "synthetic"})
+
+
+def test_env_dist_info_reads_torchrun_variables(monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    info = env_dist_info()
+    assert (info.rank, info.local_rank, info.world_size, info.is_main, info.enabled) == (2, 0, 4, False, True)
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(ConfigError, match="RANK=4"):
+        env_dist_info()
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name)
+    assert env_dist_info().world_size == 1 and env_dist_info().is_main
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_torchrun_two_gloo_processes_train_one_epoch(tmp_path: Path) -> None:
+    data = _prepared(tmp_path)
+    out = tmp_path / "run"
+    sets = [
+        "data.height=32", "data.width=16", "data.num_ids=2", "data.num_instances=2", "data.workers=0",
+        "train.epochs=1", "train.steps_per_epoch=2", "train.log_every=1",
+    ]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "mclnet_cli", "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
+        "--device", "cpu", "--quiet", "--json",
+    ]
+    for item in sets:
+        cmd += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # only rank 0 prints the summary and writes files
+    summary = json.loads(proc.stdout)
+    assert summary["status"] == "complete" and summary["world_size"] == 2
+    assert summary["steps_per_epoch"] == 1  # 2 steps over 2 ranks
+    env_info = json.loads((out / "environment.json").read_text())
+    assert env_info["world_size"] == 2
+    rows = read_metrics(out)
+    assert [r["kind"] for r in rows] == ["step", "epoch"]  # one writer: no duplicate rows
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.yaml", "environment.json", "last.pt", "metrics.jsonl", "summary.json",
+    ]
+    loaded = load_model(out / "last.pt")
+    assert loaded.payload["epoch"] == 1 and len(loaded.label_map) == 4

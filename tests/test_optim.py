@@ -1,0 +1,109 @@
+"""Optimiser groups and the per-epoch learning-rate schedule of the MCLNet recipe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mclnet_cli.config import OptimConfig, load_config
+from mclnet_cli.engine.optim import build_optimizer, build_scheduler, group_lrs, lr_factor, parameter_groups
+
+
+class TinyNet(nn.Module):
+    """Backbone + BNNeck (frozen bias) + classifier, like MCLNet's head split."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1))
+        self.bnneck = nn.BatchNorm1d(4)
+        self.bnneck.bias.requires_grad_(False)
+        self.classifier = nn.Linear(4, 3, bias=False)
+
+    def head_parameters(self):
+        return list(self.bnneck.parameters()) + list(self.classifier.parameters())
+
+    def backbone_parameters(self):
+        return list(self.backbone.parameters())
+
+
+def _reference_lr(base: float, epoch: int) -> float:
+    """The recipe written out: warm-up 10 epochs, x0.1 from epoch 20, x0.01 from epoch 50."""
+    if epoch < 10:
+        return base * (epoch + 1) / 10
+    if epoch < 20:
+        return base
+    if epoch < 50:
+        return base * 0.1
+    return base * 0.01
+
+
+@pytest.mark.parametrize("epoch", [0, 9, 10, 19, 20, 49, 50, 150])
+def test_lr_factor_matches_recipe_at_key_epochs(epoch: int) -> None:
+    assert lr_factor(epoch, 10, (20, 50), 0.1) == pytest.approx(_reference_lr(1.0, epoch))
+
+
+def test_lr_factor_without_warmup_and_unsorted_milestones() -> None:
+    assert lr_factor(0, 0, (5, 2), 0.5) == 1.0
+    assert lr_factor(2, 0, (5, 2), 0.5) == 0.5  # one milestone passed
+    assert lr_factor(5, 0, (5, 2), 0.5) == 0.25
+
+
+def test_parameter_groups_are_disjoint_complete_and_have_recipe_lrs() -> None:
+    net = TinyNet()
+    groups = parameter_groups(net, load_config("base").optim)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["head"]["lr"] == pytest.approx(0.1)
+    assert by_name["backbone"]["lr"] == pytest.approx(0.01)
+    head_ids = {id(p) for p in by_name["head"]["params"]}
+    rest_ids = {id(p) for p in by_name["backbone"]["params"]}
+    assert not head_ids & rest_ids
+    trainable = {id(p) for p in net.parameters() if p.requires_grad}
+    assert head_ids | rest_ids == trainable
+    assert id(net.bnneck.bias) not in head_ids | rest_ids  # frozen bias is not optimised
+    assert head_ids == {id(net.bnneck.weight), id(net.classifier.weight)}
+
+
+def test_sgd_settings_and_schedule_per_group() -> None:
+    cfg = load_config("base").optim
+    net = TinyNet()
+    opt = build_optimizer(net, cfg)
+    assert isinstance(opt, torch.optim.SGD)
+    for group in opt.param_groups:
+        assert group["momentum"] == 0.9 and group["nesterov"] and group["weight_decay"] == pytest.approx(5e-4)
+    sched = build_scheduler(opt, cfg)
+    seen = {}
+    for epoch in range(151):
+        seen[epoch] = group_lrs(opt)
+        opt.step()
+        sched.step()
+    for epoch in (0, 9, 10, 19, 20, 49, 50, 150):
+        assert seen[epoch]["head"] == pytest.approx(_reference_lr(0.1, epoch))
+        assert seen[epoch]["backbone"] == pytest.approx(_reference_lr(0.01, epoch))
+
+
+def test_scheduler_state_round_trips_through_weights_only_load(tmp_path) -> None:
+    cfg = OptimConfig(warmup_epochs=2, milestones=(3,), gamma=0.1)
+    net = TinyNet()
+    opt = build_optimizer(net, cfg)
+    sched = build_scheduler(opt, cfg)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    torch.save({"opt": opt.state_dict(), "sched": sched.state_dict()}, tmp_path / "s.pt")
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    opt2 = build_optimizer(TinyNet(), cfg)
+    sched2 = build_scheduler(opt2, cfg)
+    opt2.load_state_dict(state["opt"])
+    sched2.load_state_dict(state["sched"])
+    assert group_lrs(opt2) == pytest.approx(group_lrs(opt))
+    opt2.step()
+    sched2.step()
+    assert group_lrs(opt2)["backbone"] == pytest.approx(0.01 * 0.1)  # epoch 4: after the milestone
+
+
+def test_adam_is_selectable() -> None:
+    cfg = OptimConfig(name="adam", lr=3e-4, head_lr=3e-3)
+    opt = build_optimizer(TinyNet(), cfg)
+    assert isinstance(opt, torch.optim.Adam)
+    assert group_lrs(opt) == pytest.approx({"head": 3e-3, "backbone": 3e-4})

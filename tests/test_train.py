@@ -1,0 +1,334 @@
+"""Training end to end on CPU: run directory, checkpoints, resume, atomic saves, NaN stop, refusals.
+
+Every run is the tiny preset shrunk further (resnet18 at 64x32, P=2 ids x K=2
+images per modality, 2 steps an epoch) on a fake prepared dataset of small
+random images, so the whole file stays well under a minute and a half.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from mclnet_cli.cli.app import app
+from mclnet_cli.config import load_config
+from mclnet_cli.data.records import Modality, Sample, write_prepared
+from mclnet_cli.engine import train as train_mod
+from mclnet_cli.engine.checkpoint import load_checkpoint, load_model
+from mclnet_cli.engine.optim import lr_factor
+from mclnet_cli.engine.runlog import read_metrics
+from mclnet_cli.engine.train import Reporter, fit, rng_state, set_rng_state
+from mclnet_cli.errors import ConfigError, DataError, TrainingError
+
+runner = CliRunner()
+
+FAST = [
+    "data.num_ids=2",
+    "data.num_instances=2",
+    "data.workers=0",
+    "train.steps_per_epoch=2",
+    "train.log_every=1",
+    "optim.warmup_epochs=2",
+    "optim.milestones=[3]",
+]
+
+
+def _config(*extra: str):
+    return load_config("tiny", [*FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """6 train ids, 3 val ids, 2 test ids; 2 visible (cams 1, 2) + 2 infrared (cam 3) images each."""
+    root = tmp_path_factory.mktemp("fake_sysu")
+    rng = np.random.default_rng(0)
+    samples = []
+    splits = ["train"] * 6 + ["val"] * 3 + ["test"] * 2
+    for pid, split in enumerate(splits, start=1):
+        base = rng.integers(0, 255, size=3)
+        for cam, modality in ((1, Modality.VISIBLE), (2, Modality.VISIBLE), (3, Modality.INFRARED), (3, Modality.INFRARED)):
+            pixels = np.clip(base + rng.normal(0, 30, size=(32, 16, 3)), 0, 255).astype(np.uint8)
+            if modality is Modality.INFRARED:
+                pixels[:] = pixels.mean(axis=2, keepdims=True).astype(np.uint8)
+            path = root / "img" / f"{pid:03d}_{cam}_{len(samples)}.png"
+            path.parent.mkdir(exist_ok=True)
+            Image.fromarray(pixels).save(path)
+            samples.append(Sample(str(path), pid, cam, modality, split))
+    return write_prepared(root / "prepared", samples, {"dataset": "sysu", "root": str(root)})
+
+
+class Recorder(Reporter):
+    """Keeps the events, optionally runs a hook on each step."""
+
+    def __init__(self, on_step=None, on_epoch_start=None) -> None:
+        self.events: list[tuple] = []
+        self.on_step, self.on_epoch_start = on_step, on_epoch_start
+
+    def start(self, info):
+        self.events.append(("start", dict(info)))
+
+    def epoch_start(self, epoch, steps):
+        self.events.append(("epoch_start", epoch, steps))
+        if self.on_epoch_start:
+            self.on_epoch_start(epoch)
+
+    def step(self, epoch, step, stats):
+        self.events.append(("step", epoch, step, dict(stats)))
+        if self.on_step:
+            self.on_step(epoch, step)
+
+    def epoch_end(self, epoch, row):
+        self.events.append(("epoch_end", epoch, dict(row)))
+
+
+def test_cli_train_end_to_end_writes_run_dir_and_checkpoint_loads(prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--preset", "tiny", "--data", str(prepared), "--out", str(out), "--device", "cpu", "--json", "--quiet"]
+    for item in [*FAST, "train.epochs=2"]:
+        args += ["--set", item]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "complete" and summary["epochs_completed"] == 2
+    assert summary["best_val"] is None and "no validation" in summary["protocol"]
+    assert "BNNeck" in summary["feature"]
+    assert set(summary["final_losses"]) >= {"total", "id", "supcon", "hks", "mmd"}
+
+    for name in ("config.yaml", "environment.json", "metrics.jsonl", "summary.json", "last.pt"):
+        assert (out / name).is_file(), name
+    assert not (out / "best.pt").exists()
+    assert load_config(out / "config.yaml") == _config("train.epochs=2")
+    env = json.loads((out / "environment.json").read_text())
+    assert env["device"] == "cpu" and env["seed"] == 0 and env["torch"] == torch.__version__
+    assert {"python", "torchvision", "mclnet_version", "command", "started", "torch_threads"} <= set(env)
+
+    rows = read_metrics(out)
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert len(steps) == 4  # log_every=1, 2 steps x 2 epochs
+    for row in epochs:
+        expected = lr_factor(row["epoch"], 2, (3,), 0.1)
+        assert row["lr"]["head"] == pytest.approx(0.1 * expected)
+        assert row["lr"]["backbone"] == pytest.approx(0.01 * expected)
+        assert row["images_per_s"] > 0 and row["epoch_time_s"] > 0
+        assert set(row["parts"]) >= {"id", "supcon", "hks", "mmd"}
+        assert np.isfinite(row["loss"])
+
+    loaded = load_model(out / "last.pt")
+    assert loaded.payload["epoch"] == 2 and loaded.label_map == {pid: pid - 1 for pid in range(1, 10)}  # train + val ids
+    images = torch.randn(3, 3, 64, 32)
+    emb = loaded.model.embed(images, Modality.INFRARED)
+    assert emb.shape == (3, loaded.model.feature_dim)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+
+    # --resume without --preset continues from the run's own config.yaml
+    again = ["train", "--data", str(prepared), "--out", str(out), "--resume", "--set", "train.epochs=3", "--json", "-q"]
+    result = runner.invoke(app, again)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["epochs_completed"] == 3
+    assert [r["epoch"] for r in read_metrics(out) if r["kind"] == "epoch"] == [0, 1, 2]
+    assert load_config(out / "config.yaml").train.epochs == 3
+
+
+def test_resume_restores_optimizer_scheduler_and_matches_uninterrupted_run(prepared: Path, tmp_path: Path) -> None:
+    # uninterrupted reference: 2 epochs in one go
+    full = fit(_config("train.epochs=2"), prepared, tmp_path / "full", device="cpu")
+    # the same run, stopped after epoch 1 and resumed to 2
+    first = fit(_config("train.epochs=1"), prepared, tmp_path / "split", device="cpu")
+    assert first.epochs_completed == 1
+    saved = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert saved["epoch"] == 1 and saved["scheduler"]["last_epoch"] == 1
+
+    captured = {}
+    real_build = train_mod.build_optimizer
+
+    def spy_build(model, cfg):
+        captured["optimizer"] = real_build(model, cfg)
+        return captured["optimizer"]
+
+    def check_restored(epoch: int) -> None:
+        # before any step of the resumed epoch: momentum buffers and lrs are the saved ones
+        optimizer = captured["optimizer"]
+        state = optimizer.state_dict()
+        assert epoch == 1
+        assert len(state["state"]) == len(saved["optimizer"]["state"]) > 0
+        for key, value in saved["optimizer"]["state"].items():
+            assert torch.equal(state["state"][key]["momentum_buffer"], value["momentum_buffer"])
+        lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+        assert lrs["backbone"] == pytest.approx(0.01 * lr_factor(1, 2, (3,), 0.1))
+        assert lrs["head"] == pytest.approx(0.1 * lr_factor(1, 2, (3,), 0.1))
+        captured["checked"] = True
+
+    # something else consumes RNG between the two processes of a real resume
+    torch.manual_seed(123)
+    random.seed(123)
+    np.random.seed(123)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(train_mod, "build_optimizer", spy_build)
+    try:
+        resumed = fit(_config("train.epochs=2"), prepared, tmp_path / "split", resume=True, device="cpu",
+                      reporter=Recorder(on_epoch_start=check_restored))
+    finally:
+        mp.undo()
+    assert captured.get("checked")
+    assert resumed.epochs_completed == full.epochs_completed == 2
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "split" / "last.pt")
+    assert b["epoch"] == 2 and b["scheduler"]["last_epoch"] == 2
+    for name, tensor in a["model"].items():
+        assert torch.allclose(tensor.float(), b["model"][name].float(), atol=1e-5), name
+    rows = read_metrics(tmp_path / "split")
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
+    env = json.loads((tmp_path / "split" / "environment.json").read_text())
+    assert len(env["resumes"]) == 1
+
+
+def test_failed_save_leaves_previous_last_checkpoint_intact(prepared: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    fit(_config("train.epochs=1"), prepared, out, device="cpu")
+    before = (out / "last.pt").read_bytes()
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        fit(_config("train.epochs=2"), prepared, out, resume=True, device="cpu")
+    monkeypatch.undo()
+    assert (out / "last.pt").read_bytes() == before
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_nan_loss_stops_with_the_part_name_and_a_loadable_checkpoint(prepared: Path, tmp_path: Path, monkeypatch) -> None:
+    from mclnet_cli.losses import Criterion, LossOutput
+
+    real_from_config = Criterion.from_config.__func__
+    calls = {"n": 0}
+
+    def poisoned(cls, loss_cfg):
+        criterion = real_from_config(cls, loss_cfg)
+
+        def call(output, labels, modalities):
+            result = criterion(output, labels, modalities)
+            calls["n"] += 1
+            if calls["n"] == 4:  # epoch 2 (1-based), step 2
+                parts = dict(result.parts, mmd=torch.tensor(float("nan")))
+                return LossOutput(total=result.total * float("nan"), parts=parts)
+            return result
+
+        return call
+
+    monkeypatch.setattr(Criterion, "from_config", classmethod(poisoned))
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError) as info:
+        fit(_config("train.epochs=3"), prepared, out, device="cpu")
+    message = str(info.value)
+    assert "'mmd'" in message and "nan" in message and "epoch 2/3 step 2/2" in message
+    assert str(out / "last.pt") in message
+    loaded = load_model(out / "last.pt")
+    assert loaded.payload["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in loaded.payload["model"].values() if v.is_floating_point())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped" and "'mmd'" in summary["message"]
+
+
+def test_ctrl_c_keeps_last_completed_epoch(prepared: Path, tmp_path: Path) -> None:
+    def interrupt(epoch: int, step: int) -> None:
+        if epoch == 1 and step == 0:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    result = fit(_config("train.epochs=3"), prepared, out, device="cpu", reporter=Recorder(on_step=interrupt))
+    assert result.status == "interrupted" and result.epochs_completed == 1
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_validation_on_held_out_ids_writes_best_checkpoint(prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = _config("train.epochs=1", "train.eval_every=1", "data.train_on_val=false")
+    result = fit(cfg, prepared, out, device="cpu")
+    assert result.best is not None and 0.0 <= result.best["mAP"] <= 100.0
+    assert result.best["queries"] == 6 and result.best["gallery"] == 6  # val: 3 ids x 2 infrared / 2 visible
+    best = load_checkpoint(out / "best.pt")
+    assert best["kind"] == "best" and "not the test set" in best["protocol"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_val"]["mAP"] == pytest.approx(result.best["mAP"])
+    assert "val" in summary["protocol"] and "not the test set" in summary["protocol"]
+
+
+def test_validation_refused_when_val_ids_are_trained_on(prepared: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="train_on_val"):
+        fit(_config("train.eval_every=1"), prepared, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run").exists()
+
+
+def test_regdb_trial_mismatch_is_refused(prepared: Path, tmp_path: Path) -> None:
+    meta = json.loads((prepared / "meta.json").read_text())
+    other = tmp_path / "regdb"
+    other.mkdir()
+    (other / "manifest.jsonl").write_text((prepared / "manifest.jsonl").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "dataset": "regdb", "trial": 2}))
+    with pytest.raises((ConfigError, DataError), match="trial 2"):
+        fit(_config("data.trial=1"), other, tmp_path / "run", device="cpu")
+
+
+def test_non_empty_run_dir_is_refused_without_resume(prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(prepared), "--out", str(out)])
+    assert result.exit_code == 1
+    assert "not empty" in result.output and "--resume" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_resume_refuses_a_different_model(prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    fit(_config("train.epochs=1"), prepared, out, device="cpu")
+    with pytest.raises(ConfigError, match="model.arch"):
+        fit(_config("train.epochs=2", "model.arch=resnet34"), prepared, out, resume=True, device="cpu")
+    result = runner.invoke(app, ["train", "--data", str(prepared), "--out", str(tmp_path / "none"), "--resume"])
+    assert result.exit_code == 1 and "config.yaml" in result.output
+
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    random.seed(2)
+    np.random.seed(3)
+    np.random.randn()  # leaves a cached gaussian in numpy's state
+    state = rng_state()
+    expected = (torch.rand(3), random.random(), np.random.rand(2))
+    torch.save(state, tmp_path / "rng.pt")
+    torch.manual_seed(9)
+    random.seed(9)
+    np.random.seed(9)
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    assert torch.equal(torch.rand(3), expected[0])
+    assert random.random() == expected[1]
+    assert np.array_equal(np.random.rand(2), expected[2])
+
+
+def test_cli_reports_interruption_with_a_resume_hint(prepared: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "run"
+
+    def interrupted_fit(config, data_dir, out_dir, *, resume, device, reporter):
+        return train_mod.TrainResult(
+            out_dir=Path(out_dir), status="interrupted", epochs=3, epochs_completed=1,
+            last_checkpoint=Path(out_dir) / "last.pt", best_checkpoint=None, final_losses={}, best=None,
+            time_s=1.0, images_per_s=1.0, summary={"status": "interrupted"},
+        )
+
+    monkeypatch.setattr(train_mod, "fit", interrupted_fit)
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(prepared), "--out", str(out), "-q"])
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "--resume" in result.output and "Traceback" not in result.output
