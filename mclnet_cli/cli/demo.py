@@ -1,10 +1,95 @@
-"""``mclnet demo``: not implemented yet (issue #7)."""
+"""``mclnet demo``: the whole journey on synthetic data, in one command.
+
+Thin layer: parse options, call :func:`mclnet_cli.engine.demo.run_demo` lazily
+(no torch or FAISS import at module level), render the summary. Training
+progress reuses the train command's :class:`~mclnet_cli.cli.train.RichReporter`.
+"""
 
 from __future__ import annotations
 
-from mclnet_cli.cli.output import fail
+from pathlib import Path
+from typing import Annotated, Any, Mapping
+
+import typer
+
+from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar, state
+from mclnet_cli.cli.train import RichReporter
 
 
-def demo() -> None:
-    """Run the whole journey on synthetic data. (not implemented yet)"""
-    raise fail("'mclnet demo' is not implemented yet (issue #7)")
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")] = Path("mclnet-demo"),
+    quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster version (about a minute on a 2-core CPU; the full one takes a few).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite a previous demo output in --out.")] = False,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
+) -> None:
+    """Draw a synthetic dataset, train the tiny preset, evaluate it against the untrained network,
+    index the visible test images, query with an infrared probe and draw the ranked list.
+    """
+    _run(out, quick, force, device, as_json)
+
+
+@guard
+def _run(out: Path, quick: bool, force: bool, device: str, as_json: bool) -> None:
+    from mclnet_cli.engine.demo import check_out_dir, run_demo
+
+    check_out_dir(out, force)  # refuse before anything heavy is imported or drawn
+
+    def stage(message: str) -> None:
+        if not state.quiet:
+            err_console.print(f"[bold cyan]{message}[/]", highlight=False)
+
+    reporter = RichReporter(show_progress=not state.quiet)
+    try:
+        result = run_demo(
+            out, quick=quick, force=force, device=device, on_stage=stage, reporter=reporter, progress=progress_bar
+        )
+    finally:
+        reporter.close()
+    if as_json:
+        print_json(result.to_json())
+    else:
+        _render(result.to_json())
+
+
+def _numbers(row: Mapping[str, Any]) -> str:
+    return f"Rank-1 {row['rank1']:6.2f}  mAP {row['mAP']:6.2f}  mINP {row['mINP']:6.2f}"
+
+
+def _render(summary: Mapping[str, Any]) -> None:
+    from rich.table import Table
+
+    metrics = summary["metrics"]
+    protocol = metrics["protocol"]
+    table = Table(
+        title=f"synthetic test split, SYSU protocol ({protocol.get('mode')}-search, {len(protocol.get('trials', []))} trials, percent)",
+        title_justify="left",
+    )
+    for column in ("model", "Rank-1", "Rank-5", "mAP", "mINP"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name in ("trained", "untrained"):
+        row = metrics[name]
+        table.add_row(name, *(f"{row[k]:.2f}" for k in ("rank1", "rank5", "mAP", "mINP")))
+    console.print(table)
+    gain = metrics["trained"]["mAP"] - metrics["untrained"]["mAP"]
+    console.print(f"training gained {gain:+.2f} mAP points", highlight=False)
+
+    query = summary["query"]
+    first = query["first_match_rank"]
+    found = f"first match at rank {first}" if first else f"no match in the top {query['top_k']}"
+    console.print(f"query: infrared probe of pid {query['pid']} (cam {query['cam']}): {found}", highlight=False)
+
+    training = summary["training"]
+    dataset = summary["dataset"]
+    paths = Table(show_header=False, box=None, pad_edge=False)
+    paths.add_column(style="bold")
+    paths.add_column(overflow="fold")
+    paths.add_row("dataset", f"{dataset['prepared']} ({dataset['ids']} ids, raw tree in {dataset['raw']})")
+    paths.add_row("run", f"{summary['run_dir']} ({training['epochs']} epochs x {training['steps_per_epoch']} steps, {training['time_s']:.0f}s)")
+    paths.add_row("checkpoint", summary["checkpoint"])
+    paths.add_row("untrained", summary["untrained_checkpoint"])
+    paths.add_row("index", f"{summary['index']['dir']} ({summary['index']['count']} visible images)")
+    paths.add_row("picture", summary["picture"])
+    paths.add_row("summary", str(Path(summary["out"]) / "demo.json"))
+    console.print(paths)
+    console.print(f"done in {summary['time_s']:.0f}s", highlight=False)

@@ -1,0 +1,125 @@
+"""``mclnet demo --quick`` end to end: every artefact exists and training beats the untrained network.
+
+One quick demo (a few tens of seconds on a CPU) is shared by the tests of this
+file; the refusals run on empty or foreign folders and never train.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mclnet_cli.cli.app import app
+from mclnet_cli.engine.demo import MARKER
+
+runner = CliRunner()
+MARGIN = 3.0  # mAP points the trained model must gain over the untrained one (seeded run: about +4.6)
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    result = runner.invoke(app, ["demo", "--quick", "--json", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out, json.loads(result.stdout)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
+    assert data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_quick_demo_writes_every_artefact(quick_demo) -> None:
+    out, summary = quick_demo
+    assert Path(summary["out"]) == out.resolve()
+    assert (out / MARKER).is_file()
+
+    prepared = Path(summary["dataset"]["prepared"])
+    assert prepared == (out / "prepared").resolve()
+    assert (prepared / "meta.json").is_file()
+    meta = json.loads((prepared / "meta.json").read_text())
+    assert meta["dataset"] == "synthetic" and summary["dataset"]["name"] == "synthetic"
+    assert set(summary["dataset"]["counts"]) == {"train", "val", "test"}
+
+    run_dir = Path(summary["run_dir"])
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "last.pt"):
+        assert (run_dir / name).is_file(), name
+    assert Path(summary["checkpoint"]) == run_dir / "last.pt"
+    run_summary = json.loads((run_dir / "summary.json").read_text())
+    assert run_summary["status"] == "complete"
+    assert run_summary["epochs_completed"] == summary["training"]["epochs"]
+    assert Path(summary["untrained_checkpoint"]).is_file()
+
+    index_dir = Path(summary["index"]["dir"])
+    for name in ("index.faiss", "records.jsonl", "meta.json"):
+        assert (index_dir / name).is_file(), name
+    records = [json.loads(line) for line in (index_dir / "records.jsonl").read_text().splitlines()]
+    test_visible = summary["dataset"]["counts"]["test"]["visible"]
+    assert len(records) == summary["index"]["count"] == test_visible["images"]
+    assert {r["modality"] for r in records} == {"visible"}
+    assert len({r["pid"] for r in records}) == test_visible["ids"]  # pids read from the copied SYSU layout
+
+    query = summary["query"]
+    assert query["probe"].endswith(".jpg") and Path(query["probe"]).is_file()
+    assert "/cam3/" in query["probe"] or "/cam6/" in query["probe"]  # an infrared camera
+    assert len(query["results"]) == query["top_k"] == 10
+    assert [hit["rank"] for hit in query["results"]] == list(range(1, 11))
+    scores = [hit["score"] for hit in query["results"]]
+    assert scores == sorted(scores, reverse=True)
+    expected_matches = [hit["rank"] for hit in query["results"] if hit["pid"] == query["pid"]]
+    assert query["matches_in_top_k"] == len(expected_matches)
+    assert query["first_match_rank"] == (expected_matches[0] if expected_matches else None)
+
+    picture = Path(summary["picture"])
+    assert picture == (out / "ranked_list.png").resolve()
+    width, height = _png_size(picture)
+    assert width > 11 * 64 and height > 128  # probe + 10 thumbnails of 64x128, side by side
+    assert picture.stat().st_size > 10_000
+
+    assert json.loads((out / "demo.json").read_text()) == summary
+    assert 0 < summary["time_s"] < 600
+
+
+def test_quick_demo_training_beats_untrained(quick_demo) -> None:
+    _, summary = quick_demo
+    trained, untrained = summary["metrics"]["trained"], summary["metrics"]["untrained"]
+    for row in (trained, untrained):
+        assert set(row) >= {"rank1", "mAP", "mINP"}
+        assert all(0.0 <= row[k] <= 100.0 for k in ("rank1", "mAP", "mINP"))
+    assert summary["metrics"]["protocol"]["name"] == "sysu"
+    assert trained["mAP"] >= untrained["mAP"] + MARGIN, (trained, untrained)
+
+
+def test_previous_demo_needs_force(quick_demo, tmp_path) -> None:
+    out, _ = quick_demo
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 1
+    assert "--force" in result.output and "Traceback" not in result.output
+    assert (out / "ranked_list.png").is_file()  # nothing was removed
+
+
+def test_refuses_non_empty_foreign_folder(tmp_path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    for extra in ([], ["--force"]):
+        result = runner.invoke(app, ["demo", "--quick", "--out", str(out), *extra])
+        assert result.exit_code == 1
+        assert "not empty" in result.output and str(out) in result.output.replace("\n", "")
+        assert "Traceback" not in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_refuses_a_file_as_out(tmp_path) -> None:
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(target)])
+    assert result.exit_code == 1
+    assert "is a file" in result.output
