@@ -17,7 +17,7 @@ from mclnet_cli.engine.checkpoint import (
     save_checkpoint,
 )
 from mclnet_cli.engine.extract import extract_features
-from mclnet_cli.errors import CheckpointError
+from mclnet_cli.errors import CheckpointError, DataError
 from mclnet_cli.model import build_model
 
 
@@ -133,3 +133,13 @@ def test_flip_averages_with_the_mirror(tmp_path, tiny):
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
     np.testing.assert_allclose(flipped, expected, atol=1e-5)
     assert not np.allclose(flipped, plain, atol=1e-4)
+
+
+def test_bad_image_in_a_worker_is_one_clean_error(tmp_path, tiny):
+    cfg, model = tiny
+    paths = _images(tmp_path, 2)
+    missing = str(tmp_path / "gone.jpg")
+    with pytest.raises(DataError) as info:
+        extract_features(model, paths + [missing], "visible", height=cfg.data.height, width=cfg.data.width, workers=1)
+    assert "gone.jpg" in str(info.value) and "\n" not in str(info.value)
+    assert "DataLoader worker" not in str(info.value)

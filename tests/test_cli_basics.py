@@ -84,3 +84,28 @@ def test_info_json_reports_real_versions():
     assert data["torch"] == torch.__version__
     assert data["faiss"] and data["torchvision"]
     assert Path(data["presets_dir"], "tiny.yaml").is_file()
+
+
+def test_debug_is_not_sticky_across_invocations(monkeypatch):
+    monkeypatch.delenv("MCLNET_DEBUG", raising=False)
+    assert runner.invoke(app, ["--debug", "presets", "show", "tny"]).exception is not None
+    result = runner.invoke(app, ["presets", "show", "tny"])
+    assert result.exit_code == 1 and "unknown preset 'tny'" in result.output
+
+
+def test_mclnet_debug_env_values(monkeypatch):
+    from mclnet_cli.cli.output import env_debug
+
+    for value, expected in (("", False), ("0", False), ("false", False), ("1", True), ("yes", True)):
+        monkeypatch.setenv("MCLNET_DEBUG", value)
+        assert env_debug() is expected
+
+
+def test_os_errors_are_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    # --out below a regular file: mkdir fails with an OSError inside the core
+    result = runner.invoke(app, ["prepare", "synthetic", str(blocker / "synth"), "--ids", "10", "--json"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output and "error:" in result.output
+    assert "Not a directory" in result.output or "File exists" in result.output

@@ -8,7 +8,7 @@ import typer
 
 from mclnet_cli import __version__
 from mclnet_cli.cli import demo, evaluate, index, info, prepare, presets, query, split, train
-from mclnet_cli.cli.output import state
+from mclnet_cli.cli.output import env_debug, state
 
 app = typer.Typer(
     name="mclnet",
@@ -35,7 +35,7 @@ def root(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """MCLNet for visible-infrared person re-identification."""
-    state.debug = state.debug or debug
+    state.debug = debug or env_debug()  # per invocation: never sticky across calls
     state.quiet = quiet
 
 

@@ -20,8 +20,13 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def env_debug() -> bool:
+    """``MCLNET_DEBUG`` set to anything but empty, 0, false or no turns tracebacks on."""
+    return os.environ.get("MCLNET_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+
+
 class _State:
-    debug: bool = bool(os.environ.get("MCLNET_DEBUG"))
+    debug: bool = env_debug()
     quiet: bool = False
 
 
@@ -55,6 +60,11 @@ def guard(func: F) -> F:
             if state.debug:
                 raise
             raise fail("interrupted", code=130) from None
+        except OSError as exc:  # disk full, permissions, a folder where a file should be
+            if state.debug:
+                raise
+            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+            raise fail(f"{exc.strerror or exc}{':' + where if where else ''}") from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -30,10 +30,16 @@ class Extracted:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[str], height: int, width: int, skip_bad: bool) -> None:
+    """Decoded, resized images; a file that fails comes back as (None, index, reason).
+
+    Errors are returned rather than raised so that, with worker processes, the
+    main process can raise one clean :class:`DataError` instead of torch's
+    multi-line re-raise of a worker exception.
+    """
+
+    def __init__(self, paths: Sequence[str], height: int, width: int) -> None:
         self.paths = list(paths)
         self.transform = test_transform(height, width)
-        self.skip_bad = skip_bad
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -43,8 +49,6 @@ class _ImageFiles(Dataset):
         try:
             return self.transform(load_rgb(path)), i, ""
         except DataError as exc:
-            if not self.skip_bad:
-                raise
             return None, i, str(exc)
 
 
@@ -82,7 +86,7 @@ def extract_features(
     device = torch.device(device)
     model.eval()
     loader = DataLoader(
-        _ImageFiles(paths, height, width, skip_bad),
+        _ImageFiles(paths, height, width),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -93,6 +97,8 @@ def extract_features(
     kept: list[int] = []
     failed: list[tuple[str, str]] = []
     for images, indices, bad in loader:
+        if bad and not skip_bad:
+            raise DataError(bad[0][1])
         failed.extend((paths[i], reason) for i, reason in bad)
         if images is not None:
             images = images.to(device, non_blocking=True)
