@@ -124,14 +124,26 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """Gallery index defaults."""
+    """Defaults of ``mclnet index`` and ``mclnet query`` (their command-line options override them).
+
+    ``None`` means automatic, chosen from the gallery size by
+    :func:`mclnet_cli.index.gallery.plan_index`: ``nlist ~ 4 sqrt(N)``,
+    ``nprobe = nlist / 8`` (at least 16), ``pq_m`` the largest divisor of the
+    feature dimension up to ``dim / 8``.
+    """
 
     kind: str = "flat"  # flat | ivf | hnsw | ivfpq
     batch_size: int = 64
-    nlist: int = 1024
-    nprobe: int = 32
+    nlist: int | None = None
+    nprobe: int | None = None
     hnsw_m: int = 32
-    pq_m: int = 64
+    pq_m: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "nlist", "nprobe", "hnsw_m", "pq_m"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"index.{name} must be at least 1 (or null for automatic), got {value}")
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ PIDS = (1, 2, 3, 4)
 HIT_KEYS = {"rank", "path", "score", "pid", "cam"}
 
 
-def _make_checkpoint(path: Path, seed: int) -> Path:
+def _make_checkpoint(path: Path, seed: int, overrides: tuple[str, ...] = ()) -> Path:
     torch.manual_seed(seed)
-    cfg = load_config("tiny")
+    cfg = load_config("tiny", overrides)
     model = build_model(cfg.model, num_classes=4)
     return save_checkpoint(path, checkpoint_payload(model, cfg, {pid: i for i, pid in enumerate(PIDS)}))
 
@@ -176,6 +176,58 @@ def test_interrupted_rebuild_keeps_the_old_index(
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+def test_index_kind_and_batch_size_come_from_the_checkpoint_config(
+    tmp_path: Path, gallery: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mclnet_cli.engine import extract
+
+    hnsw = _make_checkpoint(tmp_path / "hnsw.pt", seed=0, overrides=("index.kind=hnsw", "index.batch_size=3"))
+    sizes: list[int] = []
+    real_extract = extract.extract_features
+
+    def spy(*args, **kwargs):
+        sizes.append(kwargs["batch_size"])
+        return real_extract(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "extract_features", spy)
+    report = _index(gallery, hnsw, tmp_path / "from-config")
+    assert report["kind"] == "hnsw" and report["factory"] == "HNSW32,Flat" and sizes == [3]
+    assert json.loads((tmp_path / "from-config" / "meta.json").read_text())["kind"] == "hnsw"
+
+    report = _index(gallery, hnsw, tmp_path / "overridden", "--kind", "flat", "--batch-size", "5")
+    assert report["kind"] == "flat" and report["factory"] == "Flat" and sizes == [3, 5]
+
+    # --add without --kind: no "--kind ... ignored" notice about a kind nobody asked for
+    again = _index(gallery, hnsw, tmp_path / "overridden", "--add")
+    assert again["kind"] == "flat" and not any("ignored" in n for n in again["notices"])
+    again = _index(gallery, hnsw, tmp_path / "overridden", "--add", "--kind", "ivf")
+    assert any("--kind ivf ignored" in n for n in again["notices"])
+
+
+def test_index_settings_fill_only_what_is_not_given() -> None:
+    from mclnet_cli.config import IndexConfig
+    from mclnet_cli.index.service import resolve_index_settings
+
+    config = IndexConfig(kind="ivf", batch_size=8, nlist=20, nprobe=None, hnsw_m=16, pq_m=None)
+    settings = resolve_index_settings(config, kind="ivfpq", nprobe=4)
+    assert (settings.kind, settings.batch_size, settings.nlist, settings.nprobe) == ("ivfpq", 8, 20, 4)
+    assert (settings.hnsw_m, settings.pq_m) == (16, None)
+    assert resolve_index_settings(IndexConfig()).nlist is None  # automatic, by gallery size
+
+
+def test_index_options_nlist_and_bad_config_values(tmp_path: Path, checkpoint: Path) -> None:
+    from mclnet_cli.config import ConfigError
+
+    with pytest.raises(ConfigError, match="index.nlist must be at least 1"):
+        load_config("tiny", ["index.nlist=0"])
+    # --nlist reaches the planner: too many cells for 8 images is clamped, then falls back to flat, with notices
+    gallery = tmp_path / "g"
+    _sysu_tree(gallery, cam=1, per_person=1, gray=False)
+    report = _index(gallery, checkpoint, tmp_path / "idx", "--kind", "ivf", "--nlist", "64")
+    assert report["kind"] == "flat"
+    assert any("nlist 64 needs" in n for n in report["notices"]) and any("using flat" in n for n in report["notices"])
+
+
 def test_index_errors_are_one_line(tmp_path: Path, gallery: Path, checkpoint: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -274,6 +326,24 @@ def test_query_with_another_checkpoint_is_refused(tmp_path: Path, gallery: Path,
     # the same file moved elsewhere is accepted
     moved = shutil.copy(checkpoint, tmp_path / "moved.pt")
     assert len(_query(out, str(probes), "-m", "infrared", "-c", str(moved))) == 4
+
+
+def test_query_hashes_the_checkpoint_once(
+    tmp_path: Path, gallery: Path, probes: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mclnet_cli.engine import checkpoint as checkpoint_module
+
+    _index(gallery, checkpoint, tmp_path / "idx")
+    hashed: list[str] = []
+    real = checkpoint_module.file_fingerprint
+
+    def counting(path, *args, **kwargs):
+        hashed.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "file_fingerprint", counting)
+    assert len(_query(tmp_path / "idx", str(probes), "-m", "infrared")) == 4
+    assert len(hashed) == 1
 
 
 def test_query_refuses_a_feature_dimension_mismatch(tmp_path: Path, probes: Path, checkpoint: Path) -> None:

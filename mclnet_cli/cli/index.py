@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -35,9 +35,35 @@ def index(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write (replaced atomically).", show_default=False)],
     kind: Annotated[
-        IndexKind, typer.Option("--kind", help="flat: exact (default); hnsw, ivf, ivfpq: approximate, for large galleries.")
-    ] = IndexKind.flat,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
+        Optional[IndexKind],
+        typer.Option(
+            "--kind",
+            help="flat: exact; hnsw, ivf, ivfpq: approximate, for large galleries "
+            "(default: from the checkpoint's config, flat).",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size", min=1, help="Images per forward pass (default: from the checkpoint's config, 64).", show_default=False
+        ),
+    ] = None,
+    nlist: Annotated[
+        Optional[int],
+        typer.Option(
+            "--nlist", min=1, help="ivf/ivfpq cells (default: from the checkpoint's config, about 4 sqrt(N)).", show_default=False
+        ),
+    ] = None,
+    nprobe: Annotated[
+        Optional[int],
+        typer.Option(
+            "--nprobe",
+            min=1,
+            help="ivf/ivfpq cells searched per query (default: from the checkpoint's config, nlist/8, at least 16).",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 0,
     add: Annotated[
         bool, typer.Option("--add", help="Append images not yet in the index at --out (by path); IVF cells are not retrained.")
@@ -50,7 +76,10 @@ def index(
     Unreadable and non-image files are skipped and listed, never fatal. The folder
     --out holds index.faiss (plain FAISS), records.jsonl and meta.json.
     """
-    _run(gallery_dir, checkpoint, modality, out, kind.value, batch_size, workers, add, device, as_json)
+    _run(
+        gallery_dir, checkpoint, modality, out, kind.value if kind else None, batch_size, nlist, nprobe, workers, add, device,
+        as_json,
+    )  # fmt: skip
 
 
 @guard
@@ -59,8 +88,10 @@ def _run(
     checkpoint: Path,
     modality: str,
     out: Path,
-    kind: str,
-    batch_size: int,
+    kind: str | None,
+    batch_size: int | None,
+    nlist: int | None,
+    nprobe: int | None,
     workers: int,
     add: bool,
     device: str,
@@ -76,6 +107,8 @@ def _run(
         kind=kind,
         add=add,
         batch_size=batch_size,
+        nlist=nlist,
+        nprobe=nprobe,
         workers=workers,
         device=device,
         progress=lambda total: progress_bar("embedding gallery", total),

@@ -31,7 +31,15 @@ def query(
         Optional[Path],
         typer.Option("--checkpoint", "-c", help="Checkpoint path if it moved (must be the file that built the index).", show_default=False),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Probe images per forward pass.")] = 64,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Probe images per forward pass (default: from the checkpoint's config, 64).",
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list (a {probe, results} per probe) on stdout.")] = False,
 ) -> None:
@@ -50,7 +58,7 @@ def _run(
     top_k: int,
     save: Path | None,
     checkpoint: Path | None,
-    batch_size: int,
+    batch_size: int | None,
     device: str,
     as_json: bool,
 ) -> None:
@@ -64,7 +72,7 @@ def _run(
         checkpoint=checkpoint,
         batch_size=batch_size,
         device=device,
-        progress=lambda total: progress_bar("embedding probes", total, enabled=total > batch_size),
+        progress=lambda total: progress_bar("embedding probes", total, enabled=total > (batch_size or 64)),
     )
     for note in report.notices:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)

@@ -3,7 +3,8 @@
 Layout of ``RUN_DIR``::
 
     config.yaml        the resolved config (rewritten on resume)
-    environment.json   versions, device, seed, command line, start time, threads
+    environment.json   mclnet_cli.info.environment_info() (versions, threads...) plus device, GPU,
+                       seed, command line, working folder, start time; a resumes list on resume
     metrics.jsonl      one JSON row per logged step window and per epoch
     last.pt / best.pt  checkpoints (written by the trainer via save_checkpoint)
     summary.json       written at the end (or when interrupted)
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mclnet_cli.config import Config
-from mclnet_cli.data.records import atomic_write_text
+from mclnet_cli.atomic import atomic_write_text
 from mclnet_cli.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
@@ -69,29 +69,31 @@ def write_config(out_dir: Path, config: Config) -> None:
 
 
 def environment_info(*, device: str, seed: int, world_size: int = 1, argv: list[str] | None = None) -> dict[str, Any]:
-    """What ran this training: versions, hardware, seed, command line, start time, threads."""
+    """What ran this training: :func:`mclnet_cli.info.environment_info` plus the run's own facts.
+
+    The shared facts (versions, platform, threads, CPU count) come from ``mclnet info``'s
+    collector; this adds the run device, its GPU, world size, seed, command line,
+    working folder and start time.
+    """
     import torch
-    import torchvision
 
-    from mclnet_cli import __version__
+    from mclnet_cli.info import environment_info as shared_environment_info
 
-    info: dict[str, Any] = {
-        "mclnet_version": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "platform": platform.platform(),
-        "device": device,
-        "cuda": torch.version.cuda,
-        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else None,
-        "world_size": world_size,
-        "seed": seed,
-        "command": list(sys.argv if argv is None else argv),
-        "cwd": os.getcwd(),
-        "started": now_iso(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-    }
+    info = shared_environment_info()
+    info["mclnet_version"] = info.pop("mclnet")
+    gpu_name = info.pop("device")  # the machine's first GPU name or "cpu"; here "device" is the run's device
+    info.update(
+        {
+            "device": device,
+            "cuda": torch.version.cuda,
+            "gpu": gpu_name if device.startswith("cuda") and info["cuda_available"] else None,
+            "world_size": world_size,
+            "seed": seed,
+            "command": list(sys.argv if argv is None else argv),
+            "cwd": os.getcwd(),
+            "started": now_iso(),
+        }
+    )
     return info
 
 

@@ -38,11 +38,12 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, BinaryIO, Iterable, Sequence
 
 import faiss
 import numpy as np
 
+from mclnet_cli.atomic import atomic_write, atomic_write_text
 from mclnet_cli.errors import IndexStoreError
 
 FORMAT = "mclnet-index/1"
@@ -187,11 +188,6 @@ def _as_matrix(features: np.ndarray, what: str, dim: int | None = None) -> np.nd
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
 
 
 def is_index_dir(directory: Path) -> bool:
@@ -377,11 +373,13 @@ class GalleryIndex:
         }
 
     def _write_files(self, folder: Path) -> None:
-        index_path = folder / INDEX_FILE
-        faiss.write_index(self.index, str(index_path))
-        _fsync_file(index_path)
-        _write_text(folder / RECORDS_FILE, "".join(json.dumps(r.to_json()) + "\n" for r in self.records))
-        _write_text(folder / META_FILE, json.dumps(self.meta(), indent=2) + "\n")
+        atomic_write(folder / INDEX_FILE, self._write_index)
+        atomic_write_text(folder / RECORDS_FILE, "".join(json.dumps(r.to_json()) + "\n" for r in self.records))
+        atomic_write_text(folder / META_FILE, json.dumps(self.meta(), indent=2) + "\n")
+
+    def _write_index(self, handle: BinaryIO) -> None:
+        """Stream the FAISS index into ``handle`` (1 MiB chunks; no second copy in memory)."""
+        faiss.write_index(self.index, faiss.PyCallbackIOWriter(handle.write))
 
     def save(self, directory: Path | str) -> Path:
         """Write the three files to a temp folder beside ``directory``, then swap it into place."""
@@ -437,13 +435,6 @@ class GalleryIndex:
         )
         _tune(gallery.index, gallery.kind, gallery.params)
         return gallery
-
-
-def _write_text(path: Path, text: str) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _read_records(path: Path) -> list[IndexRecord]:

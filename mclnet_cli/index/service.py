@@ -8,30 +8,76 @@ Applications embed search through these two functions without the CLI:
   the gallery, refusing a checkpoint that is not the one that built the index.
 
 Neither prints: progress goes through an optional ``progress(total)`` factory that
-returns a context manager yielding ``advance(n)``; notices come back in the report.
+returns a context manager yielding ``advance(n)`` (default:
+:func:`mclnet_cli.progress.no_progress`); notices come back in the report.
+Index parameters not given come from the checkpoint's config ``index`` section.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 
 from mclnet_cli.data.images import IMAGE_SUFFIXES, is_image_file
 from mclnet_cli.data.records import Modality
 from mclnet_cli.errors import DataError, IndexStoreError
-from mclnet_cli.index.gallery import GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for
+from mclnet_cli.index.gallery import KINDS, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for
 from mclnet_cli.index.layout import identify
+from mclnet_cli.progress import no_progress
+
+if TYPE_CHECKING:
+    from mclnet_cli.config import IndexConfig
 
 ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
 FEATURE = "bn"  # BNNeck output: the method's retrieval feature
 
 
-@contextlib.contextmanager
-def _no_progress(total: int) -> Iterator[Callable[[int], None]]:
-    yield lambda n=1: None
+def _progress(progress: ProgressFactory | None, total: int) -> ContextManager[Callable[[int], None]]:
+    return progress(total) if progress is not None else no_progress(total=total)
+
+
+def _check_batch_size(batch_size: int | None) -> None:
+    if batch_size is not None and batch_size < 1:
+        raise DataError(f"batch size must be at least 1, got {batch_size}")
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """Index parameters after filling what the caller left out from the checkpoint's ``index`` config."""
+
+    kind: str
+    batch_size: int
+    nlist: int | None
+    nprobe: int | None
+    hnsw_m: int | None
+    pq_m: int | None
+
+
+def resolve_index_settings(
+    config: "IndexConfig",
+    *,
+    kind: str | None = None,
+    batch_size: int | None = None,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    hnsw_m: int | None = None,
+    pq_m: int | None = None,
+) -> IndexSettings:
+    """Each argument given wins; ``None`` takes the value of ``config`` (a checkpoint's ``index`` section)."""
+
+    def pick(given: Any, default: Any) -> Any:
+        return default if given is None else given
+
+    return IndexSettings(
+        kind=str(pick(kind, config.kind)),
+        batch_size=int(pick(batch_size, config.batch_size)),
+        nlist=pick(nlist, config.nlist),
+        nprobe=pick(nprobe, config.nprobe),
+        hnsw_m=pick(hnsw_m, config.hnsw_m),
+        pq_m=pick(pq_m, config.pq_m),
+    )
 
 
 @dataclass
@@ -172,13 +218,15 @@ def build_gallery_index(
     modality: Modality | str,
     out_dir: Path | str,
     *,
-    kind: str = "flat",
+    kind: str | None = None,
     add: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     workers: int = 0,
     device: str = "auto",
     nlist: int | None = None,
     nprobe: int | None = None,
+    hnsw_m: int | None = None,
+    pq_m: int | None = None,
     progress: ProgressFactory | None = None,
 ) -> BuildReport:
     """Embed every image under ``gallery_dir`` with the ``modality`` stream and save an index in ``out_dir``.
@@ -187,14 +235,19 @@ def build_gallery_index(
     ``add``, images already in the index at ``out_dir`` (same resolved path) are
     not embedded again and the rest are appended (IVF cells are not retrained);
     without an index there yet, ``add`` builds one.
+
+    ``kind``, ``batch_size``, ``nlist``, ``nprobe``, ``hnsw_m`` and ``pq_m`` left
+    ``None`` come from the checkpoint's config ``index`` section (``flat``, 64 and
+    automatic IVF/PQ parameters unless the training preset says otherwise).
     """
     from mclnet_cli.engine.checkpoint import load_model
     from mclnet_cli.engine.device import resolve_device
     from mclnet_cli.engine.extract import extract_features
 
     modality = Modality.parse(modality)
-    if batch_size < 1:
-        raise DataError(f"batch size must be at least 1, got {batch_size}")
+    _check_batch_size(batch_size)
+    if kind is not None and kind not in KINDS:
+        raise IndexStoreError(f"unknown index kind {kind!r}; choose from: {', '.join(KINDS)}")
     out_dir = check_target(Path(out_dir))
     gallery_root = Path(gallery_dir)
     images, skipped = list_gallery(gallery_root, exclude=out_dir)
@@ -220,6 +273,9 @@ def build_gallery_index(
     checkpoint_path = str(Path(checkpoint).resolve())
     if existing is not None:
         _check_fingerprint(existing, out_dir, checkpoint_path, loaded.fingerprint)
+    settings = resolve_index_settings(
+        loaded.config.index, kind=kind, batch_size=batch_size, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, pq_m=pq_m
+    )
 
     todo = images
     if existing is not None:
@@ -227,14 +283,14 @@ def build_gallery_index(
         todo = [p for p in images if p not in known]
     data_cfg = loaded.config.data
     started = time.perf_counter()
-    with (progress or _no_progress)(len(todo)) as advance:
+    with _progress(progress, len(todo)) as advance:
         extracted = extract_features(
             loaded.model,
             todo,
             modality,
             height=data_cfg.height,
             width=data_cfg.width,
-            batch_size=batch_size,
+            batch_size=settings.batch_size,
             device=torch_device,
             workers=workers,
             feature=FEATURE,
@@ -258,11 +314,20 @@ def build_gallery_index(
         "gallery_dir": str(gallery_root.resolve()),
     }
     if existing is None:
-        gallery = GalleryIndex.build(extracted.features, records, kind, nlist=nlist, nprobe=nprobe, extra=extra)
+        gallery = GalleryIndex.build(
+            extracted.features,
+            records,
+            settings.kind,
+            nlist=settings.nlist,
+            nprobe=settings.nprobe,
+            hnsw_m=settings.hnsw_m,
+            pq_m=settings.pq_m,
+            extra=extra,
+        )
         added = len(records)
     else:
         gallery = existing
-        if kind != gallery.kind:
+        if kind is not None and kind != gallery.kind:
             notices.append(f"--kind {kind} ignored: adding to the existing {gallery.kind} index")
         added = gallery.add(extracted.features, records)
     notices.extend(gallery.notices)
@@ -307,7 +372,7 @@ def search_gallery(
     top_k: int = 10,
     *,
     checkpoint: Path | str | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     workers: int = 0,
     device: str = "auto",
     progress: ProgressFactory | None = None,
@@ -316,15 +381,16 @@ def search_gallery(
 
     The checkpoint defaults to the one recorded in the index; another path is
     accepted only when its fingerprint matches, and its feature dimension must
-    equal the index's.
+    equal the index's. ``batch_size`` ``None`` takes the checkpoint's ``index.batch_size``.
     """
-    from mclnet_cli.engine.checkpoint import file_fingerprint, load_model
+    from mclnet_cli.engine.checkpoint import load_model
     from mclnet_cli.engine.device import resolve_device
     from mclnet_cli.engine.extract import extract_features
 
     modality = Modality.parse(modality)
     if top_k < 1:
         raise DataError(f"--top-k must be at least 1, got {top_k}")
+    _check_batch_size(batch_size)
     index_dir = Path(index_dir)
     read_meta(index_dir)  # fail fast on a wrong folder before touching probes
     probe_paths = expand_probes(probes)
@@ -342,7 +408,6 @@ def search_gallery(
     checkpoint_path = str(Path(checkpoint).resolve())
     if not Path(checkpoint_path).is_file():
         raise IndexStoreError(f"checkpoint not found: {checkpoint}")
-    _check_fingerprint(gallery, index_dir, checkpoint_path, file_fingerprint(checkpoint_path))
 
     notices: list[str] = []
     gallery_modality = str(gallery.extra.get("modality", ""))
@@ -353,21 +418,22 @@ def search_gallery(
         )
 
     torch_device = resolve_device(device)
-    loaded = load_model(checkpoint_path, torch_device)
+    loaded = load_model(checkpoint_path, torch_device)  # hashes the file once: loaded.fingerprint
+    _check_fingerprint(gallery, index_dir, checkpoint_path, loaded.fingerprint)
     feature_dim = int(getattr(loaded.model, "feature_dim", 0))
     if feature_dim != gallery.dimension:
         raise IndexStoreError(
             f"checkpoint {checkpoint_path} makes {feature_dim}-d features but {index_dir} holds {gallery.dimension}-d ones"
         )
     height, width = gallery.extra.get("image_size") or [loaded.config.data.height, loaded.config.data.width]
-    with (progress or _no_progress)(len(probe_paths)) as advance:
+    with _progress(progress, len(probe_paths)) as advance:
         extracted = extract_features(
             loaded.model,
             probe_paths,
             modality,
             height=int(height),
             width=int(width),
-            batch_size=batch_size,
+            batch_size=batch_size if batch_size is not None else loaded.config.index.batch_size,
             device=torch_device,
             workers=workers,
             feature=str(gallery.extra.get("feature", FEATURE)),
