@@ -207,7 +207,7 @@ def test_interrupted_write_leaves_the_previous_index_intact(tmp_path: Path, monk
     def boom(path: Path, text: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(gallery_module, "_write_text", boom)
+    monkeypatch.setattr(gallery_module, "atomic_write_text", boom)
     with pytest.raises(OSError, match="disk full"):
         new.save(target)
     assert _snapshot(target) == before
@@ -295,6 +295,8 @@ def test_load_points_at_a_backup_left_by_a_hard_interruption(tmp_path: Path) -> 
         ("/d/LLCM/test_nir/cam9/0010/0010_c09_s1_f2_nir.jpg", (10, 9, "infrared", "llcm")),
         # a root folder whose name contains "cam" must not confuse the parser
         ("/mnt/cam2_backup/camera/SYSU/cam6/0020/0003.jpg", (20, 6, "infrared", "sysu")),
+        # any run of digits is a pid folder, as for the SYSU reader (which loads such a folder)
+        ("/data/SYSU-MM01/cam3/7/0012.jpg", (7, 3, "infrared", "sysu")),
     ],
 )
 def test_known_layouts_give_pid_and_cam(path: str, expected: tuple) -> None:
@@ -308,7 +310,9 @@ def test_known_layouts_give_pid_and_cam(path: str, expected: tuple) -> None:
     [
         "/photos/holiday/img_0001.jpg",
         "/data/SYSU-MM01/cam7/0007/0012.jpg",  # no camera 7 in SYSU
-        "/data/SYSU-MM01/cam3/7/0012.jpg",  # pid folder not 4 digits
+        "/data/SYSU-MM01/cam3/x7/0012.jpg",  # pid folder not digits
+        "/data/SYSU-MM01/cam3/0007/img_12.jpg",  # file name not an index
+        "/x/RegDB/Infrared/42/female_front_v_00123_42.bmp",  # not Visible/Thermal
         "/x/RegDB/Visible/42/female_front_v_00123_43.bmp",  # file pid differs from folder
         "/d/LLCM/test_vis/cam4/0123/0124_c04_s1_f1_vis.jpg",
         "relative.jpg",

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -86,6 +87,31 @@ def test_corrupt_image_fails_then_skip_bad(tmp_path: Path) -> None:
     assert json.loads((out / "meta.json").read_text())["skipped"] == [str(bad)]
 
 
+def test_truncated_jpeg_is_caught(tmp_path: Path) -> None:
+    """A JPEG cut short has a valid header (PIL ``verify`` passes it) but does not decode."""
+    from mclnet_cli.data.images import load_rgb
+    from mclnet_cli.data.prepare import check_image
+    from mclnet_cli.errors import DataError
+
+    root = make_sysu(tmp_path / "SYSU")
+    bad = root / "cam1" / "0001" / "0001.jpg"  # a training image
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, size=(64, 32, 3), dtype=np.uint8), mode="RGB").save(bad, quality=90)
+    data = bad.read_bytes()
+    bad.write_bytes(data[: int(len(data) * 0.6)])
+    with Image.open(bad) as image:
+        image.verify()  # the header check alone would let it through
+    with pytest.raises(DataError, match="cannot decode"):
+        load_rgb(bad)
+    assert check_image(str(bad)) is not None
+    out = tmp_path / "p"
+    assert_clean_failure(invoke("prepare", "sysu", root, "--out", out), str(bad), "1 image(s) do not decode")
+    assert not (out / "manifest.jsonl").exists()
+    result = invoke("prepare", "sysu", root, "--out", out, "--skip-bad", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["skipped"] == [str(bad)]
+
+
 def test_many_corrupt_images_listed_briefly(tmp_path: Path) -> None:
     root = make_sysu(tmp_path / "SYSU")
     for path in sorted((root / "cam1").rglob("*.jpg")):
@@ -156,8 +182,11 @@ def test_cache_rows_match_resized_images(tmp_path: Path) -> None:
     assert payload["cache"]["images"] == 15 and payload["cache"]["height"] == 12  # train + val images
     prepared = load_prepared(out)
     train = [s for s in prepared.samples if s.split in ("train", "val")]
-    cache = open_cache(out, 12, 6, train)
-    assert cache is not None and open_cache(out, 24, 12, train) is None
+    token = prepared.meta["cache"]["token"]
+    assert prepared.meta["cache"] == {"height": 12, "width": 6, "images": 15, "token": token} and token == payload["cache"]["token"]
+    cache = open_cache(out, 12, 6, train, token=token)
+    assert cache is not None and open_cache(out, 24, 12, train, token=token) is None
+    assert open_cache(out, 12, 6, train, token="another build") is None and open_cache(out, 12, 6, train, token=None) is None
     array = np.load(out / "cache" / "train_uint8_12x6.npy", mmap_mode="r")
     assert array.shape == (15, 12, 6, 3) and array.dtype == np.uint8
     pid, cam, index = SIXTEEN_BIT
@@ -167,3 +196,30 @@ def test_cache_rows_match_resized_images(tmp_path: Path) -> None:
     reference = np.asarray(Image.open(sixteen), dtype=np.float64)
     assert cache.array(sixteen).std() > 0 and reference.max() > 255  # 16-bit content scaled into uint8
     assert_clean_failure(invoke("prepare", "sysu", root, "--out", out, "--cache", "--cache-size", "12by6"), "12by6", "HEIGHTxWIDTH")
+
+
+def test_re_prepare_replaces_or_removes_the_cache(tmp_path: Path) -> None:
+    import dataclasses
+
+    from mclnet_cli.config import load_config
+    from mclnet_cli.data.loader import build_train_loader
+    from mclnet_cli.data.records import load_prepared
+
+    root = make_sysu(tmp_path / "SYSU")
+    out = tmp_path / "p"
+    data_cfg = dataclasses.replace(load_config("tiny").data, height=12, width=6, num_ids=2, num_instances=1, workers=0)
+    assert invoke("prepare", "sysu", root, "--out", out, "--cache", "--cache-size", "12x6").exit_code == 0
+    first = load_prepared(out).meta["cache"]["token"]
+    assert build_train_loader(load_prepared(out), data_cfg, seed=0, steps_per_epoch=1).cached
+    (out / "cache" / "notes.txt").write_text("not ours")  # a stranger's file in the folder is left alone
+    assert invoke("prepare", "sysu", root, "--out", out, "--cache", "--cache-size", "12x6").exit_code == 0
+    assert load_prepared(out).meta["cache"]["token"] != first
+    result = invoke("prepare", "sysu", root, "--out", out)  # no --cache: the old cache must not be used
+    assert result.exit_code == 0, result.output
+    prepared = load_prepared(out)
+    assert "cache" not in prepared.meta
+    assert sorted(p.name for p in (out / "cache").iterdir()) == ["notes.txt"]
+    assert not build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=1).cached
+    (out / "cache" / "notes.txt").unlink()
+    assert invoke("prepare", "sysu", root, "--out", out).exit_code == 0
+    assert not (out / "cache").exists()

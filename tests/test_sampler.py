@@ -155,7 +155,9 @@ def test_loader_uses_matching_cache(tmp_path: Path, data_cfg) -> None:
 
     prepared = tiny_prepared(tmp_path)
     assert not build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=1).cached
-    build_cache(prepared.root, training_samples(prepared, data_cfg), 16, 8, workers=1)
+    info = build_cache(prepared.root, training_samples(prepared, data_cfg), 16, 8, workers=1)
+    assert not build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=1).cached  # meta.json does not name it
+    prepared.meta["cache"] = {"height": 16, "width": 8, "images": info["images"], "token": info["token"]}
     cached = build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=2)
     assert cached.cached
     assert not build_train_loader(prepared, dataclasses.replace(data_cfg, use_cache=False), seed=0, steps_per_epoch=1).cached
@@ -164,3 +166,48 @@ def test_loader_uses_matching_cache(tmp_path: Path, data_cfg) -> None:
         Path(path).unlink()
     batches = list(cached)
     assert len(batches) == 2 and batches[0].visible.shape == (4, 3, 16, 8)
+
+
+def test_loader_ignores_a_cache_of_another_build_or_with_wrong_counts(tmp_path: Path, data_cfg) -> None:
+    import json
+
+    from mclnet_cli.data.cache import build_cache, cache_paths
+    from mclnet_cli.data.loader import build_train_loader, training_samples
+
+    prepared = tiny_prepared(tmp_path)
+    samples = training_samples(prepared, data_cfg)
+    info = build_cache(prepared.root, samples, 16, 8, workers=1)
+    named = {"height": 16, "width": 8, "images": info["images"], "token": info["token"]}
+    prepared.meta["cache"] = {**named, "token": "0" * 32}  # meta.json of a later prepare, the cache of an older one
+    assert not build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=1).cached
+    prepared.meta["cache"] = {**named, "height": 32}  # meta names another size
+    assert not build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=1).cached
+    prepared.meta["cache"] = named
+    assert build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=1).cached
+    _, index_path = cache_paths(prepared.root, 16, 8)
+    index = json.loads(index_path.read_text())
+    index["paths"].append(str(tmp_path / "extra.png"))  # index longer than the array (interrupted rewrite)
+    index["count"] += 1
+    index_path.write_text(json.dumps(index))
+    assert not build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=1).cached
+    index["paths"].pop()  # count disagreeing with the paths
+    index_path.write_text(json.dumps(index))
+    assert not build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=1).cached
+    index["count"] -= 1
+    index_path.write_text(json.dumps(index))
+    assert build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=1).cached
+
+
+def test_missing_training_image_in_a_worker_is_one_clean_line(tmp_path: Path, data_cfg) -> None:
+    from mclnet_cli.data.loader import build_train_loader
+
+    prepared = tiny_prepared(tmp_path)
+    missing = {s.path for s in prepared.samples if s.modality is Modality.VISIBLE}
+    for path in missing:
+        Path(path).unlink()
+    loader = build_train_loader(prepared, dataclasses.replace(data_cfg, workers=1), seed=0, steps_per_epoch=1)
+    with pytest.raises(DataError) as caught:
+        list(loader)
+    message = str(caught.value)
+    assert "\n" not in message and "DataLoader worker" not in message and "Traceback" not in message, message
+    assert message.startswith("image not found: ") and message.removeprefix("image not found: ") in missing, message

@@ -13,7 +13,7 @@ from PIL import Image
 
 from mclnet_cli.data.images import load_rgb
 from mclnet_cli.data.records import Modality
-from mclnet_cli.data.sources import READERS, read_llcm, read_regdb, read_sysu
+from mclnet_cli.data.sources import READERS, llcm, read_llcm, read_regdb, read_sysu, regdb, sysu
 from mclnet_cli.errors import DataError
 
 
@@ -45,6 +45,7 @@ SYSU_TREE = {
     9: {1: 3, 3: 3},  # in no split: never loaded
 }
 SYSU_SPLITS = {"train": [1, 2, 3], "val": [4], "test": [5, 6]}
+PARSERS = {"sysu": sysu.parse_path, "regdb": regdb.parse_path, "llcm": llcm.parse_path}
 SIXTEEN_BIT = (1, 3, 2)  # (pid, cam, index) written as a 16-bit PNG
 
 
@@ -113,8 +114,48 @@ def make_llcm(root: Path) -> Path:
     return root
 
 
-def test_readers_registry() -> None:
-    assert set(READERS) == {"sysu", "regdb", "llcm"}
+@pytest.mark.parametrize("dataset", ["sysu", "regdb", "llcm"])
+def test_each_reader_reads_its_tree_and_parse_path_agrees(tmp_path: Path, dataset: str) -> None:
+    """READERS[name] reads its tree; parse_path gives back every sample's pid, cam and modality."""
+    make = {"sysu": make_sysu, "regdb": make_regdb, "llcm": make_llcm}[dataset]
+    samples = READERS[dataset](make(tmp_path / dataset))
+    assert samples and all(Path(s.path).is_file() for s in samples)
+    parse = PARSERS[dataset]
+    # LLCM training images (vis|nir/<pid>/<file>, reached through idx files) have no camera folder
+    checked = [s for s in samples if dataset != "llcm" or s.split == "test"]
+    assert checked
+    for s in checked:
+        assert parse(s.path) == (s.pid, s.cam, s.modality), s.path
+
+
+@pytest.mark.parametrize(
+    ("dataset", "path", "expected"),
+    [
+        ("sysu", "/d/SYSU/cam6/0020/0003.jpg", (20, 6, Modality.INFRARED)),
+        ("sysu", "/d/SYSU/cam2/7/0001.png", (7, 2, Modality.VISIBLE)),
+        ("sysu", "/cam3_copy/SYSU/cam4/0001/0001.jpg", (1, 4, Modality.VISIBLE)),
+        ("sysu", "/d/SYSU/cam7/0020/0003.jpg", None),
+        ("sysu", "/d/SYSU/cam1/²/0003.jpg", None),
+        ("sysu", "/d/SYSU/cam1/0020/photo.jpg", None),
+        ("sysu", "0003.jpg", None),
+        ("regdb", "/x/RegDB/Thermal/7/male_back_t_00001_7.bmp", (7, 2, Modality.INFRARED)),
+        ("regdb", "Visible\\12\\female_back_v_00001_12.bmp", (12, 1, Modality.VISIBLE)),
+        ("regdb", "/x/RegDB/Visible/12/female_back_v_00001_13.bmp", None),
+        ("regdb", "/x/RegDB/visible/12/female_back_v_00001_12.bmp", None),
+        ("llcm", "/d/LLCM/test_nir/cam9/0010/0010_c09_s1_f2_nir.jpg", (10, 9, Modality.INFRARED)),
+        ("llcm", "/d/LLCM/gallery_vis/cam4/0123/0123_c04_s1_f1_vis.jpg", (123, 4, Modality.VISIBLE)),
+        ("llcm", "/d/LLCM/test_vis/cam4/0123/0123_c05_s1_f1_vis.jpg", None),
+        ("llcm", "/d/LLCM/test_rgb/cam4/0123/0123_c04_s1_f1_vis.jpg", None),
+        ("llcm", "/d/LLCM/vis/0123/0123_c04_s1_f1_vis.jpg", None),
+    ],
+)
+def test_parse_path(dataset: str, path: str, expected: tuple | None) -> None:
+    assert PARSERS[dataset](path) == expected
+
+
+def test_sysu_camera_constants_cover_the_cameras() -> None:
+    assert sorted(sysu.VISIBLE_CAMS + sysu.INFRARED_CAMS) == list(sysu.CAMERAS)
+    assert {sysu.camera_modality(c) for c in sysu.INFRARED_CAMS} == {Modality.INFRARED}
 
 
 def test_sysu_counts_ids_cameras_modalities(tmp_path: Path) -> None:

@@ -4,24 +4,32 @@ Training then reads rows of a memory-mapped array instead of decoding JPEGs ever
 epoch, without loading the whole set into RAM. A JSON index maps each image path
 to its row. The memmap is opened lazily in each process (DataLoader workers
 included) and never pickled.
+
+Each build draws a random token, stored in the JSON index and (by ``prepare``)
+in ``meta.json["cache"]``. Training uses a cache only when meta.json names it
+(same size, same token) and the index's row count matches the array, so a cache
+left by an earlier or interrupted ``prepare`` is never read.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
+from mclnet_cli.atomic import atomic_write_text
 from mclnet_cli.data.images import load_rgb
-from mclnet_cli.data.records import Sample, atomic_write_text
+from mclnet_cli.data.records import Sample
 from mclnet_cli.errors import DataError
 
 CACHE_DIR = "cache"
+CACHE_PREFIX = "train_uint8_"
 DEFAULT_CACHE_SIZE = (288, 144)
 
 
@@ -36,8 +44,26 @@ def parse_size(text: str) -> tuple[int, int]:
 def cache_paths(root: Path | str, height: int, width: int) -> tuple[Path, Path]:
     """(array file, JSON index) of the cache for one image size."""
     folder = Path(root) / CACHE_DIR
-    stem = f"train_uint8_{height}x{width}"
+    stem = f"{CACHE_PREFIX}{height}x{width}"
     return folder / f"{stem}.npy", folder / f"{stem}.json"
+
+
+def remove_cache(root: Path | str) -> None:
+    """Delete every cache written under ``root/cache`` (all sizes, leftover temp files).
+
+    Only files this module writes are removed; the folder goes too when that
+    leaves it empty.
+    """
+    folder = Path(root) / CACHE_DIR
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_file() and path.name.lstrip(".").startswith(CACHE_PREFIX):
+            path.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # something else lives there: leave it
+        pass
 
 
 def resized_array(path: str, height: int, width: int) -> np.ndarray:
@@ -57,8 +83,13 @@ def build_cache(
     workers: int = 4,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Write the cache of ``samples`` under ``root/cache`` atomically; returns a summary."""
+    """Write the cache of ``samples`` under ``root/cache`` atomically; returns a summary.
+
+    The summary's ``token`` must be recorded in meta.json (``meta["cache"]``)
+    for training to use the cache.
+    """
     array_path, index_path = cache_paths(root, height, width)
+    token = uuid.uuid4().hex
     array_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = array_path.with_name(f".{array_path.name}.tmp")
     paths = [s.path for s in samples]
@@ -78,9 +109,16 @@ def build_cache(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    index = {"height": height, "width": width, "count": len(paths), "array": array_path.name, "paths": paths}
+    index = {"height": height, "width": width, "count": len(paths), "token": token, "array": array_path.name, "paths": paths}
     atomic_write_text(index_path, json.dumps(index) + "\n")
-    return {"path": str(array_path), "height": height, "width": width, "images": len(paths), "bytes": array_path.stat().st_size}
+    return {
+        "path": str(array_path),
+        "height": height,
+        "width": width,
+        "images": len(paths),
+        "bytes": array_path.stat().st_size,
+        "token": token,
+    }
 
 
 class ImageCache:
@@ -111,19 +149,44 @@ class ImageCache:
         return state
 
 
-def open_cache(root: Path | str, height: int, width: int, samples: Sequence[Sample]) -> ImageCache | None:
-    """The cache for this size if it exists and holds every sample; otherwise None."""
+def open_cache(root: Path | str, height: int, width: int, samples: Sequence[Sample], *, token: str | None) -> ImageCache | None:
+    """The cache for this size if it is the one built with ``token`` and holds every sample; otherwise None.
+
+    A cache from another build (token differs), of another size, whose row count
+    disagrees with its array, or missing a sample is ignored; an unreadable index
+    or array is an error naming the file.
+    """
     array_path, index_path = cache_paths(root, height, width)
-    if not array_path.is_file() or not index_path.is_file():
+    if not token or not array_path.is_file() or not index_path.is_file():
         return None
+    hint = "delete the cache folder or re-run prepare --cache"
     try:
         index = json.loads(index_path.read_text(encoding="utf-8"))
         paths = list(index["paths"])
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DataError(f"{index_path}: malformed cache index ({exc}); delete the cache folder or re-run prepare --cache") from exc
+        count = index.get("count")
+        index_token = index.get("token")
+        size = (index.get("height"), index.get("width"))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise DataError(f"{index_path}: malformed cache index ({exc}); {hint}") from exc
+    if index_token != token or size != (height, width) or count != len(paths):
+        return None
+    try:
+        shape = np.load(array_path, mmap_mode="r").shape  # reads the header only
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{array_path}: unreadable cache array ({exc}); {hint}") from exc
+    if shape != (count, height, width, 3):
+        return None
     rows = {p: i for i, p in enumerate(paths)}
     if any(s.path not in rows for s in samples):
         return None
-    if (index.get("height"), index.get("width")) != (height, width):
-        return None
     return ImageCache(array_path, rows, height, width)
+
+
+def open_prepared_cache(
+    root: Path | str, meta: Mapping[str, Any], height: int, width: int, samples: Sequence[Sample]
+) -> ImageCache | None:
+    """The cache that ``meta.json`` of a prepared dataset names, if it is of this size; otherwise None."""
+    info = meta.get("cache")
+    if not isinstance(info, Mapping) or (info.get("height"), info.get("width")) != (height, width):
+        return None
+    return open_cache(root, height, width, samples, token=info.get("token"))

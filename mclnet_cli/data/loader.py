@@ -4,6 +4,11 @@ A batch is P identities x K visible + K infrared images; row ``i`` of the
 visible and infrared tensors share ``labels[i]``. Augmentation randomness is
 seeded per image from the sampler's plan, so a (seed, epoch) gives the same
 batches with any number of workers.
+
+An image that does not load is not raised inside a DataLoader worker (PyTorch
+would wrap it in a multi-line "Caught DataError in DataLoader worker" report):
+the worker returns a :class:`LoadFailure` instead and the main process raises
+one clean :class:`DataError` line naming the file.
 """
 
 from __future__ import annotations
@@ -15,10 +20,10 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from mclnet_cli.config import DataConfig
-from mclnet_cli.data.cache import ImageCache, open_cache
+from mclnet_cli.data.cache import ImageCache, open_prepared_cache
 from mclnet_cli.data.images import load_rgb
 from mclnet_cli.data.records import Modality, PreparedDataset, Sample
 from mclnet_cli.data.sampler import CrossModalityBatchSampler, Key
@@ -55,6 +60,26 @@ def make_label_map(samples: Sequence[Sample]) -> dict[int, int]:
     return {pid: label for label, pid in enumerate(sorted({s.pid for s in samples}))}
 
 
+@dataclass(frozen=True)
+class LoadFailure:
+    """Why an item could not be loaded; travels from a worker to the main process in place of a batch."""
+
+    message: str
+
+
+def one_line(text: str) -> str:
+    """``text`` with its lines joined by single spaces."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def collate_pairs(items: list[Any]) -> Any:
+    """Default collation, or the first :class:`LoadFailure` of the batch when an item failed."""
+    for item in items:
+        if isinstance(item, LoadFailure):
+            return item
+    return default_collate(items)
+
+
 class PairDataset(Dataset):
     """Maps a sampler :data:`Key` to (visible image, infrared image, label), augmented."""
 
@@ -78,12 +103,16 @@ class PairDataset(Dataset):
             return self.cache.image(path)
         return load_rgb(path)
 
-    def __getitem__(self, key: Key) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, torch.Tensor, int] | LoadFailure:
+        """The augmented pair, or a :class:`LoadFailure` (never raised: see the module doc)."""
         v_index, i_index, label, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            visible = self.transforms[Modality.VISIBLE](self.load(self.visible[v_index]))
-            infrared = self.transforms[Modality.INFRARED](self.load(self.infrared[i_index]))
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                visible = self.transforms[Modality.VISIBLE](self.load(self.visible[v_index]))
+                infrared = self.transforms[Modality.INFRARED](self.load(self.infrared[i_index]))
+        except DataError as exc:
+            return LoadFailure(one_line(str(exc)))
         return visible, infrared, label
 
 
@@ -113,6 +142,7 @@ class TrainLoader:
             persistent_workers=workers > 0,
             worker_init_fn=seed_worker,
             generator=generator,
+            collate_fn=collate_pairs,
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -122,7 +152,10 @@ class TrainLoader:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[TrainBatch]:
-        for visible, infrared, labels in self.loader:
+        for batch in self.loader:
+            if isinstance(batch, LoadFailure):
+                raise DataError(batch.message)
+            visible, infrared, labels = batch
             yield TrainBatch(visible=visible, infrared=infrared, labels=labels.long())
 
 
@@ -135,7 +168,7 @@ def build_train_loader(
     rank: int = 0,
     world_size: int = 1,
 ) -> TrainLoader:
-    """The training loader of a prepared dataset (uses its uint8 cache when present and matching)."""
+    """The training loader of a prepared dataset (uses the uint8 cache its meta.json names, when of this size)."""
     samples = training_samples(prepared, data_cfg)
     label_map = make_label_map(samples)
     visible = [s for s in samples if s.modality is Modality.VISIBLE]
@@ -150,7 +183,7 @@ def build_train_loader(
         rank=rank,
         world_size=world_size,
     )
-    cache = open_cache(prepared.root, data_cfg.height, data_cfg.width, samples) if data_cfg.use_cache else None
+    cache = open_prepared_cache(prepared.root, prepared.meta, data_cfg.height, data_cfg.width, samples) if data_cfg.use_cache else None
     transforms = {m: train_transform(data_cfg, m) for m in Modality}
     dataset = PairDataset(visible, infrared, transforms, cache)
     return TrainLoader(dataset, sampler, label_map, workers=data_cfg.workers, seed=seed, cached=cache is not None)

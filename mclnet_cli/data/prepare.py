@@ -17,7 +17,7 @@ from typing import Any, Callable, ContextManager, Iterator, Sequence
 
 from PIL import Image
 
-from mclnet_cli.data.cache import build_cache
+from mclnet_cli.data.cache import build_cache, remove_cache
 from mclnet_cli.data.records import Modality, Sample, count_samples, write_prepared
 from mclnet_cli.data.sources import READERS
 from mclnet_cli.errors import DataError
@@ -34,15 +34,19 @@ def no_progress(description: str, total: int) -> Iterator[Callable[[int], None]]
 
 
 def default_workers() -> int:
-    """Threads for header checks: I/O-bound, so a few more than the cores."""
+    """Threads for image checks: decoding releases the GIL and reading waits on I/O, so a few more than the cores."""
     return min(16, (os.cpu_count() or 1) * 4)
 
 
 def check_image(path: str) -> str | None:
-    """None when ``path`` opens as an image (header + PIL ``verify``), else the reason."""
+    """None when ``path`` decodes fully as an image, else the reason.
+
+    The whole image is decoded (``load``), as training will: PIL's ``verify``
+    only reads the header and passes a truncated JPEG.
+    """
     try:
         with Image.open(path) as image:
-            image.verify()
+            image.load()
     except FileNotFoundError:
         return "file not found"
     except Exception as exc:  # PIL raises many types for corrupt files
@@ -140,7 +144,8 @@ def prepare_dataset(
 
     ``label`` overrides the dataset name written to meta.json (the synthetic set
     is read with the SYSU reader but recorded as "synthetic"). ``cache_size``
-    (height, width) also writes the uint8 training-image cache.
+    (height, width) also writes the uint8 training-image cache; any cache of an
+    earlier prepare in ``out`` is removed either way.
     """
     samples = read_source(dataset, root, trial=trial)
     paths = [s.path for s in samples]
@@ -160,12 +165,13 @@ def prepare_dataset(
     if bad:
         meta["skipped"] = sorted(bad_paths)
     cache_info = None
+    remove_cache(out_dir)  # a cache of an earlier prepare never outlives it
     if cache_size is not None:
         train = [s for s in kept if s.split in TRAINING_SPLITS]
         height, width = cache_size
         with progress(f"caching {height}x{width}", len(train)) as advance:
             cache_info = build_cache(out_dir, train, height, width, workers=workers or default_workers(), on_progress=advance)
-        meta["cache"] = {"height": height, "width": width, "images": len(train)}
+        meta["cache"] = {"height": height, "width": width, "images": len(train), "token": cache_info["token"]}
     write_prepared(out_dir, kept, meta)
     return PrepareReport(
         dataset=name,

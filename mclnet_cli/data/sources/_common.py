@@ -3,10 +3,30 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
+from typing import NamedTuple
 
 from mclnet_cli.data.images import is_image_file
+from mclnet_cli.data.records import Modality
 from mclnet_cli.errors import DataError
+
+
+class PathInfo(NamedTuple):
+    """What one image path says under a dataset layout: person id, camera, spectrum."""
+
+    pid: int
+    cam: int
+    modality: Modality
+
+
+def as_number(text: str) -> int | None:
+    """``"0007"`` -> 7; None unless ``text`` is all ASCII digits (``"²"`` is a digit to ``isdigit``)."""
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
+def path_parts(path: str | PurePath) -> tuple[str, ...]:
+    """Components of ``path``; backslashes count as separators (idx files written on Windows)."""
+    return PurePath(str(path).replace("\\", "/")).parts
 
 
 def require_dir(path: Path, what: str) -> Path:
@@ -84,13 +104,12 @@ def numbered_subdirs(folder: Path) -> dict[int, Path]:
     found: dict[int, Path] = {}
     with os.scandir(folder) as entries:
         for entry in entries:
-            if entry.is_dir() and entry.name.isdigit():
-                found[int(entry.name)] = Path(entry.path)
+            number = as_number(entry.name)
+            if number is not None and entry.is_dir():
+                found[number] = Path(entry.path)
     return found
 
 
 def cam_number(name: str) -> int | None:
     """``cam3`` -> 3; anything else -> None (a path component, never a substring search)."""
-    if name.startswith("cam") and name[3:].isdigit():
-        return int(name[3:])
-    return None
+    return as_number(name[3:]) if name.startswith("cam") else None

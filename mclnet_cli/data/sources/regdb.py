@@ -2,19 +2,21 @@
 
 ``idx/{train,test}_{visible,thermal}_{trial}.txt`` hold ``<relative path> <label>``.
 The pid is the path's ``<pid>`` folder; the label must map one-to-one onto pids.
-Camera 1 is visible, camera 2 thermal (infrared).
+Camera 1 is visible, camera 2 thermal (infrared). :func:`parse_path` reads pid and
+camera back from one image path by the same rules.
 """
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath
 
 from mclnet_cli.data.records import Modality, Sample
-from mclnet_cli.data.sources._common import read_path_label_file, require_dir
+from mclnet_cli.data.sources._common import PathInfo, as_number, path_parts, read_path_label_file, require_dir
 from mclnet_cli.errors import DataError
 
 TRIALS = range(1, 11)
 MODALITY_FOLDERS = {Modality.VISIBLE: ("Visible", "visible", 1), Modality.INFRARED: ("Thermal", "thermal", 2)}
+_BY_TOP = {top: (modality, cam) for modality, (top, _, cam) in MODALITY_FOLDERS.items()}
 
 
 def check_labels(path: Path, pairs: list[tuple[int, int]]) -> None:
@@ -28,12 +30,40 @@ def check_labels(path: Path, pairs: list[tuple[int, int]]) -> None:
             raise DataError(f"{path}: person {pid} has labels {by_pid[pid]} and {label}")
 
 
+def _folder_info(parts: tuple[str, ...]) -> PathInfo | None:
+    """(pid, cam, modality) from ``.../Visible|Thermal/<pid>/<file>``, the file name unchecked."""
+    if len(parts) < 3 or parts[-3] not in _BY_TOP:
+        return None
+    pid = as_number(parts[-2])
+    if pid is None:
+        return None
+    modality, cam = _BY_TOP[parts[-3]]
+    return PathInfo(pid, cam, modality)
+
+
+def parse_path(path: str | PurePath) -> PathInfo | None:
+    """``.../Visible/12/female_back_v_00001_12.bmp`` -> (12, 1, visible); None when not this layout.
+
+    Outside a dataset root the folders alone are weak evidence, so the file name
+    must also end in ``_<pid>``, as every file of the published set does.
+    """
+    parts = path_parts(path)
+    found = _folder_info(parts)
+    if found is None:
+        return None
+    tokens = PurePath(parts[-1]).stem.rsplit("_", 1)
+    if len(tokens) != 2 or as_number(tokens[1]) != found.pid:
+        return None
+    return found
+
+
 def pid_from_relpath(rel: str, idx_file: Path, top: str) -> int:
     """``Visible/12/female_back_v_00001_12.bmp`` -> 12, checking the top folder."""
-    parts = PurePosixPath(rel.replace("\\", "/")).parts
-    if len(parts) < 3 or parts[-3] != top or not parts[-2].isdigit():
+    parts = path_parts(rel)
+    found = _folder_info(parts)
+    if found is None or parts[-3] != top:
         raise DataError(f"{idx_file}: path {rel!r} is not of the form {top}/<pid>/<file>")
-    return int(parts[-2])
+    return found.pid
 
 
 def read_regdb(root: Path | str, trial: int = 1) -> list[Sample]:

@@ -2,14 +2,24 @@
 
 Visible cameras 1, 2, 4, 5; infrared 3, 6. Only ids listed in a split file are
 loaded (some camera folders hold people that belong to no split).
+:func:`parse_path` reads pid and camera back from one image path by the same rules.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from mclnet_cli.data.records import Modality, Sample
-from mclnet_cli.data.sources._common import list_images, numbered_subdirs, read_id_list, require_dir
+from mclnet_cli.data.sources._common import (
+    PathInfo,
+    as_number,
+    cam_number,
+    list_images,
+    numbered_subdirs,
+    path_parts,
+    read_id_list,
+    require_dir,
+)
 from mclnet_cli.errors import DataError
 
 VISIBLE_CAMS = (1, 2, 4, 5)
@@ -21,6 +31,22 @@ SPLIT_FILES = {"train": "train_id.txt", "val": "val_id.txt", "test": "test_id.tx
 def camera_modality(cam: int) -> Modality:
     """The modality of a SYSU-MM01 camera."""
     return Modality.INFRARED if cam in INFRARED_CAMS else Modality.VISIBLE
+
+
+def parse_path(path: str | PurePath) -> PathInfo | None:
+    """``.../cam3/0007/0012.jpg`` -> (7, 3, infrared); None when the path is not in this layout.
+
+    The pid folder is any run of digits (as the reader's ``numbered_subdirs``); the
+    camera folder must be one of cam1..cam6; the file name is the image index
+    (digits), as in the published set.
+    """
+    parts = path_parts(path)
+    if len(parts) < 3:
+        return None
+    cam, pid = cam_number(parts[-3]), as_number(parts[-2])
+    if cam not in CAMERAS or pid is None or as_number(PurePath(parts[-1]).stem) is None:
+        return None
+    return PathInfo(pid, cam, camera_modality(cam))
 
 
 def read_splits(root: Path) -> dict[str, list[int]]:
