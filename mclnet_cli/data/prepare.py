@@ -7,13 +7,12 @@ passes its rich progress bar), so this module never prints.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 from PIL import Image
 
@@ -21,16 +20,11 @@ from mclnet_cli.data.cache import build_cache, remove_cache
 from mclnet_cli.data.records import Modality, Sample, count_samples, write_prepared
 from mclnet_cli.data.sources import READERS
 from mclnet_cli.errors import DataError
+from mclnet_cli.progress import no_progress
 
 ProgressFactory = Callable[[str, int], ContextManager[Callable[[int], None]]]
 TRAINING_SPLITS = ("train", "val")
 SHOW_BAD = 3
-
-
-@contextlib.contextmanager
-def no_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """The default progress factory: does nothing."""
-    yield lambda n=1: None
 
 
 def default_workers() -> int:
