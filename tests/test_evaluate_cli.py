@@ -85,7 +85,9 @@ def test_features_npz_scores_match_direct_computation(tmp_path):
     )
     data = invoke_json(["evaluate", "--features", str(npz), "--trials", "2", "--mode", "indoor", "--json"])
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
-    for t, row in enumerate(data["results"]["features"]["trials"]):
+    rows = data["results"]["features"]["trials"]
+    assert [row["trial"] for row in rows] == [0, 1]  # --trials 2: both checked below
+    for t, row in enumerate(rows):
         trial = sysu_trial(samples, "indoor", 1, t)
         q, g = trial.query, trial.gallery
         pick = lambda attr, idx: np.array([getattr(samples[i], attr) for i in idx])  # noqa: E731
@@ -125,6 +127,49 @@ def test_split_json_shape(tmp_path):
     assert wrong.exit_code == 1 and "only trial is 0" in wrong.output
 
 
+def test_split_uses_the_engine_and_its_checks(tmp_path):
+    from mclnet_cli.engine.evaluate import split_trial
+    from mclnet_cli.metrics.protocols import llcm_trial
+
+    samples = [
+        Sample(f"/d/{m.value}/cam{cam}/{pid:04d}/{k}.jpg", pid, cam, m, "test")
+        for m in Modality for pid in (1, 2, 3) for cam in (1, 2, 4) for k in range(3)
+    ]
+    prepared = write_prepared(tmp_path / "prep", samples, {"dataset": "llcm", "reader": "llcm"})
+    view = split_trial(prepared, 2, direction="visible_to_infrared")  # protocol: the dataset's own
+    expected = llcm_trial(samples, "visible_to_infrared", 2)
+    assert view.trial.protocol == "llcm" and view.trial.trial == 2
+    assert np.array_equal(view.trial.gallery, expected.gallery) and np.array_equal(view.trial.query, expected.query)
+    data = invoke_json(["split", str(prepared), "--trial", "2", "--direction", "visible_to_infrared", "--json"])
+    assert data["protocol"]["protocol"] == "llcm" and data["protocol"]["data"] == str(prepared)
+    assert [row["path"] for row in data["gallery"]] == [samples[i].path for i in expected.gallery]
+    refusals = {
+        ("--direction", "both"): "--direction 'both' is not allowed; choose from: visible_to_infrared, infrared_to_visible",
+        ("--draws", "official"): "--draws official exists for the sysu protocol only",
+        ("--protocol", "market"): "unknown protocol 'market' (--protocol)",
+        ("--shots", "3"): "--shots 3 is not allowed",
+        ("--trial", "-1"): "--trial must be 0 or more",
+    }
+    for (option, value), message in refusals.items():
+        result = runner.invoke(app, ["split", str(prepared), option, value])
+        assert result.exit_code == 1 and message in result.output.replace("\n", ""), result.output
+        assert "Traceback" not in result.output
+
+
+def test_skipped_files_in_gallery_folders_are_noted(tmp_path):
+    from mclnet_cli.engine.evaluate import draw_notes
+    from mclnet_cli.metrics.protocols import protocol_trials
+
+    samples = [s for s in fake_sysu_samples(tmp_path) if s.split == "test"]
+    trials = protocol_trials(samples, "sysu", trials=2)
+    in_gallery = str(tmp_path / "cam1" / "0001" / "0003.jpg")  # a visible folder the gallery is drawn from
+    elsewhere = [str(tmp_path / "cam3" / "0001" / "0003.jpg"), str(tmp_path / "cam1" / "0009" / "0002.jpg")]
+    assert draw_notes(samples, trials, {}) == []
+    assert draw_notes(samples, trials, {"skipped": elsewhere}) == []  # infrared / training folders draw nothing
+    (note,) = draw_notes(samples, trials, {"skipped": [*elsewhere, in_gallery]})
+    assert note.startswith("1 file(s) skipped") and in_gallery in note and "not bit for bit" in note
+
+
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     from mclnet_cli.config import load_config
@@ -152,6 +197,7 @@ def test_evaluate_checkpoint_end_to_end(tmp_path, tiny_checkpoint):
     assert data["protocol"]["trials"] == [0, 1]  # the checkpoint's eval.trials
     assert data["protocol"]["flip"] is False and data["protocol"]["rerank"] is False
     assert data["protocol"]["images_embedded"] <= len(samples) - 1
+    assert "notes" not in data["protocol"]  # nothing was skipped at prepare time
 
     # trial 0 of the bn feature, recomputed by hand from extract_features + rank_metrics
     loaded = load_model(tiny_checkpoint)
@@ -178,6 +224,18 @@ def test_evaluate_checkpoint_end_to_end(tmp_path, tiny_checkpoint):
 
     table = runner.invoke(app, ["-q", "evaluate", str(tiny_checkpoint), "--data", str(prepared), "--device", "cpu"])
     assert table.exit_code == 0 and "mean" in table.output and "rerank off" in table.output
+
+    # an image dropped at prepare time (--skip-bad) from a gallery folder: the report says the draws moved
+    dropped = next(s for s in samples if s.split == "test" and s.cam == 1)
+    skipped = write_prepared(
+        tmp_path / "skipped", [s for s in samples if s is not dropped],
+        {"dataset": "sysu", "reader": "sysu", "skipped": [dropped.path]},
+    )
+    noted = invoke_json([
+        "evaluate", str(tiny_checkpoint), "--data", str(skipped), "--device", "cpu", "--trials", "1", "--json",
+    ])
+    (note,) = noted["protocol"]["notes"]
+    assert dropped.path in note and "agw gallery draws" in note
 
 
 def test_evaluate_refuses_protocol_that_does_not_fit_the_dataset(tmp_path, tiny_checkpoint):

@@ -151,6 +151,33 @@ def test_chunking_does_not_change_results():
     assert np.array_equal(whole.cmc, parts.cmc) and whole.mAP == pytest.approx(parts.mAP)
 
 
+@pytest.mark.parametrize("kind", ["standard", "dedup"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_chunking_float32_packed_path(monkeypatch, kind, masked):
+    """float32 takes the packed-key path; a small chunk size must split it and change nothing."""
+    from mclnet_cli.metrics import ranking
+
+    rng = np.random.default_rng(3)
+    nq, ng = 50, 30
+    dist = (rng.integers(0, 4, size=(nq, ng)) + (rng.random((nq, ng)) > 0.5) * 0.25).astype(np.float32)  # many ties
+    q, g = rng.integers(0, 8, nq), rng.integers(0, 8, ng)
+    mask = rng.random((nq, ng)) > 0.3 if masked else None
+    calls = []
+    packed = ranking._packed_chunk_stats
+    monkeypatch.setattr(ranking, "_packed_chunk_stats", lambda d, *a: calls.append(d.shape[0]) or packed(d, *a))
+    whole = evaluate_ranking(dist, q, g, mask, cmc=kind)
+    assert calls == [nq]  # one chunk
+    calls.clear()
+    parts = evaluate_ranking(dist, q, g, mask, cmc=kind, chunk_size=3)
+    assert calls == [3] * 16 + [2]  # really chunked, on the packed path
+    assert np.array_equal(whole.cmc, parts.cmc)
+    assert (whole.num_valid, whole.num_ranks) == (parts.num_valid, parts.num_ranks)
+    assert parts.mAP == pytest.approx(whole.mAP, rel=1e-12) and parts.mINP == pytest.approx(whole.mINP, rel=1e-12)
+    cmc, m_ap, m_inp, valid, _ = loop_reference(dist.astype(np.float64), q, g, mask, kind, 20)
+    assert np.allclose(parts.cmc, cmc) and parts.num_valid == valid
+    assert parts.mAP == pytest.approx(m_ap) and parts.mINP == pytest.approx(m_inp)
+
+
 def test_sysu_cam3_query_ignores_cam2_gallery():
     # the only true match sits in camera 2
     dist = np.array([[0.1, 0.5, 0.9], [0.1, 0.5, 0.9]])

@@ -12,11 +12,15 @@ import pytest
 from mclnet_cli.data.records import Modality, Sample
 from mclnet_cli.errors import ConfigError, DataError
 from mclnet_cli.metrics.protocols import (
+    PROTOCOLS,
     OfficialDraws,
+    check_choice,
+    check_protocol,
     llcm_trial,
     load_official_draws,
     protocol_trials,
     regdb_trial,
+    skipped_in_gallery_folders,
     sysu_trial,
 )
 
@@ -213,3 +217,55 @@ def test_protocol_trials_errors(sysu):
     train_only = [s for s in samples if s.split == "train"]
     with pytest.raises(DataError, match="no query images"):
         sysu_trial(train_only)
+
+
+def test_protocol_names_and_checks_have_one_owner():
+    from mclnet_cli.engine.evaluate import EvalSettings
+    from mclnet_cli.metrics import ranking
+
+    assert PROTOCOLS == ("sysu", "regdb", "llcm")
+    assert check_protocol(" SYSU ") == "sysu"
+    with pytest.raises(ConfigError, match=r"unknown protocol 'market' \(--protocol\); choose from: sysu, regdb, llcm"):
+        check_protocol("market", "--protocol")
+    with pytest.raises(ConfigError, match=r"--shots 3 is not allowed; choose from: 1, 10"):
+        check_choice("--shots", 3, (1, 10))
+    assert not hasattr(ranking, "PROTOCOLS")  # the metrics use this module's list
+    with pytest.raises(ConfigError, match=r"unknown protocol 'market' \(--protocol\)"):
+        EvalSettings(protocol="market").check()
+    with pytest.raises(ConfigError, match="--draws 'mat' is not allowed"):
+        EvalSettings(draws="mat").check()
+    with pytest.raises(ConfigError, match="--trials must be between 1 and 10"):
+        EvalSettings(trials=11).check()
+
+
+def test_skipped_file_in_a_gallery_folder_shifts_the_draws_and_is_reported(sysu):
+    root, samples = sysu
+    # a visible test image of a cam-1 folder with several images, dropped as prepare --skip-bad would
+    # (the file stays in the folder, where the reference code still lists it)
+    by_folder: dict[str, list[Sample]] = {}
+    for s in samples:
+        if s.split == "test" and s.cam == 1:
+            by_folder.setdefault(str(Path(s.path).parent), []).append(s)
+    folder = next(f for f, group in sorted(by_folder.items()) if len(group) >= 3)
+    dropped = sorted(s.path for s in by_folder[folder])[0]
+    kept = [s for s in samples if s.path != dropped]
+    trials = protocol_trials(kept, "sysu", mode="all", trials=10)
+    assert any(paths_of(kept, t.gallery) != agw_gallery_reference(str(root), "all", t.trial) for t in trials)
+    assert skipped_in_gallery_folders(kept, trials, [dropped]) == [dropped]
+    # not a gallery folder: an infrared folder, a training id's folder
+    infrared = next(s.path for s in samples if s.split == "test" and s.cam == 3)
+    train = next(s.path for s in samples if s.split == "train" and s.cam == 1)
+    assert skipped_in_gallery_folders(kept, trials, [infrared, train]) == []
+    # nothing was dropped: the draws are the reference's
+    full = protocol_trials(samples, "sysu", mode="all", trials=3)
+    assert all(paths_of(samples, t.gallery) == agw_gallery_reference(str(root), "all", t.trial) for t in full)
+
+
+def test_regdb_draws_nothing_so_skipped_files_never_matter():
+    samples = [
+        Sample(f"/r/{m}/{pid}/{k}.bmp", pid, 1 if m == "Visible" else 2,
+               Modality.VISIBLE if m == "Visible" else Modality.INFRARED, "test")
+        for m in ("Visible", "Thermal") for pid in (1, 2) for k in range(3)
+    ]
+    trials = protocol_trials(samples, "regdb", direction="both")
+    assert skipped_in_gallery_folders(samples, trials, ["/r/Visible/1/9.bmp", "/r/Thermal/2/9.bmp"]) == []

@@ -104,7 +104,7 @@ def render(payload: dict[str, Any]) -> None:
 
     protocol = payload["protocol"]
     console.print(_describe(protocol), highlight=False)
-    notes: list[str] = []
+    notes: list[str] = list(protocol.get("notes", []))
     for key, result in payload["results"].items():
         table = Table(title=f"{key} (percent)", title_justify="left")
         table.add_column("trial", justify="right")

@@ -38,44 +38,18 @@ def _run(
     prepared_path: Path, protocol: str | None, mode: str, shots: int, trial_number: int, direction: str,
     draws: str, perm_file: Path | None, show: int, json_output: bool,
 ) -> None:
-    from mclnet_cli.data.records import load_prepared
-    from mclnet_cli.errors import ConfigError
-    from mclnet_cli.metrics.protocols import DIRECTIONS, llcm_trial, load_official_draws, regdb_trial, sysu_trial
+    from mclnet_cli.engine.evaluate import split_trial
 
-    prepared = load_prepared(prepared_path)
-    reader = str(prepared.meta.get("reader") or prepared.meta.get("dataset") or "")
-    name = protocol or (reader if reader in ("sysu", "regdb", "llcm") else "sysu")
-    if trial_number < 0:
-        raise ConfigError(f"--trial must be 0 or more, got {trial_number}")
-    if draws not in ("agw", "official"):
-        raise ConfigError(f"--draws {draws!r} is not allowed; choose from: agw, official")
-    if draws == "official" and name != "sysu":
-        raise ConfigError("--draws official exists for the sysu protocol only")
-    samples = prepared.samples
-    if name == "sysu":
-        official = None
-        if draws == "official":
-            root = prepared.meta.get("root")
-            if perm_file is None and not root:
-                raise ConfigError("--draws official needs --perm-file (the prepared dataset does not record its root)")
-            official = load_official_draws(perm_file or Path(root) / "exp" / "rand_perm_cam.mat")
-        trial = sysu_trial(samples, mode, shots, trial_number, official=official)
-    elif name in ("regdb", "llcm"):
-        if direction not in DIRECTIONS:
-            raise ConfigError(f"--direction {direction!r} is not allowed; choose from: {', '.join(DIRECTIONS)}")
-        if name == "regdb":
-            if trial_number != 0:
-                raise ConfigError("regdb draws no gallery: its only trial is 0 (the data split is chosen at prepare time)")
-            trial = regdb_trial(samples, direction)
-        else:
-            trial = llcm_trial(samples, direction, trial_number, shots)
-    else:
-        raise ConfigError(f"--protocol {name!r} is not known; choose from: sysu, regdb, llcm")
+    view = split_trial(
+        prepared_path, trial_number, protocol=protocol, mode=mode, shots=shots, direction=direction,
+        draws=draws, perm_file=perm_file,
+    )
+    samples, trial = view.samples, view.trial
 
     def rows(indices: Any) -> list[dict[str, Any]]:
         return [{"path": samples[i].path, "pid": samples[i].pid, "cam": samples[i].cam} for i in indices]
 
-    info = {**trial.describe(), "data": str(prepared.root)}
+    info = {**trial.describe(), "data": str(view.data)}
     if json_output:
         print_json({"protocol": info, "queries": rows(trial.query), "gallery": rows(trial.gallery)})
         return

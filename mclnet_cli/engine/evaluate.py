@@ -9,6 +9,10 @@ Two entry points build an :class:`EvaluationReport` (values in percent):
   with arrays ``features`` [N, D], ``pids``, ``cams``, ``modalities`` (strings or
   0 visible / 1 infrared) and ``paths``; scored as the feature ``features``.
 
+:func:`split_trial` gives the queries and gallery of one trial without a model
+(``mclnet split``); training's validation reuses :func:`embed_samples` and
+:func:`score_trials`. Protocol names and checks come from ``metrics.protocols``.
+
 Result keys: SYSU-MM01 has one direction (infrared -> visible), so results are
 keyed by feature name (``bn``, ``pool``); RegDB and LLCM always key them
 ``<direction>/<feature>`` (e.g. ``visible_to_infrared/bn``), one entry per
@@ -28,12 +32,27 @@ import numpy as np
 from mclnet_cli.config import EvalConfig
 from mclnet_cli.data.records import Modality, Sample, load_prepared
 from mclnet_cli.errors import ConfigError, DataError
-from mclnet_cli.metrics.protocols import OfficialDraws, Trial, load_official_draws, protocol_trials
+from mclnet_cli.metrics.protocols import (
+    DIRECTIONS,
+    DRAWS,
+    MAX_TRIALS,
+    PROTOCOLS,
+    SHOTS,
+    SYSU_MODES,
+    OfficialDraws,
+    Trial,
+    check_choice,
+    check_protocol,
+    llcm_trial,
+    load_official_draws,
+    protocol_trials,
+    regdb_trial,
+    skipped_in_gallery_folders,
+    sysu_trial,
+)
 from mclnet_cli.metrics.ranking import cmc_kind, rank_metrics
 from mclnet_cli.metrics.report import METRIC_KEYS, as_percent, mean_std
 
-FEATURES = ("bn", "pool")
-DRAWS = ("agw", "official")
 NPZ_ARRAYS = ("features", "pids", "cams", "modalities", "paths")
 ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
 
@@ -61,21 +80,21 @@ class EvalSettings:
             "flip": defaults.flip, "rerank": defaults.rerank, "draws": "agw",
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
+        values["protocol"] = check_protocol(values["protocol"], "--protocol")
         settings = cls(**values)
         settings.check()
         return settings
 
     def check(self) -> None:
-        choices = {
-            "protocol": ("sysu", "regdb", "llcm"), "mode": ("all", "indoor"), "shots": (1, 10),
-            "direction": ("visible_to_infrared", "infrared_to_visible", "both"), "draws": DRAWS,
-        }
+        """Every choice against the protocol module's lists (one line naming the option on error)."""
+        if self.protocol not in PROTOCOLS:
+            check_protocol(self.protocol, "--protocol")
+            raise ConfigError(f"--protocol {self.protocol!r}: write it in lower case ({self.protocol.strip().lower()})")
+        choices = {"mode": SYSU_MODES, "shots": SHOTS, "direction": DIRECTIONS + ("both",), "draws": DRAWS}
         for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                raise ConfigError(f"--{name} {value!r} is not allowed; choose from: {', '.join(map(str, allowed))}")
-        if not 1 <= self.trials <= 10:
-            raise ConfigError(f"--trials must be between 1 and 10, got {self.trials}")
+            check_choice(f"--{name}", getattr(self, name), allowed)
+        if not 1 <= self.trials <= MAX_TRIALS:
+            raise ConfigError(f"--trials must be between 1 and {MAX_TRIALS}, got {self.trials}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
         if self.draws == "official" and self.protocol != "sysu":
@@ -169,7 +188,7 @@ def describe_protocol(settings: EvalSettings, trials: Sequence[Trial], **extra: 
     elif settings.protocol == "llcm":
         info.update(shots=settings.shots, draws="agw")
     info.update(
-        directions=sorted({t.direction for t in trials}, key=("visible_to_infrared", "infrared_to_visible").index),
+        directions=sorted({t.direction for t in trials}, key=DIRECTIONS.index),
         trials=sorted({t.trial for t in trials}),
         cmc=cmc_kind(settings.protocol),
         distance="k-reciprocal (k1=20, k2=6, lambda=0.3)" if settings.rerank else "1 - cosine",
@@ -197,6 +216,123 @@ def _trials(samples: Sequence[Sample], settings: EvalSettings, official: Officia
         samples, settings.protocol, mode=settings.mode, shots=settings.shots,
         trials=settings.trials, direction=settings.direction, official=official,
     )
+
+
+def draw_notes(samples: Sequence[Sample], trials: Sequence[Trial], meta: Mapping[str, Any]) -> list[str]:
+    """Remarks on the draws for the report's ``protocol.notes`` (empty when there is nothing to say).
+
+    Files dropped at prepare time (``--skip-bad``) from a folder the gallery is
+    drawn from make the draws differ from the reference code's, which lists the
+    folder itself (see ``metrics.protocols``).
+    """
+    skipped = [str(p) for p in meta.get("skipped") or ()]
+    hit = skipped_in_gallery_folders(samples, trials, skipped) if skipped else []
+    if not hit:
+        return []
+    shown = ", ".join(hit[:3]) + (f" and {len(hit) - 3} more" if len(hit) > 3 else "")
+    return [
+        f"{len(hit)} file(s) skipped at prepare time lie in test gallery folders ({shown}); the reference code "
+        f"draws from the folder listing, so the {trials[0].draws} gallery draws are not bit for bit the reference's"
+    ]
+
+
+def dataset_protocol(meta: Mapping[str, Any]) -> str | None:
+    """The protocol a prepared dataset's reader implies (sysu, regdb, llcm), or None (e.g. unknown reader)."""
+    reader = str(meta.get("reader") or meta.get("dataset") or "")
+    return reader if reader in PROTOCOLS else None
+
+
+def embed_samples(
+    model: Any,
+    samples: Sequence[Sample],
+    indices: Sequence[int] | np.ndarray,
+    *,
+    height: int,
+    width: int,
+    batch_size: int,
+    device: Any,
+    workers: int = 0,
+    features: Sequence[str] = ("bn",),
+    flip: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Embed ``samples[i]`` for each i in ``indices``, each through its own modality's stream (visible first).
+
+    Returns the feature arrays by name and ``rows`` with ``rows[i]`` the row of
+    sample i in them (-1 for samples not embedded), as :func:`score_trials` takes.
+    """
+    from mclnet_cli.engine.extract import extract_features
+
+    rows = np.full(len(samples), -1, dtype=np.int64)
+    blocks: dict[str, list[np.ndarray]] = {name: [] for name in features}
+    order: list[int] = []
+    wanted = [int(i) for i in indices]
+    for modality in (Modality.VISIBLE, Modality.INFRARED):
+        chosen = [i for i in wanted if samples[i].modality is modality]
+        if not chosen:
+            continue
+        out = extract_features(
+            model, [samples[i].path for i in chosen], modality, height=height, width=width,
+            batch_size=batch_size, device=device, workers=workers, feature=tuple(features), flip=flip,
+            on_progress=on_progress,
+        )
+        for name in features:
+            blocks[name].append(out.by_name[name])
+        order.extend(chosen)
+    rows[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
+    arrays = {
+        name: np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32) for name, parts in blocks.items()
+    }
+    return arrays, rows
+
+
+@dataclass(frozen=True)
+class SplitView:
+    """One trial of a prepared dataset: the trial's indices point into ``samples``."""
+
+    trial: Trial
+    samples: list[Sample]
+    data: Path
+
+
+def split_trial(
+    data: Path | str,
+    trial: int = 0,
+    *,
+    protocol: str | None = None,
+    mode: str = "all",
+    shots: int = 1,
+    direction: str = "infrared_to_visible",
+    draws: str = "agw",
+    perm_file: Path | str | None = None,
+) -> SplitView:
+    """The queries and gallery of trial ``trial`` of a prepared dataset (what ``mclnet split`` shows).
+
+    ``protocol`` None takes the dataset's own (sysu for a dataset of another
+    reader, e.g. synthetic). One trial has one direction: ``both`` is refused.
+    """
+    prepared = load_prepared(data)
+    name = protocol if protocol is not None else (dataset_protocol(prepared.meta) or "sysu")
+    settings = EvalSettings(
+        protocol=check_protocol(name, "--protocol"), mode=mode, shots=shots, trials=1,
+        direction=direction, draws=draws,
+    )
+    settings.check()
+    if trial < 0:
+        raise ConfigError(f"--trial must be 0 or more, got {trial}")
+    samples = prepared.samples
+    if settings.protocol == "sysu":
+        official = _official(settings, perm_file, prepared.meta.get("root"))
+        chosen = sysu_trial(samples, settings.mode, settings.shots, trial, official=official)
+    else:
+        check_choice("--direction", settings.direction, DIRECTIONS)
+        if settings.protocol == "regdb":
+            if trial != 0:
+                raise ConfigError("regdb draws no gallery: its only trial is 0 (the data split is chosen at prepare time)")
+            chosen = regdb_trial(samples, settings.direction)
+        else:
+            chosen = llcm_trial(samples, settings.direction, trial, settings.shots)
+    return SplitView(chosen, samples, prepared.root)
 
 
 # ----------------------------------------------------------------------------
@@ -273,8 +409,8 @@ def evaluate_features_file(
 
 def _check_dataset(settings: EvalSettings, meta: Mapping[str, Any], protocol_given: bool, data: Path) -> None:
     """Refuse a protocol default that does not fit the prepared dataset (e.g. sysu on RegDB)."""
-    reader = str(meta.get("reader") or meta.get("dataset") or "")
-    if reader in ("sysu", "regdb", "llcm") and reader != settings.protocol and not protocol_given:
+    reader = dataset_protocol(meta)
+    if reader is not None and reader != settings.protocol and not protocol_given:
         raise ConfigError(
             f"the checkpoint's eval.protocol is {settings.protocol!r} but {data} is a {reader} dataset; "
             f"pass --protocol {reader}"
@@ -306,7 +442,7 @@ def evaluate_checkpoint(
     """
     from mclnet_cli.engine.checkpoint import load_model
     from mclnet_cli.engine.device import resolve_device
-    from mclnet_cli.engine.extract import extract_features
+    from mclnet_cli.model.net import FEATURES
 
     torch_device = resolve_device(device)
     loaded = load_model(checkpoint, device=torch_device)
@@ -321,33 +457,24 @@ def evaluate_checkpoint(
     trial_list = _trials(samples, settings, _official(settings, perm_file, prepared.meta.get("root")))
 
     used = np.unique(np.concatenate([np.concatenate([t.query, t.gallery]) for t in trial_list]))
-    rows = np.full(len(samples), -1, dtype=np.int64)
-    blocks: dict[str, list[np.ndarray]] = {name: [] for name in FEATURES}
-    order: list[int] = []
     context = progress(len(used)) if progress is not None else contextlib.nullcontext(None)
     with context as advance:
-        for modality in (Modality.VISIBLE, Modality.INFRARED):
-            indices = [int(i) for i in used if samples[i].modality is modality]
-            if not indices:
-                continue
-            out = extract_features(
-                loaded.model, [samples[i].path for i in indices], modality,
-                height=config.data.height, width=config.data.width, batch_size=settings.batch_size,
-                device=torch_device, workers=config.data.workers if workers is None else workers,
-                feature=FEATURES, flip=settings.flip, on_progress=advance,
-            )
-            for name in FEATURES:
-                blocks[name].append(out.by_name[name])
-            order.extend(indices)
-    rows[np.asarray(order, dtype=np.int64)] = np.arange(len(order))
-    features = {name: np.concatenate(parts) for name, parts in blocks.items()}
+        features, rows = embed_samples(
+            loaded.model, samples, used, height=config.data.height, width=config.data.width,
+            batch_size=settings.batch_size, device=torch_device,
+            workers=config.data.workers if workers is None else workers,
+            features=FEATURES, flip=settings.flip, on_progress=advance,
+        )
     results = score_trials(samples, features, rows, trial_list, rerank=settings.rerank)
     extra: dict[str, Any] = {}
+    notes = draw_notes(samples, trial_list, prepared.meta)
+    if notes:
+        extra["notes"] = notes
     if settings.protocol == "regdb" and prepared.meta.get("trial") is not None:
         extra["regdb_split"] = prepared.meta["trial"]  # the idx split (1-10) prepared; one model per split
     protocol_info = describe_protocol(
         settings, trial_list, source="checkpoint", checkpoint=str(loaded.path), fingerprint=loaded.fingerprint,
-        data=str(prepared.root), dataset=prepared.name, device=str(torch_device), images_embedded=len(order),
+        data=str(prepared.root), dataset=prepared.name, device=str(torch_device), images_embedded=int((rows >= 0).sum()),
         **extra,
     )
     return EvaluationReport(protocol_info, results)

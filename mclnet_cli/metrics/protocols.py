@@ -18,6 +18,15 @@ Official SYSU-MM01 draws come from ``exp/rand_perm_cam.mat``: row t of
 ``rand_perm_cam{cam}{pid}`` lists 1-based image numbers; the first ``shots`` are
 taken, number k being the k-th image of the folder in name order (``000k.jpg``).
 Reading the MATLAB file needs scipy (the optional ``mat`` extra).
+
+Limit of "bit for bit": the reference code draws from ``os.listdir`` of each
+folder, mclnet from the prepared samples. A folder whose files differ from its
+samples (images dropped by ``prepare --skip-bad``, non-image files) shifts the
+draws from that group on; :func:`skipped_in_gallery_folders` finds such drops.
+
+This module owns the protocol names and their checks (:func:`check_protocol`,
+:func:`check_choice`); the ranking metrics, the evaluation engine and the CLI
+use them rather than their own lists.
 """
 
 from __future__ import annotations
@@ -43,6 +52,23 @@ LLCM_GALLERY_CAMS = {
     "visible_to_infrared": (1, 2, 4, 5, 6, 7, 8, 9),  # gallery from test_nir (cam3 is empty)
 }
 SHOTS = (1, 10)
+DRAWS = ("agw", "official")  # gallery draw families (official: SYSU-MM01 only)
+MAX_TRIALS = 10  # gallery draws of one evaluation (trial numbers 0..9)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    """Raise a one-line :class:`ConfigError` naming ``name`` when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ConfigError(f"{name} {value!r} is not allowed; choose from: {', '.join(map(str, choices))}")
+
+
+def check_protocol(protocol: Any, name: str = "protocol") -> str:
+    """The protocol's canonical name (case and spaces ignored), or a :class:`ConfigError`."""
+    canonical = str(protocol).strip().lower()
+    if canonical not in PROTOCOLS:
+        where = "" if name == "protocol" else f" ({name})"
+        raise ConfigError(f"unknown protocol {protocol!r}{where}; choose from: {', '.join(PROTOCOLS)}")
+    return canonical
 
 
 @dataclass(frozen=True)
@@ -119,11 +145,6 @@ def load_official_draws(path: Path | str) -> OfficialDraws:
     return OfficialDraws(table, source=str(path))
 
 
-def _check(name: str, value: Any, choices: Sequence[Any]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name} {value!r} is not known; choose from: {', '.join(map(str, choices))}")
-
-
 def _pool(samples: Sequence[Sample], split: str, modality: Modality, cams: Sequence[int] | None = None) -> list[int]:
     return [
         i
@@ -183,8 +204,8 @@ def sysu_trial(
     split: str = "test",
 ) -> Trial:
     """SYSU-MM01: queries = every infrared test image; gallery drawn from the mode's visible cameras."""
-    _check("mode", mode, SYSU_MODES)
-    _check("shots", shots, SHOTS)
+    check_choice("mode", mode, SYSU_MODES)
+    check_choice("shots", shots, SHOTS)
     cams = SYSU_GALLERY_CAMS[mode]
     query = _ordered(samples, _pool(samples, split, Modality.INFRARED))
     gallery = draw_gallery(samples, _pool(samples, split, Modality.VISIBLE, cams), cams, trial, shots, official)
@@ -197,7 +218,7 @@ def sysu_trial(
 
 def regdb_trial(samples: Sequence[Sample], direction: str, *, split: str = "test") -> Trial:
     """RegDB: every test image of one modality queries every test image of the other (no sampling)."""
-    _check("direction", direction, DIRECTIONS)
+    check_choice("direction", direction, DIRECTIONS)
     source = Modality.VISIBLE if direction == "visible_to_infrared" else Modality.INFRARED
     query = _ordered(samples, _pool(samples, split, source))
     gallery = _ordered(samples, _pool(samples, split, source.other()))
@@ -209,8 +230,8 @@ def llcm_trial(
     samples: Sequence[Sample], direction: str, trial: int = 0, shots: int = 1, *, split: str = "test"
 ) -> Trial:
     """LLCM: all test images of the query modality; one image per (pid, camera) of the other, drawn as SYSU."""
-    _check("direction", direction, DIRECTIONS)
-    _check("shots", shots, SHOTS)
+    check_choice("direction", direction, DIRECTIONS)
+    check_choice("shots", shots, SHOTS)
     source = Modality.VISIBLE if direction == "visible_to_infrared" else Modality.INFRARED
     cams = LLCM_GALLERY_CAMS[direction]
     query = _ordered(samples, _pool(samples, split, source))
@@ -230,7 +251,7 @@ def expand_directions(direction: str) -> tuple[str, ...]:
     """``both`` -> the two directions; a single direction -> itself."""
     if direction == "both":
         return DIRECTIONS
-    _check("direction", direction, DIRECTIONS + ("both",))
+    check_choice("direction", direction, DIRECTIONS + ("both",))
     return (direction,)
 
 
@@ -251,7 +272,7 @@ def protocol_trials(
     trials are ten dataset splits, each with its own model); llcm and regdb
     expand ``direction="both"`` into both directions (visible->infrared first).
     """
-    _check("protocol", protocol, PROTOCOLS)
+    protocol = check_protocol(protocol)
     numbers = list(range(trials)) if isinstance(trials, int) else [int(t) for t in trials]
     if not numbers or any(t < 0 for t in numbers):
         raise ConfigError(f"trials must be a positive count or non-negative trial numbers, got {trials!r}")
@@ -262,3 +283,14 @@ def protocol_trials(
     if protocol == "regdb":
         return [regdb_trial(samples, d, split=split) for d in expand_directions(direction)]
     return [llcm_trial(samples, d, t, shots, split=split) for d in expand_directions(direction) for t in numbers]
+
+
+def skipped_in_gallery_folders(samples: Sequence[Sample], trials: Sequence[Trial], skipped: Sequence[str]) -> list[str]:
+    """The ``skipped`` paths (dropped at prepare time) that lie in a folder a trial draws its gallery from.
+
+    The reference code draws from the folder's listing, which still holds them,
+    so the draws of such a folder (and of every later group, as they share one
+    random stream) differ from the reference's. RegDB draws nothing: never any.
+    """
+    folders = {str(Path(samples[i].path).parent) for t in trials if t.draws != "none" for i in t.gallery}
+    return sorted(str(p) for p in skipped if str(Path(str(p)).parent) in folders)

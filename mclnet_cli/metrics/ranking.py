@@ -34,10 +34,9 @@ import functools
 
 import numpy as np
 
-from mclnet_cli.errors import ConfigError
+from mclnet_cli.metrics.protocols import check_protocol
 
 CmcKind = Literal["standard", "dedup"]
-PROTOCOLS = ("sysu", "llcm", "regdb")
 _CHUNK_ELEMENTS = 1 << 18  # entries per chunk: 2 MB of uint64 keys stays in cache
 
 
@@ -308,7 +307,7 @@ def exclusion_mask(
     llcm: gallery images with the query's pid and camera are ignored.
     regdb: nothing is excluded.
     """
-    protocol = _check_protocol(protocol)
+    protocol = check_protocol(protocol)
     q_pids, g_pids = np.asarray(query_pids).reshape(-1), np.asarray(gallery_pids).reshape(-1)
     q_cams, g_cams = np.asarray(query_cams).reshape(-1), np.asarray(gallery_cams).reshape(-1)
     if protocol == "sysu":
@@ -320,14 +319,7 @@ def exclusion_mask(
 
 def cmc_kind(protocol: str) -> CmcKind:
     """Deduplicated CMC for sysu and llcm (what the field reports), standard for regdb."""
-    return "standard" if _check_protocol(protocol) == "regdb" else "dedup"
-
-
-def _check_protocol(protocol: str) -> str:
-    name = str(protocol).strip().lower()
-    if name not in PROTOCOLS:
-        raise ConfigError(f"unknown protocol {protocol!r}; choose from: {', '.join(PROTOCOLS)}")
-    return name
+    return "standard" if check_protocol(protocol) == "regdb" else "dedup"
 
 
 def rank_metrics(
