@@ -80,3 +80,29 @@ def test_torchrun_two_gloo_processes_train_one_epoch(tmp_path: Path) -> None:
     ]
     loaded = load_model(out / "last.pt")
     assert loaded.payload["epoch"] == 1 and len(loaded.label_map) == 4
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_torchrun_trains_when_the_projection_heads_get_no_gradient(tmp_path: Path) -> None:
+    """supcon = hks = 0 leaves the projection heads out of the loss: DDP must not wait for their gradients."""
+    data = _prepared(tmp_path)
+    out = tmp_path / "run"
+    sets = [
+        "data.height=32", "data.width=16", "data.num_ids=2", "data.num_instances=2", "data.workers=0",
+        "train.epochs=1", "train.steps_per_epoch=4", "train.log_every=1",  # 2 steps per rank: the 2nd would hang/fail
+        "loss.weights.supcon=0", "loss.weights.hks=0",
+    ]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "mclnet_cli", "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
+        "--device", "cpu", "--quiet", "--json",
+    ]
+    for item in sets:
+        cmd += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["status"] == "complete" and summary["epochs_completed"] == 1
+    assert set(summary["final_losses"]) == {"total", "id", "mmd"}
+    assert load_model(out / "last.pt").payload["epoch"] == 1

@@ -108,6 +108,12 @@ def test_cli_train_end_to_end_writes_run_dir_and_checkpoint_loads(prepared: Path
     env = json.loads((out / "environment.json").read_text())
     assert env["device"] == "cpu" and env["seed"] == 0 and env["torch"] == torch.__version__
     assert {"python", "torchvision", "mclnet_version", "command", "started", "torch_threads"} <= set(env)
+    assert {"cuda", "gpu", "world_size", "cwd", "platform", "cpu_count"} <= set(env)
+    assert env["gpu"] is None and env["world_size"] == 1
+    from mclnet_cli.info import environment_info
+
+    shared = environment_info()  # the same collector as `mclnet info`, plus the run's own facts
+    assert set(shared) - {"mclnet", "device"} <= set(env) and env["mclnet_version"] == shared["mclnet"]
 
     rows = read_metrics(out)
     epochs = [r for r in rows if r["kind"] == "epoch"]
@@ -116,8 +122,8 @@ def test_cli_train_end_to_end_writes_run_dir_and_checkpoint_loads(prepared: Path
     assert len(steps) == 4  # log_every=1, 2 steps x 2 epochs
     for row in epochs:
         expected = lr_factor(row["epoch"], 2, (3,), 0.1)
-        assert row["lr"]["head"] == pytest.approx(0.1 * expected)
-        assert row["lr"]["backbone"] == pytest.approx(0.01 * expected)
+        assert row["lr"]["head"] == pytest.approx(_config().optim.head_lr * expected)
+        assert row["lr"]["backbone"] == pytest.approx(_config().optim.lr * expected)
         assert row["images_per_s"] > 0 and row["epoch_time_s"] > 0
         assert set(row["parts"]) >= {"id", "supcon", "hks", "mmd"}
         assert np.isfinite(row["loss"])
@@ -163,8 +169,8 @@ def test_resume_restores_optimizer_scheduler_and_matches_uninterrupted_run(prepa
         for key, value in saved["optimizer"]["state"].items():
             assert torch.equal(state["state"][key]["momentum_buffer"], value["momentum_buffer"])
         lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
-        assert lrs["backbone"] == pytest.approx(0.01 * lr_factor(1, 2, (3,), 0.1))
-        assert lrs["head"] == pytest.approx(0.1 * lr_factor(1, 2, (3,), 0.1))
+        assert lrs["backbone"] == pytest.approx(_config().optim.lr * lr_factor(1, 2, (3,), 0.1))
+        assert lrs["head"] == pytest.approx(_config().optim.head_lr * lr_factor(1, 2, (3,), 0.1))
         captured["checked"] = True
 
     # something else consumes RNG between the two processes of a real resume
@@ -257,8 +263,27 @@ def test_validation_on_held_out_ids_writes_best_checkpoint(prepared: Path, tmp_p
     out = tmp_path / "run"
     cfg = _config("train.epochs=1", "train.eval_every=1", "data.train_on_val=false")
     result = fit(cfg, prepared, out, device="cpu")
-    assert result.best is not None and 0.0 <= result.best["mAP"] <= 100.0
+    assert result.best is not None
     assert result.best["queries"] == 6 and result.best["gallery"] == 6  # val: 3 ids x 2 infrared / 2 visible
+    # the val numbers are best.pt's, recomputed by hand: val infrared queries, all val visible images as gallery
+    from mclnet_cli.data.records import load_prepared
+    from mclnet_cli.engine.extract import extract_features
+    from mclnet_cli.metrics import rank_metrics
+
+    model = load_model(out / "best.pt").model
+    val = load_prepared(prepared)
+    queries, gallery = val.select("val", Modality.INFRARED), val.select("val", Modality.VISIBLE)
+    embed = lambda group, m: extract_features(  # noqa: E731
+        model, [s.path for s in group], m, height=cfg.data.height, width=cfg.data.width, feature="bn"
+    ).features
+    expected = rank_metrics(
+        1.0 - embed(queries, Modality.INFRARED) @ embed(gallery, Modality.VISIBLE).T,
+        np.array([s.pid for s in queries]), np.array([s.pid for s in gallery]),
+        np.array([s.cam for s in queries]), np.array([s.cam for s in gallery]), cfg.eval.protocol,
+    )
+    for key, value in (("mAP", expected.mAP), ("rank1", expected.rank(1)), ("rank5", expected.rank(5)),
+                       ("mINP", expected.mINP)):
+        assert result.best[key] == pytest.approx(100.0 * value, abs=1e-3), key
     best = load_checkpoint(out / "best.pt")
     assert best["kind"] == "best" and "not the test set" in best["protocol"]
     summary = json.loads((out / "summary.json").read_text())
@@ -329,6 +354,123 @@ def test_cli_reports_interruption_with_a_resume_hint(prepared: Path, tmp_path: P
         )
 
     monkeypatch.setattr(train_mod, "fit", interrupted_fit)
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"")  # the hint offers --resume only when a checkpoint exists
     result = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(prepared), "--out", str(out), "-q"])
     assert result.exit_code == 130
     assert "interrupted" in result.output and "--resume" in result.output and "Traceback" not in result.output
+
+
+ONE_STEP = ("train.steps_per_epoch=1", "data.height=32", "data.width=16")
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        {},  # the method's defaults: every parameter is trained
+        {"supcon": 0, "hks": 0},  # projection heads unused
+        {"supcon": 0},
+        {"hks": 0},
+        {"id": 0},  # BNNeck unused
+        {"id": 0, "supcon": 0, "hks": 0, "mmd": 0, "triplet": 1},
+    ],
+)
+def test_unused_parameters_expected_matches_the_gradients(weights) -> None:
+    from mclnet_cli.losses import Criterion
+    from mclnet_cli.model import build_model
+
+    cfg = _config(*ONE_STEP, *(f"loss.weights.{k}={v}" for k, v in weights.items()))
+    torch.manual_seed(0)
+    model = build_model(cfg.model, num_classes=2)
+    model.train()
+    output = model(visible=torch.randn(4, 3, 32, 16), infrared=torch.randn(4, 3, 32, 16))
+    labels = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
+    modalities = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    Criterion.from_config(cfg.loss)(output, labels, modalities).total.backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert train_mod.unused_parameters_expected(cfg.loss.weights) == bool(unused), unused
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in train_mod.unused_parameters(model, cfg.loss.weights)) == sorted(unused)
+    assert train_mod.unused_parameters_expected({**{"id": 1.0, "supcon": 5.0, "hks": 5.0}, **weights}) == bool(unused)
+
+
+def test_epoch_row_is_written_before_last_checkpoint(prepared: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    fit(_config("train.epochs=1", *ONE_STEP), prepared, out, device="cpu")
+
+    def killed_save(*args, **kwargs):  # the process dies while last.pt of epoch 2 is being saved
+        raise OSError("killed")
+
+    monkeypatch.setattr(torch, "save", killed_save)
+    with pytest.raises(OSError, match="killed"):
+        fit(_config("train.epochs=2", *ONE_STEP), prepared, out, resume=True, device="cpu")
+    monkeypatch.undo()
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert [r["epoch"] for r in read_metrics(out) if r["kind"] == "epoch"] == [0, 1]  # the row survived
+    # resume re-runs epoch 2 and its row is not duplicated
+    result = fit(_config("train.epochs=2", *ONE_STEP), prepared, out, resume=True, device="cpu")
+    assert result.status == "complete" and result.epochs_completed == 2
+    assert [r["epoch"] for r in read_metrics(out) if r["kind"] == "epoch"] == [0, 1]
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+
+
+def test_resume_with_fewer_epochs_is_refused_and_equal_is_already_complete(prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    fit(_config("train.epochs=2", *ONE_STEP), prepared, out, device="cpu")
+    before = {name: (out / name).read_bytes() for name in ("last.pt", "metrics.jsonl", "summary.json")}
+
+    result = runner.invoke(app, ["train", "--data", str(prepared), "--out", str(out), "--resume",
+                                 "--set", "train.epochs=1", "--device", "cpu", "-q"])
+    assert result.exit_code == 1, result.output
+    assert "already has 2 epochs" in result.output and "train.epochs=M with M > 2" in result.output
+    assert "Traceback" not in result.output
+    assert {name: (out / name).read_bytes() for name in before} == before  # nothing touched
+
+    again = fit(_config("train.epochs=2", *ONE_STEP), prepared, out, resume=True, device="cpu")
+    assert again.status == "complete" and again.epochs_completed == 2 == again.epochs
+    assert (out / "last.pt").read_bytes() == before["last.pt"]  # nothing was trained
+    assert [r["epoch"] for r in read_metrics(out) if r["kind"] == "epoch"] == [0, 1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["epochs_completed"] == 2
+    assert "already complete" in summary["message"]
+    assert summary["final_losses"] == json.loads(before["summary.json"])["final_losses"]
+
+
+def test_ctrl_c_outside_the_epoch_loop_never_escapes_fit(prepared: Path, tmp_path: Path, monkeypatch) -> None:
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real_fit = fit
+
+    def fit_(*args, **kwargs):  # a leaked KeyboardInterrupt fails this test instead of stopping pytest
+        try:
+            return real_fit(*args, **kwargs)
+        except KeyboardInterrupt:
+            pytest.fail("fit let a KeyboardInterrupt escape")
+
+    # during setup of a new run: nothing saved, and the CLI says so (exit 130, no --resume hint)
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        mp.setattr(train_mod, "load_prepared", ctrl_c)
+        result = fit_(_config("train.epochs=1", *ONE_STEP), prepared, out, device="cpu")
+        assert result.status == "interrupted" and result.epochs_completed == 0
+        assert not out.exists()
+        cli = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(prepared), "--out", str(out), "-q"])
+    assert cli.exit_code == 130
+    assert "interrupted" in cli.output and "nothing to resume" in cli.output and "--resume" not in cli.output
+    assert "Traceback" not in cli.output
+
+    fit(_config("train.epochs=1", *ONE_STEP), prepared, out, device="cpu")
+    # during setup of a resume: reports the epochs already in last.pt
+    with monkeypatch.context() as mp:
+        mp.setattr(train_mod, "build_optimizer", ctrl_c)
+        result = fit_(_config("train.epochs=2", *ONE_STEP), prepared, out, resume=True, device="cpu")
+    assert result.status == "interrupted" and result.epochs_completed == 1
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+    # a second Ctrl-C while the summary is written after the loop
+    with monkeypatch.context() as mp:
+        mp.setattr(train_mod, "_write_summary", ctrl_c)
+        result = fit_(_config("train.epochs=2", *ONE_STEP), prepared, out, resume=True, device="cpu")
+    assert result.status == "interrupted" and result.epochs_completed == 2
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2

@@ -35,6 +35,8 @@ class RichReporter:
         where = f"epoch {int(info['start_epoch']) + 1}" if info["start_epoch"] else "the start"
         if state.quiet:
             return
+        if int(info["start_epoch"]) >= self.epochs:
+            return  # nothing to train; the core's note says so
         err_console.print(
             f"training on {info['dataset']} ({info['num_classes']} ids) from {where}: "
             f"{info['epochs']} epochs x {info['steps_per_epoch']} steps on {info['device']}{ranks}{amp} -> {info['out_dir']}",
@@ -147,11 +149,14 @@ def _run(
     else:
         _render(result)
     if result.status == "interrupted":
-        err_console.print(
-            f"[yellow]interrupted[/]: {result.epochs_completed} epoch(s) saved in {result.last_checkpoint}; "
-            f"continue with: mclnet train --data {data} --out {out} --resume",
-            highlight=False,
-        )
+        if Path(result.last_checkpoint).is_file():
+            hint = (
+                f"{result.epochs_completed} epoch(s) saved in {result.last_checkpoint}; "
+                f"continue with: mclnet train --data {data} --out {out} --resume"
+            )
+        else:
+            hint = f"before the first checkpoint was saved, nothing to resume; start again (empty or remove {out} first)"
+        err_console.print(f"[yellow]interrupted[/]: {hint}", highlight=False)
         raise typer.Exit(130)
 
 

@@ -19,16 +19,17 @@ shows what training bought. The core never prints: stage messages go to
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager
 
-from mclnet_cli.data.records import Modality, atomic_write_text
-from mclnet_cli.errors import ConfigError
+from mclnet_cli.atomic import atomic_write_text
+from mclnet_cli.data.records import Modality
+from mclnet_cli.errors import ConfigError, TrainingError
+from mclnet_cli.progress import no_progress
 
 MARKER = ".mclnet-demo"
 SUMMARY = "demo.json"
@@ -92,11 +93,6 @@ class DemoResult:
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.summary)
-
-
-@contextlib.contextmanager
-def _no_progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    yield lambda n=1: None
 
 
 def is_demo_dir(out: Path | str) -> bool:
@@ -187,7 +183,7 @@ def run_demo(
 
     plan = plan or (QUICK if quick else FULL)
     stage = on_stage or (lambda message: None)
-    progress = progress or _no_progress
+    progress = progress or no_progress
     out = Path(out)
     check_out_dir(out, force)
     started = time.perf_counter()
@@ -215,8 +211,11 @@ def run_demo(
 
     done = timed("train", 2, f"training the {PRESET} preset ({plan.epochs} epochs x {plan.steps_per_epoch} steps)")
     trained = fit(config, prepared_dir, run_dir, device=device, reporter=reporter)
-    if trained.status != "complete":
-        raise KeyboardInterrupt  # the trainer saved what it had; the CLI reports the interruption
+    if trained.status != "complete":  # interrupted: the trainer saved what it had and wrote its summary
+        raise TrainingError(
+            f"training was {trained.status} after {trained.epochs_completed} of {trained.epochs} epoch(s) "
+            f"(saved in {run_dir}); the demo stopped before evaluating; run it again with --force to start over"
+        )
     checkpoint = trained.last_checkpoint
     label_map = {int(k): int(v) for k, v in load_checkpoint(checkpoint)["label_map"].items()}
     done()

@@ -121,6 +121,44 @@ def seed_everything(seed: int) -> None:
 # Checks before anything is written
 
 
+def _weights(weights: Any) -> dict[str, float]:
+    raw = dataclasses.asdict(weights) if dataclasses.is_dataclass(weights) else dict(weights)
+    return {name: float(value) for name, value in raw.items()}
+
+
+def unused_parameters_expected(weights: Any) -> bool:
+    """Whether some trainable parameters get no gradient under these loss weights.
+
+    The projection heads (layer1..layer3) only feed ``supcon`` and ``hks``; the BNNeck
+    (its BN weight and the classifier) only feeds ``id``. ``weights``: a ``LossWeights``
+    dataclass or a mapping of term -> weight (a missing term counts as 0).
+    """
+    w = _weights(weights)
+    heads_unused = w.get("supcon", 0.0) == 0.0 and w.get("hks", 0.0) == 0.0
+    neck_unused = w.get("id", 0.0) == 0.0
+    return heads_unused or neck_unused
+
+
+def unused_parameters(model: torch.nn.Module, weights: Any) -> list[torch.nn.Parameter]:
+    """The trainable parameters of an MCLNet that the loss never reaches under these weights.
+
+    Under DistributedDataParallel they must not require gradients, or DDP's second step
+    fails waiting for theirs. ``find_unused_parameters=True`` does not help: DDP walks the
+    graph from forward's outputs, and ModelOutput holds every scale's feature whether the
+    loss uses it or not. Freezing them changes nothing else: without DDP they get no
+    gradient either, so the optimiser already skips them.
+    """
+    if not unused_parameters_expected(weights):
+        return []
+    w = _weights(weights)
+    params: list[torch.nn.Parameter] = []
+    if w.get("supcon", 0.0) == 0.0 and w.get("hks", 0.0) == 0.0:
+        params += [*model.specific_heads.parameters(), *model.shared_heads.parameters()]
+    if w.get("id", 0.0) == 0.0:
+        params += list(model.neck.parameters())
+    return [p for p in params if p.requires_grad]
+
+
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
@@ -177,39 +215,39 @@ def validation_statement(config: Config) -> str:
 
 
 def validate(model: torch.nn.Module, prepared: PreparedDataset, config: Config, device: torch.device) -> dict[str, Any]:
-    """mAP / Rank-1 / Rank-5 / mINP (percent) of val infrared queries against all val visible images."""
-    from mclnet_cli.engine.extract import extract_features
-    from mclnet_cli.metrics.ranking import rank_metrics
+    """mAP / Rank-1 / Rank-5 / mINP (percent) of val infrared queries against all val visible images.
 
-    def embed(modality: Modality):
-        samples = prepared.select("val", modality)
-        out = extract_features(
-            model, [s.path for s in samples], modality,
-            height=config.data.height, width=config.data.width,
-            batch_size=config.eval.batch_size, device=device, feature="bn",
-        )
-        return out.features, samples
+    The evaluation engine's embedding and scoring, on one trial whose queries and
+    gallery are the whole val split (no draws), under ``config.eval.protocol``'s
+    exclusions and CMC.
+    """
+    from mclnet_cli.engine.evaluate import embed_samples, score_trials
+    from mclnet_cli.metrics.protocols import Trial
 
+    samples = prepared.select("val")
+    query = [i for i, s in enumerate(samples) if s.modality is Modality.INFRARED]
+    gallery = [i for i, s in enumerate(samples) if s.modality is Modality.VISIBLE]
     was_training = model.training
     try:
-        g_feat, gallery = embed(Modality.VISIBLE)
-        q_feat, queries = embed(Modality.INFRARED)
+        features, rows = embed_samples(
+            model, samples, gallery + query, height=config.data.height, width=config.data.width,
+            batch_size=config.eval.batch_size, device=device, features=("bn",),
+        )
     finally:
         model.train(was_training)
-    distmat = 1.0 - q_feat @ g_feat.T
-    result = rank_metrics(
-        distmat,
-        np.array([s.pid for s in queries]), np.array([s.pid for s in gallery]),
-        np.array([s.cam for s in queries]), np.array([s.cam for s in gallery]),
-        protocol=config.eval.protocol,
+    trial = Trial(
+        config.eval.protocol, 0, "infrared_to_visible",
+        np.asarray(query, dtype=np.int64), np.asarray(gallery, dtype=np.int64), draws="none",
     )
+    (result,) = score_trials(samples, features, rows, [trial]).values()
+    row = result.trials[0]
     return {
-        "mAP": 100.0 * result.mAP,
-        "rank1": 100.0 * result.rank(1),
-        "rank5": 100.0 * result.rank(5),
-        "mINP": 100.0 * result.mINP,
-        "queries": result.num_valid,
-        "gallery": len(gallery),
+        "mAP": row["mAP"],
+        "rank1": row["rank1"],
+        "rank5": row["rank5"],
+        "mINP": row["mINP"],
+        "queries": row["valid_queries"],
+        "gallery": row["gallery"],
     }
 
 
@@ -279,14 +317,51 @@ def fit(
 
     Works in a world of one process or under ``torchrun`` (DistributedDataParallel;
     only rank 0 writes files and reports). Raises ConfigError/DataError/CheckpointError
-    for bad input and TrainingError when a loss part stops being finite.
+    for bad input and TrainingError when a loss part stops being finite. A
+    KeyboardInterrupt (Ctrl-C) at any point never escapes: it returns a result with
+    ``status="interrupted"`` and the epochs safely in ``last.pt`` (0 if none was saved yet).
     """
-    torch_device = resolve_device(device)
-    info, torch_device = dist_utils.init_distributed(torch_device)
+    progress = _Progress(out_dir=Path(out_dir), epochs=config.train.epochs)
     try:
-        return _fit(config, Path(data_dir), Path(out_dir), resume, torch_device, info, reporter)
+        torch_device = resolve_device(device)
+        info, torch_device = dist_utils.init_distributed(torch_device)
+        progress.rank = info.rank
+        return _fit(config, Path(data_dir), Path(out_dir), resume, torch_device, info, reporter, progress)
+    except KeyboardInterrupt:
+        return progress.interrupted()
     finally:
         dist_utils.cleanup_distributed()
+
+
+@dataclass
+class _Progress:
+    """What :func:`fit` can still report when Ctrl-C lands outside the loop's own handling."""
+
+    out_dir: Path
+    epochs: int
+    rank: int = 0
+    completed: int = 0
+    best: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+    result: TrainResult | None = None
+    stopwatch: runlog.Stopwatch = field(default_factory=runlog.Stopwatch)
+
+    def interrupted(self) -> TrainResult:
+        if self.result is not None:  # the run had already finished (e.g. Ctrl-C while the reporter closed)
+            return self.result
+        summary = dict(self.summary) if self.summary else {
+            "status": "interrupted", "epochs": self.epochs, "epochs_completed": self.completed,
+            "checkpoints": {"last": str(self.out_dir / runlog.LAST_CHECKPOINT)},
+        }
+        summary["status"] = "interrupted"
+        return TrainResult(
+            out_dir=self.out_dir, status="interrupted", epochs=self.epochs, epochs_completed=self.completed,
+            last_checkpoint=self.out_dir / runlog.LAST_CHECKPOINT,
+            best_checkpoint=self.out_dir / runlog.BEST_CHECKPOINT if self.best is not None else None,
+            final_losses=dict(summary.get("final_losses") or {}), best=self.best,
+            time_s=self.stopwatch.elapsed(), images_per_s=float(summary.get("images_per_s") or 0.0),
+            summary=summary, rank=self.rank,
+        )
 
 
 def _fit(
@@ -297,6 +372,7 @@ def _fit(
     device: torch.device,
     info: dist_utils.DistInfo,
     reporter: Reporter | None,
+    progress: _Progress,
 ) -> TrainResult:
     from mclnet_cli.data.loader import build_train_loader, describe
     from mclnet_cli.losses import Criterion
@@ -330,6 +406,15 @@ def _fit(
         stored_map = {int(k): int(v) for k, v in payload.get("label_map", {}).items()}
         if stored_map != label_map:
             raise CheckpointError(f"{last_path}: its training identities differ from {data_dir}'s (another dataset?)")
+        done = payload.get("epoch")
+        if isinstance(done, bool) or not isinstance(done, int) or done < 0:
+            raise CheckpointError(f"{last_path}: no valid completed-epoch count (epoch={done!r}); not a last.pt?")
+        if config.train.epochs < done:
+            raise ConfigError(
+                f"cannot resume {out_dir}: the run already has {done} epochs but train.epochs={config.train.epochs}; "
+                f"--set train.epochs=M with M > {done} to continue"
+            )
+        progress.completed = done
     dist_utils.barrier()  # every rank has checked the run directory before rank 0 writes to it
 
     # --- model, loss, optimiser ---------------------------------------------
@@ -365,6 +450,8 @@ def _fit(
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [device.index] if device.type == "cuda" else None
+        for param in unused_parameters(model, config.loss.weights):
+            param.requires_grad_(False)  # after build_optimizer: its groups (and checkpoints) stay the same
         train_model = DistributedDataParallel(model, device_ids=ids)
     if config.train.compile:
         train_model = torch.compile(train_model)
@@ -413,7 +500,11 @@ def _fit(
 
     status, last_row, session_images, failure = "complete", resumed_row, 0, None
     log_every = max(1, config.train.log_every)
-    epoch = start_epoch
+    completed = start_epoch
+    progress.completed, progress.best = start_epoch, best
+    already_done = resume and start_epoch >= epochs
+    if already_done:
+        reporter.note(f"{out_dir} already has {start_epoch}/{epochs} epochs; nothing to train")
     try:
         for epoch in range(start_epoch, epochs):
             loader.set_epoch(epoch)
@@ -493,35 +584,40 @@ def _fit(
                         ))
                 dist_utils.barrier()
             if main:
-                save_last(epoch + 1)
+                # The row first: a kill before last.pt is saved re-runs this epoch on resume,
+                # which drops the row again; the other order would lose it for good.
                 assert metrics is not None
                 metrics.write(last_row)
+                save_last(epoch + 1)
+            completed = epoch + 1
+            progress.completed, progress.best = completed, best
             reporter.epoch_end(epoch, last_row)
-        epoch = epochs
     except KeyboardInterrupt:
         status = "interrupted"
     except TrainingError:
         status = "stopped"
         if main:
-            _write_summary(out_dir, config, prepared, info, status, epoch, last_row, best, session, session_images,
+            _write_summary(out_dir, config, prepared, info, status, completed, last_row, best, session, session_images,
                            steps, failure)
         raise
     finally:
         if metrics is not None:
             metrics.close()
 
-    completed = epochs if status == "complete" else epoch
+    message = f"already complete: {completed}/{epochs} epochs were done before this resume" if already_done else None
     summary = (
         _write_summary(out_dir, config, prepared, info, status, completed, last_row, best, session, session_images,
-                       steps, None)
+                       steps, message)
         if main else {}
     )
+    progress.summary = summary
     result = TrainResult(
         out_dir=out_dir, status=status, epochs=epochs, epochs_completed=completed, last_checkpoint=last_path,
         best_checkpoint=best_path if best is not None else None,
         final_losses=summary.get("final_losses", {}), best=best, time_s=session.elapsed(),
         images_per_s=summary.get("images_per_s", 0.0), summary=summary, rank=info.rank,
     )
+    progress.result = result
     reporter.end(result)
     return result
 
