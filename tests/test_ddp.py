@@ -35,6 +35,27 @@ def _prepared(root: Path) -> Path:
     return write_prepared(root / "prepared", samples, {"dataset": "synthetic"})
 
 
+TINY_SETS = [
+    "data.height=32", "data.width=16", "data.num_ids=2", "data.num_instances=2", "data.workers=0",
+    "train.epochs=1", "train.log_every=1",
+]
+
+
+def _torchrun_train(data: Path, out: Path, sets: list[str]) -> dict:
+    """``torchrun --nproc_per_node 2 -m mclnet_cli train`` on the tiny preset; returns rank 0's JSON summary."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "mclnet_cli", "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
+        "--device", "cpu", "--quiet", "--json",
+    ]
+    for item in TINY_SETS + sets:
+        cmd += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)  # only rank 0 prints
+
+
 def test_env_dist_info_reads_torchrun_variables(monkeypatch) -> None:
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("RANK", "2")
@@ -53,22 +74,8 @@ def test_env_dist_info_reads_torchrun_variables(monkeypatch) -> None:
 def test_torchrun_two_gloo_processes_train_one_epoch(tmp_path: Path) -> None:
     data = _prepared(tmp_path)
     out = tmp_path / "run"
-    sets = [
-        "data.height=32", "data.width=16", "data.num_ids=2", "data.num_instances=2", "data.workers=0",
-        "train.epochs=1", "train.steps_per_epoch=2", "train.log_every=1",
-    ]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "mclnet_cli", "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
-        "--device", "cpu", "--quiet", "--json",
-    ]
-    for item in sets:
-        cmd += ["--set", item]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = _torchrun_train(data, out, ["train.steps_per_epoch=2"])
     # only rank 0 prints the summary and writes files
-    summary = json.loads(proc.stdout)
     assert summary["status"] == "complete" and summary["world_size"] == 2
     assert summary["steps_per_epoch"] == 1  # 2 steps over 2 ranks
     env_info = json.loads((out / "environment.json").read_text())
@@ -87,22 +94,8 @@ def test_torchrun_trains_when_the_projection_heads_get_no_gradient(tmp_path: Pat
     """supcon = hks = 0 leaves the projection heads out of the loss: DDP must not wait for their gradients."""
     data = _prepared(tmp_path)
     out = tmp_path / "run"
-    sets = [
-        "data.height=32", "data.width=16", "data.num_ids=2", "data.num_instances=2", "data.workers=0",
-        "train.epochs=1", "train.steps_per_epoch=4", "train.log_every=1",  # 2 steps per rank: the 2nd would hang/fail
-        "loss.weights.supcon=0", "loss.weights.hks=0",
-    ]
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "mclnet_cli", "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
-        "--device", "cpu", "--quiet", "--json",
-    ]
-    for item in sets:
-        cmd += ["--set", item]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout)
+    # 2 steps per rank: the 2nd would hang or fail if DDP waited for the heads' gradients
+    summary = _torchrun_train(data, out, ["train.steps_per_epoch=4", "loss.weights.supcon=0", "loss.weights.hks=0"])
     assert summary["status"] == "complete" and summary["epochs_completed"] == 1
     assert set(summary["final_losses"]) == {"total", "id", "mmd"}
     assert load_model(out / "last.pt").payload["epoch"] == 1
