@@ -269,3 +269,162 @@ def test_regdb_draws_nothing_so_skipped_files_never_matter():
     ]
     trials = protocol_trials(samples, "regdb", direction="both")
     assert skipped_in_gallery_folders(samples, trials, ["/r/Visible/1/9.bmp", "/r/Thermal/2/9.bmp"]) == []
+
+
+# ----------------------------------------------------------------------------
+# Official draws from a real MATLAB file (scipy.io.savemat), layout of the official
+# evaluation code: get_testing_set.m reads rand_perm_cam{cam_num}{i_id}(run_time,:),
+# i.e. a 6x1 cell (one per camera) of cells indexed by pid, each a [10 x images]
+# double matrix of 1-based image numbers, empty where the camera did not see the pid.
+
+
+def write_rand_perm_cam(path: Path, root: Path, orientation: str = "row", trials: int = 10) -> dict:
+    """A rand_perm_cam.mat for the folders under ``root``; returns {(cam, pid): [trials, images] numbers}."""
+    sio = pytest.importorskip("scipy.io")
+    rng = np.random.default_rng(11)
+    max_pid = max(int(d.name) for d in root.glob("cam*/*") if d.is_dir())
+    outer = np.empty((6, 1), dtype=object)
+    table = {}
+    for cam in range(1, 7):
+        inner = np.empty((1, max_pid + 2) if orientation == "row" else (max_pid + 2, 1), dtype=object)
+        for pid in range(1, max_pid + 3):
+            folder = root / f"cam{cam}" / f"{pid:04d}"
+            n = len(list(folder.glob("*.jpg"))) if folder.is_dir() else 0
+            perm = np.stack([rng.permutation(n) + 1 for _ in range(trials)]).astype(np.float64) if n else np.zeros((0, 0))
+            inner.flat[pid - 1] = perm
+            if n:
+                table[(cam, pid)] = perm.astype(np.int64)
+        outer[cam - 1, 0] = inner
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sio.savemat(str(path), {"rand_perm_cam": outer})
+    return table
+
+
+def official_gallery(root: Path, table: dict, cams, trial: int, shots: int) -> list[str]:
+    """Trial ``trial``'s gallery straight from the table: image k of a folder is 000k.jpg."""
+    return [
+        str(root / f"cam{cam}" / f"{pid:04d}" / f"{int(k):04d}.jpg")
+        for pid in TEST_IDS
+        for cam in cams
+        if (cam, pid) in table
+        for k in table[(cam, pid)][trial, :shots]
+    ]
+
+
+@pytest.mark.parametrize("orientation", ["row", "column"])
+def test_official_draws_from_a_real_mat_file(tmp_path, orientation):
+    pytest.importorskip("scipy")
+    root = tmp_path / "SYSU-MM01"
+    samples = build_fake_sysu(root)
+    table = write_rand_perm_cam(root / "exp" / "rand_perm_cam.mat", root, orientation)
+    draws = load_official_draws(root / "exp" / "rand_perm_cam.mat")
+    # every folder of every camera (training ids too) has its matrix, keyed by (cam, pid)
+    assert set(draws.table) == set(table)
+    assert all(np.array_equal(draws.table[key], value) for key, value in table.items())
+    assert any(value.shape[1] >= 10 for key, value in table.items() if key[1] in TEST_IDS and key[0] in (1, 2, 4, 5))
+    for mode, cams in (("all", (1, 2, 4, 5)), ("indoor", (1, 2))):
+        for shots in (1, 10):
+            for t in (0, 3, 9):
+                trial = sysu_trial(samples, mode, shots, t, official=draws)
+                assert trial.draws == "official"
+                assert paths_of(samples, trial.gallery) == official_gallery(root, table, cams, t, shots)
+    # the draws differ from the AGW family's (or the check above would prove little)
+    assert paths_of(samples, sysu_trial(samples, "all", 1, 0, official=draws).gallery) != agw_gallery_reference(
+        str(root), "all", 0
+    )
+
+
+def test_official_draws_through_split_and_evaluate_cli(tmp_path):
+    pytest.importorskip("scipy")
+    import json
+
+    from typer.testing import CliRunner
+
+    from mclnet_cli.cli.app import app
+    from mclnet_cli.data.records import write_prepared
+    from mclnet_cli.metrics import as_percent, rank_metrics
+
+    runner = CliRunner()
+    root = tmp_path / "SYSU-MM01"
+    samples = build_fake_sysu(root)
+    perm_file = root / "exp" / "rand_perm_cam.mat"
+    table = write_rand_perm_cam(perm_file, root)
+    prepared = write_prepared(tmp_path / "prep", samples, {"dataset": "sysu", "reader": "sysu", "root": str(root)})
+
+    def run_json(args):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    for shots, trial, extra in ((1, 2, ["--perm-file", str(perm_file)]), (10, 5, [])):  # [] : <root>/exp/ default
+        data = run_json(
+            ["split", str(prepared), "--draws", "official", "--shots", str(shots), "--trial", str(trial), "--json", *extra]
+        )
+        assert data["protocol"]["draws"] == "official" and data["protocol"]["shots"] == shots
+        expected = official_gallery(root, table, (1, 2, 4, 5), trial, shots)
+        assert [row["path"] for row in data["gallery"]] == expected
+
+    # evaluate --features: each trial's scores are those of the official gallery, computed here
+    test = [s for s in samples if s.split == "test"]
+    features = np.random.default_rng(2).normal(size=(len(test), 8)).astype(np.float32)
+    npz = tmp_path / "f.npz"
+    np.savez(
+        npz, features=features, pids=np.array([s.pid for s in test]), cams=np.array([s.cam for s in test]),
+        modalities=np.array([s.modality.value for s in test]), paths=np.array([s.path for s in test]),
+    )
+    args = ["evaluate", "--features", str(npz), "--trials", "3", "--json"]
+    official = run_json([*args, "--draws", "official", "--perm-file", str(perm_file)])
+    agw = run_json(args)
+    assert official["protocol"]["draws"] == "official"
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    row_of = {s.path: i for i, s in enumerate(test)}
+    q = np.array([i for i, s in enumerate(test) if s.cam in (3, 6)])
+    keys = ("rank1", "rank5", "rank10", "rank20", "mAP", "mINP")
+    for t, row in enumerate(official["results"]["features"]["trials"]):
+        assert row["trial"] == t
+        g = np.array([row_of[p] for p in official_gallery(root, table, (1, 2, 4, 5), t, 1)])
+        pick = lambda attr, idx: np.array([getattr(test[i], attr) for i in idx])  # noqa: E731
+        expected = as_percent(
+            rank_metrics(1 - unit[q] @ unit[g].T, pick("pid", q), pick("pid", g), pick("cam", q), pick("cam", g), "sysu")
+        )
+        assert {k: row[k] for k in keys} == pytest.approx(expected)
+    assert official["results"]["features"]["trials"] != agw["results"]["features"]["trials"]
+
+
+def test_official_draws_mat_layout_errors_are_one_line(tmp_path):
+    sio = pytest.importorskip("scipy.io")
+
+    def cells(*items, shape=None):
+        array = np.empty(shape or (len(items), 1), dtype=object)
+        for i, item in enumerate(items):
+            array.flat[i] = item
+        return array
+
+    good_pid = np.array([[1.0, 2.0], [2.0, 1.0]])
+    cases = {
+        "missing": ({"rand_perm": cells(*[cells(good_pid)] * 6)}, "no variable 'rand_perm_cam'"),
+        "numeric": ({"rand_perm_cam": np.ones((6, 10))}, r"'rand_perm_cam' is a 6x10 float64 matrix; expected"),
+        "four cameras": ({"rand_perm_cam": cells(*[cells(good_pid)] * 4)}, r"is a 4x1 cell array; expected .*6 cameras"),
+        "struct": ({"rand_perm_cam": {"cam1": good_pid}}, r"is a 1x1 struct; expected"),
+        "camera not a cell": ({"rand_perm_cam": cells(*[cells(good_pid)] * 5, good_pid)}, r"rand_perm_cam\{6\} is a 2x2"),
+        "pid is a cell": (
+            {"rand_perm_cam": cells(*[cells(good_pid, cells(good_pid))] * 6)},
+            r"rand_perm_cam\{1\}\{2\} is a 1x1 cell array; expected a numeric \[trials x images\] matrix",
+        ),
+        "zero": ({"rand_perm_cam": cells(*[cells(np.array([[0.0, 1.0]]))] * 6)}, r"\{1\}\{1\} holds values that are not 1-based"),
+        "fraction": ({"rand_perm_cam": cells(*[cells(np.array([[1.5, 2.0]]))] * 6)}, "not 1-based image numbers"),
+    }
+    for name, (variables, message) in cases.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.mat"
+        sio.savemat(str(path), variables)
+        with pytest.raises(DataError, match=message) as caught:
+            load_official_draws(path)
+        assert "\n" not in str(caught.value) and str(path) in str(caught.value), name
+    # the layout itself is fine with either orientation of the per-camera cell; a row too short is caught at draw time
+    sio.savemat(str(tmp_path / "ok.mat"), {"rand_perm_cam": cells(*[cells(good_pid, shape=(1, 1))] * 6)})
+    draws = load_official_draws(tmp_path / "ok.mat")
+    assert draws.pick(1, 1, 1, 1, 2) == [1]
+    with pytest.raises(DataError, match="has 2 trials, trial 2 asked"):
+        draws.pick(1, 1, 2, 1, 2)
+    with pytest.raises(DataError, match="no permutation for camera 1, pid 2"):
+        draws.pick(2, 1, 0, 1, 2)

@@ -14,10 +14,14 @@ code's ``sorted(os.listdir(...))`` does. Multi-shot (a choice of ours, as the
 literature's multi-shot is not reproducible): ``sample(sorted(paths), min(10, n))``
 from the same per-trial stream, so the ten images are distinct and seeded.
 
-Official SYSU-MM01 draws come from ``exp/rand_perm_cam.mat``: row t of
-``rand_perm_cam{cam}{pid}`` lists 1-based image numbers; the first ``shots`` are
-taken, number k being the k-th image of the folder in name order (``000k.jpg``).
-Reading the MATLAB file needs scipy (the optional ``mat`` extra).
+Official SYSU-MM01 draws come from ``exp/rand_perm_cam.mat``: ``rand_perm_cam``
+is a cell array of the 6 cameras, each a cell array indexed by pid (1..533, the
+official ``get_testing_set.m`` reads ``rand_perm_cam{cam_num}{i_id}(run_time,:)``)
+holding a [trials x images] matrix, empty where the camera did not see the
+person. Row t lists 1-based image numbers; the first ``shots`` are taken, number
+k being the k-th image of the folder in name order (``000k.jpg``). Reading the
+MATLAB file needs scipy (the optional ``mat`` extra); a file of another layout
+is refused with a one-line :class:`DataError`.
 
 Limit of "bit for bit": the reference code draws from ``os.listdir`` of each
 folder, mclnet from the prepared samples. A folder whose files differ from its
@@ -135,14 +139,51 @@ def load_official_draws(path: Path | str) -> OfficialDraws:
     except KeyError as exc:
         raise DataError(f"{path}: no variable 'rand_perm_cam' in the MATLAB file") from exc
     except Exception as exc:  # scipy raises several types for corrupt files
-        raise DataError(f"{path}: cannot read the MATLAB file ({exc})") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: cannot read the MATLAB file ({reason})") from exc
+    return OfficialDraws(_official_table(cells, path), source=str(path))
+
+
+SYSU_CAMERAS = 6  # rand_perm_cam holds one cell per camera, cam1..cam6
+
+
+def _is_cell(value: Any) -> bool:
+    """A MATLAB cell array as scipy reads it: an object array (a struct has named fields)."""
+    return isinstance(value, np.ndarray) and value.dtype == object and value.dtype.names is None
+
+
+def _matlab_kind(value: Any) -> str:
+    """What a value read by scipy's loadmat is, in MATLAB words, for error messages."""
+    if not isinstance(value, np.ndarray):
+        return f"a {type(value).__name__}"
+    shape = "x".join(map(str, value.shape))
+    if value.dtype.names is not None:
+        return f"a {shape} struct"
+    if value.dtype == object:
+        return f"a {shape} cell array"
+    return f"a {shape} {value.dtype} matrix"
+
+
+def _official_table(cells: Any, path: Path) -> dict[tuple[int, int], np.ndarray]:
+    """Check the layout of ``rand_perm_cam`` (a cell per camera holding a cell per pid) and flatten it."""
+    expected = "rand_perm_cam{cam}{pid}: a cell array of 6 cameras, each a cell array of [trials x images] matrices"
+    if not _is_cell(cells) or cells.size != SYSU_CAMERAS:
+        raise DataError(f"{path}: 'rand_perm_cam' is {_matlab_kind(cells)}; expected {expected}")
     table: dict[tuple[int, int], np.ndarray] = {}
-    for cam_index, per_cam in enumerate(np.asarray(cells, dtype=object).ravel(), start=1):
-        for pid_index, perm in enumerate(np.asarray(per_cam, dtype=object).ravel(), start=1):
+    for cam_index, per_cam in enumerate(cells.ravel(), start=1):
+        if not _is_cell(per_cam):
+            raise DataError(f"{path}: rand_perm_cam{{{cam_index}}} is {_matlab_kind(per_cam)}; expected {expected}")
+        for pid_index, perm in enumerate(per_cam.ravel(), start=1):
             array = np.asarray(perm)
-            if array.size:
-                table[(cam_index, pid_index)] = array.astype(np.int64)
-    return OfficialDraws(table, source=str(path))
+            if array.size == 0:
+                continue
+            where = f"{path}: rand_perm_cam{{{cam_index}}}{{{pid_index}}}"
+            if array.ndim > 2 or array.dtype.kind not in "iuf":
+                raise DataError(f"{where} is {_matlab_kind(array)}; expected a numeric [trials x images] matrix")
+            if not (np.isfinite(array).all() and (array == np.round(array)).all() and (array >= 1).all()):
+                raise DataError(f"{where} holds values that are not 1-based image numbers (whole numbers from 1)")
+            table[(cam_index, pid_index)] = np.atleast_2d(array).astype(np.int64)
+    return table
 
 
 def _pool(samples: Sequence[Sample], split: str, modality: Modality, cams: Sequence[int] | None = None) -> list[int]:
