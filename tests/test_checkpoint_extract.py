@@ -143,3 +143,14 @@ def test_bad_image_in_a_worker_is_one_clean_error(tmp_path, tiny):
         extract_features(model, paths + [missing], "visible", height=cfg.data.height, width=cfg.data.width, workers=1)
     assert "gone.jpg" in str(info.value) and "\n" not in str(info.value)
     assert "DataLoader worker" not in str(info.value)
+
+
+def test_workers_are_capped_at_the_usable_cpus():
+    import os
+
+    from mclnet_cli.data.workers import usable_workers
+
+    cpus = len(os.sched_getaffinity(0))
+    assert usable_workers(0) == 0
+    assert usable_workers(cpus + 7) == cpus
+    assert usable_workers(1) == min(1, cpus)

@@ -28,6 +28,7 @@ from mclnet_cli.data.images import load_rgb
 from mclnet_cli.data.records import Modality, PreparedDataset, Sample
 from mclnet_cli.data.sampler import CrossModalityBatchSampler, Key
 from mclnet_cli.data.transforms import train_transform
+from mclnet_cli.data.workers import usable_workers
 from mclnet_cli.errors import DataError
 
 
@@ -186,7 +187,8 @@ def build_train_loader(
     cache = open_prepared_cache(prepared.root, prepared.meta, data_cfg.height, data_cfg.width, samples) if data_cfg.use_cache else None
     transforms = {m: train_transform(data_cfg, m) for m in Modality}
     dataset = PairDataset(visible, infrared, transforms, cache)
-    return TrainLoader(dataset, sampler, label_map, workers=data_cfg.workers, seed=seed, cached=cache is not None)
+    workers = usable_workers(data_cfg.workers)
+    return TrainLoader(dataset, sampler, label_map, workers=workers, seed=seed, cached=cache is not None)
 
 
 def describe(loader: TrainLoader) -> dict[str, Any]:

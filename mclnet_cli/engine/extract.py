@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from mclnet_cli.data.images import load_rgb
 from mclnet_cli.data.records import Modality
 from mclnet_cli.data.transforms import test_transform
+from mclnet_cli.data.workers import usable_workers
 from mclnet_cli.errors import DataError
 
 
@@ -89,7 +90,7 @@ def extract_features(
         _ImageFiles(paths, height, width),
         batch_size=batch_size,
         shuffle=False,
-        num_workers=workers,
+        num_workers=usable_workers(workers),
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
