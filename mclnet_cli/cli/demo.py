@@ -52,10 +52,6 @@ def _run(out: Path, quick: bool, force: bool, device: str, as_json: bool) -> Non
         _render(result.to_json())
 
 
-def _numbers(row: Mapping[str, Any]) -> str:
-    return f"Rank-1 {row['rank1']:6.2f}  mAP {row['mAP']:6.2f}  mINP {row['mINP']:6.2f}"
-
-
 def _render(summary: Mapping[str, Any]) -> None:
     from rich.table import Table
 

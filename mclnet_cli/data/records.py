@@ -17,8 +17,6 @@ from typing import Any, Iterable, Sequence
 from mclnet_cli.atomic import atomic_write_text
 from mclnet_cli.errors import DataError
 
-__all__ = ["Modality", "Sample", "PreparedDataset", "count_samples", "write_prepared", "load_prepared", "atomic_write_text"]
-
 MANIFEST = "manifest.jsonl"
 META = "meta.json"
 SPLITS = ("train", "val", "test")
