@@ -1,3 +1,3 @@
 """mclnet: MCLNet for visible-infrared person re-identification."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -57,8 +57,32 @@ def test_resnet50_shapes_at_288x144() -> None:
     assert maps == [(2, 2048, 18, 9)]  # last stride 1
     heads = model.specific_heads["visible"]
     assert len(heads["layer1"]) == 3 and len(heads["layer2"]) == 2 and len(model.shared_heads["layer3"]) == 1
-    widths = [blk[1].out_channels for blk in heads["layer1"]]
-    assert widths == [512, 1024, 2048]
+    # the authors' block: the first 1x1 keeps the width, the second one changes it
+    assert [blk[1].out_channels for blk in heads["layer1"]] == [256, 512, 1024]
+    assert [blk[5].out_channels for blk in heads["layer1"]] == [512, 1024, 2048]
+
+
+def test_resnet50_with_395_classes_has_the_authors_parameter_count() -> None:
+    """ResNet-50, SYSU-MM01's 395 training ids: the authors' network has 45,217,920 parameters."""
+    cfg = dataclasses.replace(ModelConfig(), arch="resnet50", pretrained="none")
+    model = build_model(cfg, num_classes=395)
+    assert sum(p.numel() for p in model.parameters()) == 45_217_920
+
+
+def test_head_and_neck_initialisation_follow_the_authors() -> None:
+    """Head convs ~ N(0, sqrt(2 / (k*k*out))), head BN 1/0, BNNeck weight ~ N(1, 0.01), classifier ~ N(0, 0.001)."""
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(ModelConfig(), arch="resnet50", pretrained="none"), num_classes=395)
+    block = model.specific_heads["visible"]["layer1"][2]  # 1024 -> 2048
+    for conv in (block[1], block[5]):
+        k = conv.kernel_size[0] * conv.kernel_size[1]
+        expected = (2.0 / (k * conv.out_channels)) ** 0.5
+        assert abs(conv.weight.std().item() / expected - 1) < 0.02
+        assert abs(conv.weight.mean().item()) < expected * 0.02
+    assert torch.all(block[2].weight == 1) and torch.all(block[2].bias == 0)
+    bn = model.neck.bn.weight
+    assert abs(bn.mean().item() - 1) < 0.002 and abs(bn.std().item() / 0.01 - 1) < 0.1
+    assert abs(model.neck.classifier.weight.std().item() / 0.001 - 1) < 0.02
 
 
 def test_tiny_shapes_and_last_stride(tiny: MCLNet) -> None:

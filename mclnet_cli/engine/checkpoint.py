@@ -98,6 +98,7 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
     # Weights come from the checkpoint: never fetch pretrained weights here.
     model_cfg = dataclasses.replace(config.model, pretrained="none")
     model = build_model(model_cfg, int(payload["num_classes"]))
+    _check_shapes(path, payload, model.state_dict())
     missing, unexpected = model.load_state_dict(payload["model"], strict=False)
     if missing or unexpected:
         names = ", ".join((list(missing) + list(unexpected))[:3])
@@ -105,3 +106,21 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
     model.to(device).eval()
     label_map = {int(k): int(v) for k, v in payload.get("label_map", {}).items()}
     return LoadedModel(model, config, label_map, file_fingerprint(path), payload, path)
+
+
+def _check_shapes(path: Path, payload: Mapping[str, Any], expected: Mapping[str, torch.Tensor]) -> None:
+    """One clear line for the first tensor whose shape differs from the rebuilt model's."""
+    for key, value in payload["model"].items():
+        want = expected.get(key)
+        if want is None or tuple(want.shape) == tuple(value.shape):
+            continue
+        if "heads." in key:
+            version = payload.get("mclnet_version", "?")
+            raise CheckpointError(
+                f"{path}: written by mclnet {version} with the earlier projection-head block "
+                f"({key} is {tuple(value.shape)}, the authors' block needs {tuple(want.shape)}); "
+                "since 0.2.0 the heads are the authors' — retrain, or keep mclnet 0.1 for this checkpoint"
+            )
+        raise CheckpointError(
+            f"{path}: {key} has shape {tuple(value.shape)}, the model in its config needs {tuple(want.shape)}"
+        )

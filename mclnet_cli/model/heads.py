@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor, nn
 
 from mclnet_cli.errors import ConfigError
@@ -47,22 +49,37 @@ def build_pooling(name: str, p: float = 3.0) -> nn.Module:
 
 
 class SeparableBlock(nn.Sequential):
-    """Depthwise 3x3 (stride 2) -> 1x1 -> BN -> ReLU -> depthwise 3x3 -> 1x1 -> BN -> ReLU.
+    """The authors' separable block (their ``SepConv``), halving the resolution.
 
-    Halves the resolution and maps ``in_channels`` to ``out_channels``.
+    depthwise 3x3 stride 2 on ``in_channels`` -> 1x1 ``in -> in`` -> BN -> ReLU ->
+    depthwise 3x3 -> 1x1 ``in -> out`` -> BN -> ReLU. The channel count changes in
+    the *second* 1x1 convolution, so every layer index and shape matches the
+    authors' checkpoints (``auxiliaryN.B.op.I`` is block ``B``, layer ``I``).
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
             nn.Conv2d(in_channels, in_channels, 3, stride=2, padding=1, groups=in_channels, bias=False),
+            nn.Conv2d(in_channels, in_channels, 1, bias=False),
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, in_channels, 3, stride=1, padding=1, groups=in_channels, bias=False),
             nn.Conv2d(in_channels, out_channels, 1, bias=False),
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, groups=out_channels, bias=False),
-            nn.Conv2d(out_channels, out_channels, 1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
         )
+        init_head(self)
+
+
+def init_head(module: nn.Module) -> None:
+    """The authors' ResNet init for head layers: conv ~ N(0, sqrt(2 / (k*k*out))), BN weight 1, bias 0."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d):
+            fan_out = layer.kernel_size[0] * layer.kernel_size[1] * layer.out_channels
+            nn.init.normal_(layer.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
+        elif isinstance(layer, nn.BatchNorm2d):
+            nn.init.ones_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
 
 def projection_head(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -83,12 +100,15 @@ def projection_head(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class BNNeck(nn.Module):
-    """BatchNorm1d with a frozen zero bias, then a bias-free linear classifier."""
+    """BatchNorm1d with a frozen zero bias, then a bias-free linear classifier.
+
+    Init as the authors': BN weight ~ N(1, 0.01), bias 0; classifier ~ N(0, 0.001).
+    """
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
         self.bn = nn.BatchNorm1d(dim)
-        nn.init.ones_(self.bn.weight)
+        nn.init.normal_(self.bn.weight, mean=1.0, std=0.01)
         nn.init.zeros_(self.bn.bias)
         self.bn.bias.requires_grad_(False)
         self.classifier = nn.Linear(dim, num_classes, bias=False)
