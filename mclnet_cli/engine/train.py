@@ -230,7 +230,7 @@ def validate(model: torch.nn.Module, prepared: PreparedDataset, config: Config, 
     was_training = model.training
     try:
         features, rows = embed_samples(
-            model, samples, gallery + query, height=config.data.height, width=config.data.width,
+            model, samples, gallery + query, height=config.data.height, width=config.data.width, resize=config.data.resize,
             batch_size=config.eval.batch_size, device=device, features=("bn",),
         )
     finally:
