@@ -43,6 +43,9 @@ class DataConfig:
     flip_p: float = 0.5
     erasing_p: float = 0.5
     channel_aug: bool = False  # CAJ channel exchange / random channel erasing
+    resize: str = "bilinear"  # bilinear | lanczos (the authors' code: lanczos)
+    identity_draw: str = "cycle"  # cycle: every id before any repeats | independent: P fresh ids each batch (the code)
+    instances_with_replacement: bool = False  # K images of an id drawn with replacement even when it has K (the code)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class LossConfig:
     supcon_temperature: float = 0.1
     hks_temperature: float = 1.0
     mmd_margin: float | None = None
+    hks_smoothing: float = 0.0  # the code's KL adds eps to both softmaxes: (p + eps) / (1 + C eps); code: 1e-8
     label_smoothing: float = 0.0
     triplet_margin: float = 0.3
 
@@ -171,6 +175,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.dataset": ("sysu", "regdb", "llcm", "synthetic"),
     "model.arch": ("resnet18", "resnet34", "resnet50"),
     "model.pooling": ("gem", "avg"),
+    "data.resize": ("bilinear", "lanczos"),
+    "data.identity_draw": ("cycle", "independent"),
     "optim.name": ("sgd", "adam"),
     "eval.protocol": ("sysu", "regdb", "llcm"),
     "eval.mode": ("all", "indoor"),
@@ -393,6 +399,7 @@ def _validate(cfg: Config) -> None:
         (1 <= cfg.eval.trials <= 10, "eval.trials must be between 1 and 10"),
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
         (cfg.optim.lr > 0 and cfg.optim.head_lr > 0, "optim.lr and optim.head_lr must be positive"),
+        (0 <= cfg.loss.hks_smoothing < 0.01, "loss.hks_smoothing must be at least 0 and below 0.01"),
     ]
     for ok, message in checks:
         if not ok:

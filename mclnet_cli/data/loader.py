@@ -183,8 +183,12 @@ def build_train_loader(
         steps_per_epoch=steps_per_epoch,
         rank=rank,
         world_size=world_size,
+        identity_draw=data_cfg.identity_draw,
+        with_replacement=data_cfg.instances_with_replacement,
     )
-    cache = open_prepared_cache(prepared.root, prepared.meta, data_cfg.height, data_cfg.width, samples) if data_cfg.use_cache else None
+    # the cache is resized with the bilinear filter at prepare time; another filter decodes the files
+    use_cache = data_cfg.use_cache and data_cfg.resize == "bilinear"
+    cache = open_prepared_cache(prepared.root, prepared.meta, data_cfg.height, data_cfg.width, samples) if use_cache else None
     transforms = {m: train_transform(data_cfg, m) for m in Modality}
     dataset = PairDataset(visible, infrared, transforms, cache)
     workers = usable_workers(data_cfg.workers)

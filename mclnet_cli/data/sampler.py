@@ -1,7 +1,10 @@
 """Cross-modality P x K batch sampler.
 
 Each step takes P identities and, for each, K visible and K infrared images
-(with replacement when an identity has fewer than K). The plan of an epoch is a
+(with replacement when an identity has fewer than K, or always with
+``with_replacement``, as the authors' sampler). By default identities are
+walked in shuffled cycles (every id before any repeats); ``identity_draw=
+"independent"`` draws P distinct ids afresh for each batch, as the authors' code. The plan of an epoch is a
 pure function of (seed, epoch), so runs are reproducible whatever the number of
 DataLoader workers, and DDP ranks can each take a disjoint share of the steps.
 """
@@ -45,6 +48,8 @@ class CrossModalityBatchSampler:
         steps_per_epoch: int | None = None,
         rank: int = 0,
         world_size: int = 1,
+        identity_draw: str = "cycle",
+        with_replacement: bool = False,
     ) -> None:
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside 0..{world_size - 1}")
@@ -58,6 +63,10 @@ class CrossModalityBatchSampler:
             )
         self.num_ids = num_ids
         self.num_instances = num_instances
+        if identity_draw not in ("cycle", "independent"):
+            raise DataError(f"data.identity_draw: unknown {identity_draw!r}; choose from: cycle, independent")
+        self.identity_draw = identity_draw
+        self.with_replacement = with_replacement
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -79,6 +88,10 @@ class CrossModalityBatchSampler:
         order: list[int] = []
         batches: list[list[Key]] = []
         for _ in range(steps):
+            if self.identity_draw == "independent":  # the authors' sampler: P fresh distinct ids per batch
+                chosen = [int(x) for x in rng.choice(self.labels, self.num_ids, replace=False)]
+                batches.append(self._batch(chosen, rng))
+                continue
             if len(order) < self.num_ids:  # walk all identities before repeating any
                 order.extend(int(i) for i in rng.permutation(self.labels))
             chosen, order = order[: self.num_ids], order[self.num_ids :]
@@ -86,14 +99,18 @@ class CrossModalityBatchSampler:
                 rest = [x for x in self.labels if x not in chosen]
                 chosen = list(dict.fromkeys(chosen))
                 chosen += [int(x) for x in rng.choice(rest, self.num_ids - len(chosen), replace=False)]
-            batch: list[Key] = []
-            for label in chosen:
-                vis = _draw(self.visible[label], self.num_instances, rng)
-                ir = _draw(self.infrared[label], self.num_instances, rng)
-                seeds = rng.integers(0, 2**31 - 1, size=self.num_instances)
-                batch.extend((v, i, label, int(s)) for v, i, s in zip(vis, ir, seeds))
-            batches.append(batch)
+            batches.append(self._batch(chosen, rng))
         return batches
+
+    def _batch(self, chosen: list[int], rng: np.random.Generator) -> list[Key]:
+        """K visible and K infrared images of each chosen label, identity-major."""
+        batch: list[Key] = []
+        for label in chosen:
+            vis = _draw(self.visible[label], self.num_instances, rng, self.with_replacement)
+            ir = _draw(self.infrared[label], self.num_instances, rng, self.with_replacement)
+            seeds = rng.integers(0, 2**31 - 1, size=self.num_instances)
+            batch.extend((v, i, label, int(s)) for v, i, s in zip(vis, ir, seeds))
+        return batch
 
     def __iter__(self) -> Iterator[list[Key]]:
         plan = self.plan(self.epoch)
@@ -107,6 +124,6 @@ def _group(labels: Sequence[int]) -> dict[int, list[int]]:
     return dict(groups)
 
 
-def _draw(indices: list[int], k: int, rng: np.random.Generator) -> list[int]:
-    """K indices: without replacement when there are enough, else with replacement."""
-    return [int(x) for x in rng.choice(indices, size=k, replace=len(indices) < k)]
+def _draw(indices: list[int], k: int, rng: np.random.Generator, always_replace: bool = False) -> list[int]:
+    """K indices: without replacement when there are enough (unless ``always_replace``), else with."""
+    return [int(x) for x in rng.choice(indices, size=k, replace=always_replace or len(indices) < k)]

@@ -16,16 +16,27 @@ from torchvision import transforms as T
 
 from mclnet_cli.config import DataConfig
 from mclnet_cli.data.records import Modality
+from mclnet_cli.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def test_transform(height: int, width: int) -> T.Compose:
-    """Resize to (height, width), to tensor, ImageNet normalisation."""
+RESIZE_FILTERS = {"bilinear": T.InterpolationMode.BILINEAR, "lanczos": T.InterpolationMode.LANCZOS}
+
+
+def resize_step(height: int, width: int, resize: str = "bilinear") -> T.Resize:
+    """Resize to (height, width) with the ``data.resize`` filter (lanczos: PIL's, as the authors' code)."""
+    if resize not in RESIZE_FILTERS:
+        raise ConfigError(f"data.resize: unknown {resize!r}; choose from: {', '.join(RESIZE_FILTERS)}")
+    return T.Resize((height, width), interpolation=RESIZE_FILTERS[resize], antialias=True)
+
+
+def test_transform(height: int, width: int, resize: str = "bilinear") -> T.Compose:
+    """Resize to (height, width) with the ``resize`` filter, to tensor, ImageNet normalisation."""
     return T.Compose(
         [
-            T.Resize((height, width), interpolation=T.InterpolationMode.BILINEAR, antialias=True),
+            resize_step(height, width, resize),
             T.ToTensor(),
             T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
@@ -84,7 +95,7 @@ def train_transform(data_cfg: DataConfig, modality: Modality | str) -> Callable[
     """The training augmentation of one modality: a PIL RGB image -> normalised [3, H, W] tensor."""
     modality = Modality.parse(modality)
     size = (data_cfg.height, data_cfg.width)
-    steps: list[Callable] = [T.Resize(size, interpolation=T.InterpolationMode.BILINEAR, antialias=True)]
+    steps: list[Callable] = [resize_step(data_cfg.height, data_cfg.width, data_cfg.resize)]
     if data_cfg.pad > 0:
         steps.append(T.Pad(data_cfg.pad))
     steps += [T.RandomCrop(size), T.RandomHorizontalFlip(data_cfg.flip_p)]

@@ -249,6 +249,7 @@ def embed_samples(
     *,
     height: int,
     width: int,
+    resize: str = "bilinear",
     batch_size: int,
     device: Any,
     workers: int = 0,
@@ -272,7 +273,7 @@ def embed_samples(
         if not chosen:
             continue
         out = extract_features(
-            model, [samples[i].path for i in chosen], modality, height=height, width=width,
+            model, [samples[i].path for i in chosen], modality, height=height, width=width, resize=resize,
             batch_size=batch_size, device=device, workers=workers, feature=tuple(features), flip=flip,
             on_progress=on_progress,
         )
@@ -460,7 +461,7 @@ def evaluate_checkpoint(
     context = progress(len(used)) if progress is not None else contextlib.nullcontext(None)
     with context as advance:
         features, rows = embed_samples(
-            loaded.model, samples, used, height=config.data.height, width=config.data.width,
+            loaded.model, samples, used, height=config.data.height, width=config.data.width, resize=config.data.resize,
             batch_size=settings.batch_size, device=torch_device,
             workers=config.data.workers if workers is None else workers,
             features=FEATURES, flip=settings.flip, on_progress=advance,

@@ -38,9 +38,9 @@ class _ImageFiles(Dataset):
     multi-line re-raise of a worker exception.
     """
 
-    def __init__(self, paths: Sequence[str], height: int, width: int) -> None:
+    def __init__(self, paths: Sequence[str], height: int, width: int, resize: str = "bilinear") -> None:
         self.paths = list(paths)
-        self.transform = test_transform(height, width)
+        self.transform = test_transform(height, width, resize)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -68,6 +68,7 @@ def extract_features(
     *,
     height: int,
     width: int,
+    resize: str = "bilinear",
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     workers: int = 0,
@@ -79,7 +80,8 @@ def extract_features(
     """Embed ``paths`` with the ``modality`` stream of ``model``.
 
     ``feature`` is ``"bn"`` (BNNeck output, the method's retrieval feature), ``"pool"``
-    (pre-BN f4), or several of them (all from one forward pass). ``flip`` averages the
+    (pre-BN f4), or several of them (all from one forward pass). ``resize`` is the
+    checkpoint's ``data.resize`` filter. ``flip`` averages the
     embeddings of the image and its mirror before re-normalising.
     """
     modality = Modality.parse(modality)
@@ -87,7 +89,7 @@ def extract_features(
     device = torch.device(device)
     model.eval()
     loader = DataLoader(
-        _ImageFiles(paths, height, width),
+        _ImageFiles(paths, height, width, resize),
         batch_size=batch_size,
         shuffle=False,
         num_workers=usable_workers(workers),

@@ -290,6 +290,7 @@ def build_gallery_index(
             modality,
             height=data_cfg.height,
             width=data_cfg.width,
+            resize=data_cfg.resize,
             batch_size=settings.batch_size,
             device=torch_device,
             workers=workers,
@@ -311,6 +312,7 @@ def build_gallery_index(
         "checkpoint": {"path": checkpoint_path, "fingerprint": loaded.fingerprint},
         "feature": FEATURE,
         "image_size": [data_cfg.height, data_cfg.width],
+        "resize": data_cfg.resize,
         "gallery_dir": str(gallery_root.resolve()),
     }
     if existing is None:
@@ -433,6 +435,7 @@ def search_gallery(
             modality,
             height=int(height),
             width=int(width),
+            resize=str(gallery.extra.get("resize", loaded.config.data.resize)),
             batch_size=batch_size if batch_size is not None else loaded.config.index.batch_size,
             device=torch_device,
             workers=workers,

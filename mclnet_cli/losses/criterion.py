@@ -39,6 +39,7 @@ class Criterion:
         mmd_margin: float | None = None,
         label_smoothing: float = 0.0,
         triplet_margin: float = 0.3,
+        hks_smoothing: float = 0.0,
     ) -> None:
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
@@ -58,6 +59,7 @@ class Criterion:
         self.mmd_margin = mmd_margin
         self.label_smoothing = label_smoothing
         self.triplet_margin = triplet_margin
+        self.hks_smoothing = hks_smoothing
 
     @classmethod
     def from_config(cls, loss_cfg: Any) -> "Criterion":
@@ -71,6 +73,7 @@ class Criterion:
             mmd_margin=loss_cfg.mmd_margin,
             label_smoothing=loss_cfg.label_smoothing,
             triplet_margin=loss_cfg.triplet_margin,
+            hks_smoothing=getattr(loss_cfg, "hks_smoothing", 0.0),
         )
 
     def _term(self, name: str, output: ModelOutput, labels: Tensor, modalities: Tensor) -> Tensor:
@@ -81,7 +84,7 @@ class Criterion:
             terms = [supcon_loss(output.features[s], labels, self.supcon_temperature) for s in SCALES]
             return sum(terms[1:], terms[0])
         if name == "hks":
-            return hks_loss([output.features[s] for s in SCALES], self.hks_temperature)
+            return hks_loss([output.features[s] for s in SCALES], self.hks_temperature, self.hks_smoothing)
         if name == "mmd":
             vis = modalities == 0
             return mmd_loss(f4[vis], f4[~vis], labels[vis], labels[~vis], self.mmd_margin)

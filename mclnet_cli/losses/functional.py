@@ -58,17 +58,24 @@ def supcon_loss(features: Tensor, labels: Tensor, temperature: float = 0.1) -> T
     return temperature * per_anchor.mean()
 
 
-def kl_divergence(target_logits: Tensor, logits: Tensor, temperature: float = 1.0) -> Tensor:
+def kl_divergence(target_logits: Tensor, logits: Tensor, temperature: float = 1.0, smoothing: float = 0.0) -> Tensor:
     """Batch mean of KL( softmax(target/T) || softmax(logits/T) ), both [N, C], softmax over C.
 
     The target is detached (stop-gradient): only ``logits`` is pulled towards it.
+    ``smoothing`` = eps > 0 replaces each distribution p by (p + eps) / (1 + C eps)
+    first, as the authors' code does (eps = 1e-8 there).
     """
     log_q = F.log_softmax(logits.float() / temperature, dim=1)
     log_p = F.log_softmax(target_logits.detach().float() / temperature, dim=1)
+    if smoothing > 0:
+        scale = 1.0 + logits.shape[1] * smoothing
+        p = (log_p.exp() + smoothing) / scale
+        q = (log_q.exp() + smoothing) / scale
+        return (p * (p.log() - q.log())).sum(dim=1).mean()
     return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
 
 
-def hks_loss(features: Sequence[Tensor], temperature: float = 1.0) -> Tensor:
+def hks_loss(features: Sequence[Tensor], temperature: float = 1.0, smoothing: float = 0.0) -> Tensor:
     """Hierarchical knowledge synergy: pairwise knowledge matching between scales.
 
     ``features``: S tensors [N, C] (f1..f4). Treating each feature as logits over
@@ -77,7 +84,7 @@ def hks_loss(features: Sequence[Tensor], temperature: float = 1.0) -> Tensor:
         L = sum_{i != j} mean_n KL( stopgrad(softmax(f_j,n / T)) || softmax(f_i,n / T) )
 
     over the S(S-1) ordered pairs (12 for four scales); no T^2 factor (T = 1 in
-    the method).
+    the method). ``smoothing``: see :func:`kl_divergence`.
     """
     if len(features) < 2:
         raise ValueError("hks_loss needs at least two feature scales")
@@ -85,7 +92,7 @@ def hks_loss(features: Sequence[Tensor], temperature: float = 1.0) -> Tensor:
     for i, student in enumerate(features):
         for j, teacher in enumerate(features):
             if i != j:
-                total = total + kl_divergence(teacher, student, temperature)
+                total = total + kl_divergence(teacher, student, temperature, smoothing)
     return total
 
 
