@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 import torch.nn.functional as F
@@ -345,3 +346,37 @@ def test_checkpoints_with_the_earlier_head_block_are_refused_clearly(tmp_path: P
 
     with pytest.raises(CheckpointError, match="earlier projection-head block"):
         load_model(tmp_path / "old.pt")
+
+
+def test_converted_checkpoint_serves_evaluate_index_and_query(reference, prepared_dataset: Path, tmp_path: Path) -> None:
+    """`--set` reaches the stored config, and index/query scores are the authors' model's cosine similarities."""
+    from mclnet_cli.data.transforms import test_transform as eval_transform
+
+    source = authors_file(tmp_path / "a.pth", reference)
+    ckpt = tmp_path / "c.pt"
+    result = runner.invoke(app, ["convert", str(source), "--out", str(ckpt), "--set", "data.height=64", "--set", "data.width=32"])
+    assert result.exit_code == 0, result.output
+    assert (load_model(ckpt).config.data.height, load_model(ckpt).config.data.width) == (64, 32)
+
+    result = runner.invoke(app, ["evaluate", str(ckpt), "--data", str(prepared_dataset), "--trials", "1", "--json"])
+    assert result.exit_code == 0, result.output
+
+    images_dir = prepared_dataset.parent / "img"
+    gallery = sorted(p for p in images_dir.iterdir() if p.name.split("_")[1] in ("1", "2"))
+    for path in gallery:
+        (tmp_path / "gallery").mkdir(exist_ok=True)
+        (tmp_path / "gallery" / path.name).write_bytes(path.read_bytes())
+    result = runner.invoke(app, ["index", str(tmp_path / "gallery"), "--checkpoint", str(ckpt), "--modality", "visible", "--out", str(tmp_path / "idx")])
+    assert result.exit_code == 0, result.output
+    probe = next(p for p in sorted(images_dir.iterdir()) if p.name.split("_")[1] == "3")
+    result = runner.invoke(app, ["query", str(probe), "--index", str(tmp_path / "idx"), "--modality", "infrared", "--top-k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    top = json.loads(result.stdout)[0]["results"]
+
+    transform = eval_transform(64, 32, "lanczos")
+    def load(path: Path) -> torch.Tensor:
+        return transform(Image.open(path).convert("RGB")).unsqueeze(0)
+    with torch.no_grad():
+        probe_feat = reference(None, load(probe))[1]
+        gallery_feats = torch.cat([reference(load(p), None)[1] for p in (tmp_path / "gallery" / r["path"].split("/")[-1] for r in top)])
+    assert [r["score"] for r in top] == pytest.approx((gallery_feats @ probe_feat.T).squeeze(1).tolist(), abs=1e-4)
