@@ -116,7 +116,7 @@ def _expected_term(name: str, out: ModelOutput, labels: torch.Tensor, modalities
     if name == "supcon":
         return sum(supcon_loss(out.features[s], labels, cfg.supcon_temperature) for s in SCALES)
     if name == "hks":
-        return hks_loss([out.features[s] for s in SCALES], cfg.hks_temperature)
+        return hks_loss([out.features[s] for s in SCALES], cfg.hks_temperature, getattr(cfg, "hks_smoothing", 0.0))
     if name == "id":
         return id_loss(out.logits, labels, cfg.label_smoothing)
     if name == "mmd":
