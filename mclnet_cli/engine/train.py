@@ -26,6 +26,7 @@ from mclnet_cli.config import Config
 from mclnet_cli.data.records import Modality, PreparedDataset, load_prepared
 from mclnet_cli.engine import distributed as dist_utils
 from mclnet_cli.engine import runlog
+from mclnet_cli.engine.featstats import feature_stats, nest
 from mclnet_cli.engine.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from mclnet_cli.engine.device import resolve_device
 from mclnet_cli.engine.optim import build_optimizer, build_scheduler, group_lrs
@@ -511,7 +512,7 @@ def _fit(
             train_model.train()
             reporter.epoch_start(epoch, steps)
             lrs = group_lrs(optimizer)
-            epoch_window, log_window = _Window(), _Window()
+            epoch_window, log_window, stats_window = _Window(), _Window(), _Window()
             data_time = 0.0
             fetch = time.perf_counter()
             for step, batch in enumerate(loader):
@@ -547,6 +548,8 @@ def _fit(
                 global_step += 1
 
                 row_values = dict(zip(names, values))
+                if dataclasses.is_dataclass(output) and hasattr(output, "features"):
+                    stats_window.add(feature_stats(output.features, all_labels, modalities), 0)
                 epoch_window.add(row_values, per_step_images)
                 log_window.add(row_values, per_step_images)
                 reporter.step(epoch, step, {
@@ -572,6 +575,8 @@ def _fit(
                 "parts": means, "lr": lrs, "images_per_s": epoch_window.rate(), "epoch_time_s": epoch_time,
                 "data_time_s": data_time,
             }
+            if stats_window.steps:  # per-scale feature statistics, batch means (see engine/featstats.py)
+                last_row["features"] = nest(stats_window.means())
             if config.train.eval_every > 0 and ((epoch + 1) % config.train.eval_every == 0 or epoch + 1 == epochs):
                 if main:
                     val = validate(model, prepared, config, device)
