@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,18 +133,25 @@ def test_official_draws_pick_numbered_images(sysu):
         sysu_trial(samples, "indoor", 1, 0, official=OfficialDraws(table))
 
 
-def test_official_draws_file_errors(tmp_path):
+def test_official_draws_file_errors(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="not found"):
         load_official_draws(tmp_path / "rand_perm_cam.mat")
     (tmp_path / "rand_perm_cam.mat").write_bytes(b"not matlab")
-    try:
-        import scipy  # noqa: F401
-    except ImportError:
-        with pytest.raises(ConfigError, match="needs scipy"):
-            load_official_draws(tmp_path / "rand_perm_cam.mat")
-    else:
-        with pytest.raises(DataError):
-            load_official_draws(tmp_path / "rand_perm_cam.mat")
+    import scipy.io  # noqa: F401  (the test extra declares scipy: missing, this fails)
+
+    with pytest.raises(DataError):
+        load_official_draws(tmp_path / "rand_perm_cam.mat")
+    monkeypatch.setitem(sys.modules, "scipy.io", None)  # what a machine without the mat extra sees
+    with pytest.raises(ConfigError, match="needs scipy"):
+        load_official_draws(tmp_path / "rand_perm_cam.mat")
+
+
+def test_the_declared_test_extra_is_installed():
+    """scipy-dependent tests import scipy and fail without it; this names the cause in one line."""
+    import importlib.util
+
+    missing = [name for name in ("pytest", "scipy") if importlib.util.find_spec(name) is None]
+    assert not missing, f"install the test extra (pip install -e '.[test]'): missing {', '.join(missing)}"
 
 
 def build_fake_llcm(root: Path) -> list[Sample]:
@@ -280,7 +288,7 @@ def test_regdb_draws_nothing_so_skipped_files_never_matter():
 
 def write_rand_perm_cam(path: Path, root: Path, orientation: str = "row", trials: int = 10) -> dict:
     """A rand_perm_cam.mat for the folders under ``root``; returns {(cam, pid): [trials, images] numbers}."""
-    sio = pytest.importorskip("scipy.io")
+    import scipy.io as sio  # the test extra declares scipy: missing, this fails
     rng = np.random.default_rng(11)
     max_pid = max(int(d.name) for d in root.glob("cam*/*") if d.is_dir())
     outer = np.empty((6, 1), dtype=object)
@@ -313,7 +321,7 @@ def official_gallery(root: Path, table: dict, cams, trial: int, shots: int) -> l
 
 @pytest.mark.parametrize("orientation", ["row", "column"])
 def test_official_draws_from_a_real_mat_file(tmp_path, orientation):
-    pytest.importorskip("scipy")
+    import scipy  # noqa: F401  (the test extra declares scipy: missing, this fails)
     root = tmp_path / "SYSU-MM01"
     samples = build_fake_sysu(root)
     table = write_rand_perm_cam(root / "exp" / "rand_perm_cam.mat", root, orientation)
@@ -335,7 +343,7 @@ def test_official_draws_from_a_real_mat_file(tmp_path, orientation):
 
 
 def test_official_draws_through_split_and_evaluate_cli(tmp_path):
-    pytest.importorskip("scipy")
+    import scipy  # noqa: F401  (the test extra declares scipy: missing, this fails)
     import json
 
     from typer.testing import CliRunner
@@ -392,7 +400,7 @@ def test_official_draws_through_split_and_evaluate_cli(tmp_path):
 
 
 def test_official_draws_mat_layout_errors_are_one_line(tmp_path):
-    sio = pytest.importorskip("scipy.io")
+    import scipy.io as sio  # the test extra declares scipy: missing, this fails
 
     def cells(*items, shape=None):
         array = np.empty(shape or (len(items), 1), dtype=object)
