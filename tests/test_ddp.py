@@ -51,7 +51,7 @@ def _torchrun_train(data: Path, out: Path, sets: list[str]) -> dict:
     for item in TINY_SETS + sets:
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=ROOT, env=env)  # hang guard only
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)  # only rank 0 prints
 
@@ -70,6 +70,7 @@ def test_env_dist_info_reads_torchrun_variables(monkeypatch) -> None:
     assert env_dist_info().world_size == 1 and env_dist_info().is_main
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_torchrun_two_gloo_processes_train_one_epoch(tmp_path: Path) -> None:
     data = _prepared(tmp_path)
@@ -89,6 +90,7 @@ def test_torchrun_two_gloo_processes_train_one_epoch(tmp_path: Path) -> None:
     assert loaded.payload["epoch"] == 1 and len(loaded.label_map) == 4
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 def test_torchrun_trains_when_the_projection_heads_get_no_gradient(tmp_path: Path) -> None:
     """supcon = hks = 0 leaves the projection heads out of the loss: DDP must not wait for their gradients."""
