@@ -61,6 +61,16 @@ def _collate(items):
 
 
 @torch.no_grad()
+def embed_batch(model: torch.nn.Module, images: torch.Tensor, modality: Modality, flip: bool = False) -> dict[str, torch.Tensor]:
+    """Every retrieval feature of a preprocessed batch; ``flip`` averages with the mirrored batch, re-normalised."""
+    embs = model.embed_all(images, modality)
+    if flip:
+        mirrored = model.embed_all(torch.flip(images, dims=[3]), modality)
+        embs = {k: torch.nn.functional.normalize(v + mirrored[k], dim=1) for k, v in embs.items()}
+    return embs
+
+
+@torch.no_grad()
 def extract_features(
     model: torch.nn.Module,
     paths: Sequence[str],
@@ -105,10 +115,7 @@ def extract_features(
         failed.extend((paths[i], reason) for i, reason in bad)
         if images is not None:
             images = images.to(device, non_blocking=True)
-            embs = model.embed_all(images, modality)
-            if flip:
-                mirrored = model.embed_all(torch.flip(images, dims=[3]), modality)
-                embs = {k: torch.nn.functional.normalize(v + mirrored[k], dim=1) for k, v in embs.items()}
+            embs = embed_batch(model, images, modality, flip)
             for name in names:
                 chunks[name].append(embs[name].float().cpu())
             kept.extend(indices)

@@ -1,0 +1,121 @@
+"""The public Python API: load a model, embed images, build and search a gallery index, evaluate.
+
+Five functions, the same ones the ``mclnet`` commands call::
+
+    from mclnet_cli import api
+
+    model = api.load("run/last.pt")
+    vectors = api.embed(model, ["probe.jpg"], "infrared")      # [N, D] float32, unit rows
+    api.build_index("run/last.pt", "gallery/", "visible", "gallery-index")
+    report = api.search("gallery-index", ["probe.jpg"], "infrared", top_k=5)
+    scores = api.evaluate("run/last.pt", "prepared/sysu")
+
+Images are file paths or PIL images; ``modality`` is ``"visible"`` or
+``"infrared"`` (aliases: rgb, vis, ir, nir, thermal). Every function raises
+:class:`mclnet_cli.errors.MclnetError` subclasses with a one-line message on bad input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+import numpy as np
+
+from mclnet_cli.data.records import Modality
+from mclnet_cli.engine.checkpoint import LoadedModel
+
+ImageLike = Union[str, Path, "PIL.Image.Image"]  # noqa: F821 - PIL is imported lazily
+
+__all__ = ["load", "embed", "build_index", "search", "evaluate", "LoadedModel", "Modality"]
+
+
+def load(checkpoint: Path | str, device: str = "auto") -> LoadedModel:
+    """Rebuild the model a checkpoint was trained as (eval mode) on ``device`` (auto, cpu, cuda).
+
+    The result carries ``.model``, ``.config`` (image size, resize filter, ...) and
+    ``.fingerprint``; pass it to :func:`embed`.
+    """
+    from mclnet_cli.engine.checkpoint import load_model
+    from mclnet_cli.engine.device import resolve_device
+
+    return load_model(checkpoint, resolve_device(device))
+
+
+def embed(
+    model: LoadedModel,
+    images: Sequence[ImageLike],
+    modality: Modality | str,
+    *,
+    feature: str = "bn",
+    batch_size: int = 64,
+    flip: bool = False,
+) -> np.ndarray:
+    """L2-normalised features [len(images), D] (float32) through the ``modality`` stream.
+
+    Preprocessing is the checkpoint's own (size and resize filter from its config,
+    ImageNet normalisation), as ``mclnet index`` and ``query`` do. ``feature`` is
+    ``"bn"`` (BNNeck output, the method's retrieval feature) or ``"pool"``;
+    ``flip`` averages each image with its mirror.
+    """
+    import torch
+
+    from mclnet_cli.data.images import load_rgb, to_rgb
+    from mclnet_cli.data.transforms import test_transform
+    from mclnet_cli.engine.extract import embed_batch
+    from mclnet_cli.errors import ConfigError
+
+    if feature not in ("bn", "pool"):
+        raise ConfigError(f"feature: unknown {feature!r}; choose from: bn, pool")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    modality = Modality.parse(modality)
+    data = model.config.data
+    transform = test_transform(data.height, data.width, data.resize)
+    device = next(model.model.parameters()).device
+    chunks: list[np.ndarray] = []
+    for start in range(0, len(images), batch_size):
+        batch = [load_rgb(x) if isinstance(x, (str, Path)) else to_rgb(x) for x in images[start : start + batch_size]]
+        tensor = torch.stack([transform(image) for image in batch]).to(device)
+        with torch.no_grad():
+            chunks.append(embed_batch(model.model, tensor, modality, flip)[feature].float().cpu().numpy())
+    dim = int(getattr(model.model, "feature_dim", 0))
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), dtype=np.float32)
+
+
+def build_index(
+    checkpoint: Path | str, gallery_dir: Path | str, modality: Modality | str, out_dir: Path | str, **options: Any
+) -> Any:
+    """Embed every image under ``gallery_dir`` and write a FAISS index to ``out_dir``; returns a ``BuildReport``.
+
+    ``options`` are those of ``mclnet index``: ``kind``, ``add``, ``batch_size``,
+    ``workers``, ``device``, ``nlist``, ``nprobe``, ``hnsw_m``, ``pq_m``.
+    """
+    from mclnet_cli.index.service import build_gallery_index
+
+    return build_gallery_index(checkpoint, gallery_dir, modality, out_dir, **options)
+
+
+def search(
+    index_dir: Path | str, probes: Sequence[Path | str], modality: Modality | str, top_k: int = 10, **options: Any
+) -> Any:
+    """Rank the gallery of ``index_dir`` for each probe file (or folder); returns a ``SearchReport``.
+
+    ``report.results[i].hits`` are ranked ``Hit``s (rank, score = cosine, path, pid,
+    cam); ``report.to_json()`` is what ``mclnet query --json`` prints.
+    """
+    from mclnet_cli.index.service import search_gallery
+
+    return search_gallery(index_dir, probes, modality, top_k, **options)
+
+
+def evaluate(checkpoint: Path | str, data: Path | str, **options: Any) -> Any:
+    """Score a checkpoint on a prepared dataset's test split under its protocol; returns an ``EvaluationReport``.
+
+    ``options`` are those of ``mclnet evaluate`` (``protocol``, ``mode``, ``shots``,
+    ``trials``, ``direction``, ``flip``, ``rerank``, ...); unset ones come from the
+    checkpoint's ``eval`` config. ``report.to_json()`` is ``mclnet evaluate --json``.
+    """
+    from mclnet_cli.engine.evaluate import evaluate_checkpoint
+
+    return evaluate_checkpoint(checkpoint, data, **options)
