@@ -7,33 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from typer.testing import CliRunner
 
 from mclnet_cli.cli.app import app
 from mclnet_cli.data.records import Modality, Sample, write_prepared
 from mclnet_cli.metrics.protocols import sysu_trial
 
+from conftest import write_fake_sysu
+
 runner = CliRunner()
 METRICS = {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
 
 
 def fake_sysu_samples(root: Path, images: bool = False) -> list[Sample]:
-    """Test ids 1..3 in SYSU layout; pid 3 is seen visibly only by camera 2."""
-    samples = []
-    rng = np.random.default_rng(0)
-    layout = {1: (1, 2, 4, 3, 6), 2: (1, 5, 3, 6), 3: (2, 3)}
-    for pid, cams in layout.items():
-        for cam in cams:
-            for k in range(1, 3):
-                path = root / f"cam{cam}" / f"{pid:04d}" / f"{k:04d}.jpg"
-                if images:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    Image.fromarray(rng.integers(0, 255, (24, 12, 3), dtype=np.uint8)).save(path)
-                modality = Modality.INFRARED if cam in (3, 6) else Modality.VISIBLE
-                samples.append(Sample(str(path), pid, cam, modality, "test"))
-    samples.append(Sample(str(root / "cam1/0009/0001.jpg"), 9, 1, Modality.VISIBLE, "train"))
-    return samples
+    """The shared fake SYSU test tree (conftest), written under ``root``."""
+    return write_fake_sysu(root, images)
 
 
 def write_npz(path: Path, samples: list[Sample], features: np.ndarray, **replace) -> Path:
@@ -170,28 +158,12 @@ def test_skipped_files_in_gallery_folders_are_noted(tmp_path):
     assert note.startswith("1 file(s) skipped") and in_gallery in note and "not bit for bit" in note
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from mclnet_cli.config import load_config
-    from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
-    from mclnet_cli.model import build_model
-
-    import torch
-
-    torch.manual_seed(0)
-    config = load_config("tiny", ["eval.trials=2"])
-    model = build_model(config.model, num_classes=3)
-    root = tmp_path_factory.mktemp("ckpt")
-    return save_checkpoint(root / "tiny.pt", checkpoint_payload(model, config, {1: 0, 2: 1, 3: 2}))
-
-
-def test_evaluate_checkpoint_end_to_end(tmp_path, tiny_checkpoint):
+def test_evaluate_checkpoint_end_to_end(tmp_path, tiny_checkpoint, fake_sysu):
     from mclnet_cli.engine.checkpoint import load_model
     from mclnet_cli.engine.extract import extract_features
     from mclnet_cli.metrics import as_percent, rank_metrics
 
-    samples = fake_sysu_samples(tmp_path / "SYSU", images=True)
-    prepared = write_prepared(tmp_path / "prep", samples, {"dataset": "sysu", "reader": "sysu"})
+    samples, prepared = fake_sysu
     data = invoke_json(["evaluate", str(tiny_checkpoint), "--data", str(prepared), "--device", "cpu", "--json"])
     assert set(data["results"]) == {"bn", "pool"}
     assert data["protocol"]["trials"] == [0, 1]  # the checkpoint's eval.trials
