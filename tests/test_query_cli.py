@@ -3,8 +3,9 @@
 Retrieval is checked on a constructed case: each person is a distinct random
 texture, the gallery holds noisy copies in one spectrum and the probes are
 other noisy copies in the other spectrum. An untrained MCLNet starts with both
-streams equal, so this tests the plumbing (paths, streams, ranking, pids), not
-learning; the trained-model variant lives in the demo/e2e test.
+streams equal, so this tests the plumbing (paths, ranking, pids), not learning;
+stream routing is tested with a two-stream checkpoint in test_wiring.py and the
+trained-model variant lives in the demo test.
 """
 
 from __future__ import annotations
@@ -15,27 +16,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from mclnet_cli.cli.app import app
 from mclnet_cli.config import load_config
-from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
 from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
 from mclnet_cli.index.service import build_gallery_index, search_gallery
-from mclnet_cli.model import build_model
+
+from conftest import CheckpointFactory
 
 runner = CliRunner()
 PIDS = (1, 2, 3, 4)
 HIT_KEYS = {"rank", "path", "score", "pid", "cam"}
-
-
-def _make_checkpoint(path: Path, seed: int, overrides: tuple[str, ...] = ()) -> Path:
-    torch.manual_seed(seed)
-    cfg = load_config("tiny", overrides)
-    model = build_model(cfg.model, num_classes=4)
-    return save_checkpoint(path, checkpoint_payload(model, cfg, {pid: i for i, pid in enumerate(PIDS)}))
 
 
 def _person(pid: int) -> np.ndarray:
@@ -69,8 +62,9 @@ def _sysu_tree(root: Path, cam: int, per_person: int, gray: bool, start: int = 1
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", seed=0)
+def checkpoint(tiny_checkpoint: Path) -> Path:
+    """The shared untrained tiny checkpoint (conftest); never modified here."""
+    return tiny_checkpoint
 
 
 @pytest.fixture()
@@ -146,10 +140,12 @@ def test_add_embeds_only_new_files(tmp_path: Path, gallery: Path, checkpoint: Pa
     assert any("nothing new" in n for n in again["notices"])
 
 
-def test_add_with_another_checkpoint_is_refused(tmp_path: Path, gallery: Path, checkpoint: Path) -> None:
+def test_add_with_another_checkpoint_is_refused(
+    tmp_path: Path, gallery: Path, checkpoint: Path, make_checkpoint: CheckpointFactory
+) -> None:
     out = tmp_path / "idx"
     _index(gallery, checkpoint, out)
-    other = _make_checkpoint(tmp_path / "other.pt", seed=1)
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
     args = ["index", str(gallery), "-c", str(other), "-m", "visible", "-o", str(out), "--add", "--device", "cpu"]
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "fingerprint" in result.output and "Traceback" not in result.output
@@ -177,11 +173,11 @@ def test_interrupted_rebuild_keeps_the_old_index(
 
 
 def test_index_kind_and_batch_size_come_from_the_checkpoint_config(
-    tmp_path: Path, gallery: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, gallery: Path, monkeypatch: pytest.MonkeyPatch, make_checkpoint: CheckpointFactory
 ) -> None:
     from mclnet_cli.engine import extract
 
-    hnsw = _make_checkpoint(tmp_path / "hnsw.pt", seed=0, overrides=("index.kind=hnsw", "index.batch_size=3"))
+    hnsw = make_checkpoint(tmp_path / "hnsw.pt", overrides=("index.kind=hnsw", "index.batch_size=3"))
     sizes: list[int] = []
     real_extract = extract.extract_features
 
@@ -316,10 +312,12 @@ def test_outline_colours() -> None:
     assert outline_colour(None, 3) == UNKNOWN and outline_colour(3, None) == UNKNOWN
 
 
-def test_query_with_another_checkpoint_is_refused(tmp_path: Path, gallery: Path, probes: Path, checkpoint: Path) -> None:
+def test_query_with_another_checkpoint_is_refused(
+    tmp_path: Path, gallery: Path, probes: Path, checkpoint: Path, make_checkpoint: CheckpointFactory
+) -> None:
     out = tmp_path / "idx"
     _index(gallery, checkpoint, out)
-    other = _make_checkpoint(tmp_path / "other.pt", seed=1)
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
     result = runner.invoke(app, ["query", str(probes), "-i", str(out), "-m", "infrared", "-c", str(other), "--device", "cpu"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "is not the one that built" in result.output and len(result.output.strip().splitlines()) == 1
