@@ -1,8 +1,8 @@
 """Training end to end on CPU: run directory, checkpoints, resume, atomic saves, NaN stop, refusals.
 
 Every run is the tiny preset shrunk further (resnet18 at 64x32, P=2 ids x K=2
-images per modality, 2 steps an epoch) on a fake prepared dataset of small
-random images, so the whole file stays well under a minute and a half.
+images per modality, 2 steps an epoch) on the fake prepared dataset of small
+random images (conftest's ``prepared_dataset``), so each run takes seconds.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from mclnet_cli.cli.app import app
 from mclnet_cli.config import load_config
-from mclnet_cli.data.records import Modality, Sample, write_prepared
+from mclnet_cli.data.records import Modality
 from mclnet_cli.engine import train as train_mod
 from mclnet_cli.engine.checkpoint import load_checkpoint, load_model
 from mclnet_cli.engine.optim import lr_factor
@@ -42,26 +41,6 @@ FAST = [
 
 def _config(*extra: str):
     return load_config("tiny", [*FAST, *extra])
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """6 train ids, 3 val ids, 2 test ids; 2 visible (cams 1, 2) + 2 infrared (cam 3) images each."""
-    root = tmp_path_factory.mktemp("fake_sysu")
-    rng = np.random.default_rng(0)
-    samples = []
-    splits = ["train"] * 6 + ["val"] * 3 + ["test"] * 2
-    for pid, split in enumerate(splits, start=1):
-        base = rng.integers(0, 255, size=3)
-        for cam, modality in ((1, Modality.VISIBLE), (2, Modality.VISIBLE), (3, Modality.INFRARED), (3, Modality.INFRARED)):
-            pixels = np.clip(base + rng.normal(0, 30, size=(32, 16, 3)), 0, 255).astype(np.uint8)
-            if modality is Modality.INFRARED:
-                pixels[:] = pixels.mean(axis=2, keepdims=True).astype(np.uint8)
-            path = root / "img" / f"{pid:03d}_{cam}_{len(samples)}.png"
-            path.parent.mkdir(exist_ok=True)
-            Image.fromarray(pixels).save(path)
-            samples.append(Sample(str(path), pid, cam, modality, split))
-    return write_prepared(root / "prepared", samples, {"dataset": "sysu", "root": str(root)})
 
 
 class Recorder(Reporter):
@@ -88,9 +67,9 @@ class Recorder(Reporter):
         self.events.append(("epoch_end", epoch, dict(row)))
 
 
-def test_cli_train_end_to_end_writes_run_dir_and_checkpoint_loads(prepared: Path, tmp_path: Path) -> None:
+def test_cli_train_end_to_end_writes_run_dir_and_checkpoint_loads(prepared_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = ["train", "--preset", "tiny", "--data", str(prepared), "--out", str(out), "--device", "cpu", "--json", "--quiet"]
+    args = ["train", "--preset", "tiny", "--data", str(prepared_dataset), "--out", str(out), "--device", "cpu", "--json", "--quiet"]
     for item in [*FAST, "train.epochs=2"]:
         args += ["--set", item]
     result = runner.invoke(app, args)
@@ -136,7 +115,7 @@ def test_cli_train_end_to_end_writes_run_dir_and_checkpoint_loads(prepared: Path
     assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
 
     # --resume without --preset continues from the run's own config.yaml
-    again = ["train", "--data", str(prepared), "--out", str(out), "--resume", "--set", "train.epochs=3", "--json", "-q"]
+    again = ["train", "--data", str(prepared_dataset), "--out", str(out), "--resume", "--set", "train.epochs=3", "--json", "-q"]
     result = runner.invoke(app, again)
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["epochs_completed"] == 3
@@ -144,11 +123,11 @@ def test_cli_train_end_to_end_writes_run_dir_and_checkpoint_loads(prepared: Path
     assert load_config(out / "config.yaml").train.epochs == 3
 
 
-def test_resume_restores_optimizer_scheduler_and_matches_uninterrupted_run(prepared: Path, tmp_path: Path) -> None:
+def test_resume_restores_optimizer_scheduler_and_matches_uninterrupted_run(prepared_dataset: Path, tmp_path: Path) -> None:
     # uninterrupted reference: 2 epochs in one go
-    full = fit(_config("train.epochs=2"), prepared, tmp_path / "full", device="cpu")
+    full = fit(_config("train.epochs=2"), prepared_dataset, tmp_path / "full", device="cpu")
     # the same run, stopped after epoch 1 and resumed to 2
-    first = fit(_config("train.epochs=1"), prepared, tmp_path / "split", device="cpu")
+    first = fit(_config("train.epochs=1"), prepared_dataset, tmp_path / "split", device="cpu")
     assert first.epochs_completed == 1
     saved = load_checkpoint(tmp_path / "split" / "last.pt")
     assert saved["epoch"] == 1 and saved["scheduler"]["last_epoch"] == 1
@@ -180,7 +159,7 @@ def test_resume_restores_optimizer_scheduler_and_matches_uninterrupted_run(prepa
     mp = pytest.MonkeyPatch()
     mp.setattr(train_mod, "build_optimizer", spy_build)
     try:
-        resumed = fit(_config("train.epochs=2"), prepared, tmp_path / "split", resume=True, device="cpu",
+        resumed = fit(_config("train.epochs=2"), prepared_dataset, tmp_path / "split", resume=True, device="cpu",
                       reporter=Recorder(on_epoch_start=check_restored))
     finally:
         mp.undo()
@@ -197,9 +176,9 @@ def test_resume_restores_optimizer_scheduler_and_matches_uninterrupted_run(prepa
     assert len(env["resumes"]) == 1
 
 
-def test_failed_save_leaves_previous_last_checkpoint_intact(prepared: Path, tmp_path: Path, monkeypatch) -> None:
+def test_failed_save_leaves_previous_last_checkpoint_intact(prepared_dataset: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "run"
-    fit(_config("train.epochs=1"), prepared, out, device="cpu")
+    fit(_config("train.epochs=1"), prepared_dataset, out, device="cpu")
     before = (out / "last.pt").read_bytes()
 
     def broken_save(*args, **kwargs):
@@ -207,14 +186,14 @@ def test_failed_save_leaves_previous_last_checkpoint_intact(prepared: Path, tmp_
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        fit(_config("train.epochs=2"), prepared, out, resume=True, device="cpu")
+        fit(_config("train.epochs=2"), prepared_dataset, out, resume=True, device="cpu")
     monkeypatch.undo()
     assert (out / "last.pt").read_bytes() == before
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_nan_loss_stops_with_the_part_name_and_a_loadable_checkpoint(prepared: Path, tmp_path: Path, monkeypatch) -> None:
+def test_nan_loss_stops_with_the_part_name_and_a_loadable_checkpoint(prepared_dataset: Path, tmp_path: Path, monkeypatch) -> None:
     from mclnet_cli.losses import Criterion, LossOutput
 
     real_from_config = Criterion.from_config.__func__
@@ -236,7 +215,7 @@ def test_nan_loss_stops_with_the_part_name_and_a_loadable_checkpoint(prepared: P
     monkeypatch.setattr(Criterion, "from_config", classmethod(poisoned))
     out = tmp_path / "run"
     with pytest.raises(TrainingError) as info:
-        fit(_config("train.epochs=3"), prepared, out, device="cpu")
+        fit(_config("train.epochs=3"), prepared_dataset, out, device="cpu")
     message = str(info.value)
     assert "'mmd'" in message and "nan" in message and "epoch 2/3 step 2/2" in message
     assert str(out / "last.pt") in message
@@ -247,22 +226,22 @@ def test_nan_loss_stops_with_the_part_name_and_a_loadable_checkpoint(prepared: P
     assert summary["status"] == "stopped" and "'mmd'" in summary["message"]
 
 
-def test_ctrl_c_keeps_last_completed_epoch(prepared: Path, tmp_path: Path) -> None:
+def test_ctrl_c_keeps_last_completed_epoch(prepared_dataset: Path, tmp_path: Path) -> None:
     def interrupt(epoch: int, step: int) -> None:
         if epoch == 1 and step == 0:
             raise KeyboardInterrupt
 
     out = tmp_path / "run"
-    result = fit(_config("train.epochs=3"), prepared, out, device="cpu", reporter=Recorder(on_step=interrupt))
+    result = fit(_config("train.epochs=3"), prepared_dataset, out, device="cpu", reporter=Recorder(on_step=interrupt))
     assert result.status == "interrupted" and result.epochs_completed == 1
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
 
 
-def test_validation_on_held_out_ids_writes_best_checkpoint(prepared: Path, tmp_path: Path) -> None:
+def test_validation_on_held_out_ids_writes_best_checkpoint(prepared_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     cfg = _config("train.epochs=1", "train.eval_every=1", "data.train_on_val=false")
-    result = fit(cfg, prepared, out, device="cpu")
+    result = fit(cfg, prepared_dataset, out, device="cpu")
     assert result.best is not None
     assert result.best["queries"] == 6 and result.best["gallery"] == 6  # val: 3 ids x 2 infrared / 2 visible
     # the val numbers are best.pt's, recomputed by hand: val infrared queries, all val visible images as gallery
@@ -271,7 +250,7 @@ def test_validation_on_held_out_ids_writes_best_checkpoint(prepared: Path, tmp_p
     from mclnet_cli.metrics import rank_metrics
 
     model = load_model(out / "best.pt").model
-    val = load_prepared(prepared)
+    val = load_prepared(prepared_dataset)
     queries, gallery = val.select("val", Modality.INFRARED), val.select("val", Modality.VISIBLE)
     embed = lambda group, m: extract_features(  # noqa: E731
         model, [s.path for s in group], m, height=cfg.data.height, width=cfg.data.width, feature="bn"
@@ -291,38 +270,38 @@ def test_validation_on_held_out_ids_writes_best_checkpoint(prepared: Path, tmp_p
     assert "val" in summary["protocol"] and "not the test set" in summary["protocol"]
 
 
-def test_validation_refused_when_val_ids_are_trained_on(prepared: Path, tmp_path: Path) -> None:
+def test_validation_refused_when_val_ids_are_trained_on(prepared_dataset: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="train_on_val"):
-        fit(_config("train.eval_every=1"), prepared, tmp_path / "run", device="cpu")
+        fit(_config("train.eval_every=1"), prepared_dataset, tmp_path / "run", device="cpu")
     assert not (tmp_path / "run").exists()
 
 
-def test_regdb_trial_mismatch_is_refused(prepared: Path, tmp_path: Path) -> None:
-    meta = json.loads((prepared / "meta.json").read_text())
+def test_regdb_trial_mismatch_is_refused(prepared_dataset: Path, tmp_path: Path) -> None:
+    meta = json.loads((prepared_dataset / "meta.json").read_text())
     other = tmp_path / "regdb"
     other.mkdir()
-    (other / "manifest.jsonl").write_text((prepared / "manifest.jsonl").read_text())
+    (other / "manifest.jsonl").write_text((prepared_dataset / "manifest.jsonl").read_text())
     (other / "meta.json").write_text(json.dumps({**meta, "dataset": "regdb", "trial": 2}))
     with pytest.raises((ConfigError, DataError), match="trial 2"):
         fit(_config("data.trial=1"), other, tmp_path / "run", device="cpu")
 
 
-def test_non_empty_run_dir_is_refused_without_resume(prepared: Path, tmp_path: Path) -> None:
+def test_non_empty_run_dir_is_refused_without_resume(prepared_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    result = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(prepared), "--out", str(out)])
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(prepared_dataset), "--out", str(out)])
     assert result.exit_code == 1
     assert "not empty" in result.output and "--resume" in result.output
     assert "Traceback" not in result.output
 
 
-def test_resume_refuses_a_different_model(prepared: Path, tmp_path: Path) -> None:
+def test_resume_refuses_a_different_model(prepared_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    fit(_config("train.epochs=1"), prepared, out, device="cpu")
+    fit(_config("train.epochs=1"), prepared_dataset, out, device="cpu")
     with pytest.raises(ConfigError, match="model.arch"):
-        fit(_config("train.epochs=2", "model.arch=resnet34"), prepared, out, resume=True, device="cpu")
-    result = runner.invoke(app, ["train", "--data", str(prepared), "--out", str(tmp_path / "none"), "--resume"])
+        fit(_config("train.epochs=2", "model.arch=resnet34"), prepared_dataset, out, resume=True, device="cpu")
+    result = runner.invoke(app, ["train", "--data", str(prepared_dataset), "--out", str(tmp_path / "none"), "--resume"])
     assert result.exit_code == 1 and "config.yaml" in result.output
 
 
@@ -343,7 +322,7 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path: Path) -> None
     assert np.array_equal(np.random.rand(2), expected[2])
 
 
-def test_cli_reports_interruption_with_a_resume_hint(prepared: Path, tmp_path: Path, monkeypatch) -> None:
+def test_cli_reports_interruption_with_a_resume_hint(prepared_dataset: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "run"
 
     def interrupted_fit(config, data_dir, out_dir, *, resume, device, reporter):
@@ -356,7 +335,7 @@ def test_cli_reports_interruption_with_a_resume_hint(prepared: Path, tmp_path: P
     monkeypatch.setattr(train_mod, "fit", interrupted_fit)
     out.mkdir()
     (out / "last.pt").write_bytes(b"")  # the hint offers --resume only when a checkpoint exists
-    result = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(prepared), "--out", str(out), "-q"])
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(prepared_dataset), "--out", str(out), "-q"])
     assert result.exit_code == 130
     assert "interrupted" in result.output and "--resume" in result.output and "Traceback" not in result.output
 
@@ -394,39 +373,39 @@ def test_unused_parameters_expected_matches_the_gradients(weights) -> None:
     assert train_mod.unused_parameters_expected({**{"id": 1.0, "supcon": 5.0, "hks": 5.0}, **weights}) == bool(unused)
 
 
-def test_epoch_row_is_written_before_last_checkpoint(prepared: Path, tmp_path: Path, monkeypatch) -> None:
+def test_epoch_row_is_written_before_last_checkpoint(prepared_dataset: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "run"
-    fit(_config("train.epochs=1", *ONE_STEP), prepared, out, device="cpu")
+    fit(_config("train.epochs=1", *ONE_STEP), prepared_dataset, out, device="cpu")
 
     def killed_save(*args, **kwargs):  # the process dies while last.pt of epoch 2 is being saved
         raise OSError("killed")
 
     monkeypatch.setattr(torch, "save", killed_save)
     with pytest.raises(OSError, match="killed"):
-        fit(_config("train.epochs=2", *ONE_STEP), prepared, out, resume=True, device="cpu")
+        fit(_config("train.epochs=2", *ONE_STEP), prepared_dataset, out, resume=True, device="cpu")
     monkeypatch.undo()
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
     assert [r["epoch"] for r in read_metrics(out) if r["kind"] == "epoch"] == [0, 1]  # the row survived
     # resume re-runs epoch 2 and its row is not duplicated
-    result = fit(_config("train.epochs=2", *ONE_STEP), prepared, out, resume=True, device="cpu")
+    result = fit(_config("train.epochs=2", *ONE_STEP), prepared_dataset, out, resume=True, device="cpu")
     assert result.status == "complete" and result.epochs_completed == 2
     assert [r["epoch"] for r in read_metrics(out) if r["kind"] == "epoch"] == [0, 1]
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
 
 
-def test_resume_with_fewer_epochs_is_refused_and_equal_is_already_complete(prepared: Path, tmp_path: Path) -> None:
+def test_resume_with_fewer_epochs_is_refused_and_equal_is_already_complete(prepared_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    fit(_config("train.epochs=2", *ONE_STEP), prepared, out, device="cpu")
+    fit(_config("train.epochs=2", *ONE_STEP), prepared_dataset, out, device="cpu")
     before = {name: (out / name).read_bytes() for name in ("last.pt", "metrics.jsonl", "summary.json")}
 
-    result = runner.invoke(app, ["train", "--data", str(prepared), "--out", str(out), "--resume",
+    result = runner.invoke(app, ["train", "--data", str(prepared_dataset), "--out", str(out), "--resume",
                                  "--set", "train.epochs=1", "--device", "cpu", "-q"])
     assert result.exit_code == 1, result.output
     assert "already has 2 epochs" in result.output and "train.epochs=M with M > 2" in result.output
     assert "Traceback" not in result.output
     assert {name: (out / name).read_bytes() for name in before} == before  # nothing touched
 
-    again = fit(_config("train.epochs=2", *ONE_STEP), prepared, out, resume=True, device="cpu")
+    again = fit(_config("train.epochs=2", *ONE_STEP), prepared_dataset, out, resume=True, device="cpu")
     assert again.status == "complete" and again.epochs_completed == 2 == again.epochs
     assert (out / "last.pt").read_bytes() == before["last.pt"]  # nothing was trained
     assert [r["epoch"] for r in read_metrics(out) if r["kind"] == "epoch"] == [0, 1]
@@ -436,7 +415,7 @@ def test_resume_with_fewer_epochs_is_refused_and_equal_is_already_complete(prepa
     assert summary["final_losses"] == json.loads(before["summary.json"])["final_losses"]
 
 
-def test_ctrl_c_outside_the_epoch_loop_never_escapes_fit(prepared: Path, tmp_path: Path, monkeypatch) -> None:
+def test_ctrl_c_outside_the_epoch_loop_never_escapes_fit(prepared_dataset: Path, tmp_path: Path, monkeypatch) -> None:
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -452,25 +431,25 @@ def test_ctrl_c_outside_the_epoch_loop_never_escapes_fit(prepared: Path, tmp_pat
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
         mp.setattr(train_mod, "load_prepared", ctrl_c)
-        result = fit_(_config("train.epochs=1", *ONE_STEP), prepared, out, device="cpu")
+        result = fit_(_config("train.epochs=1", *ONE_STEP), prepared_dataset, out, device="cpu")
         assert result.status == "interrupted" and result.epochs_completed == 0
         assert not out.exists()
-        cli = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(prepared), "--out", str(out), "-q"])
+        cli = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(prepared_dataset), "--out", str(out), "-q"])
     assert cli.exit_code == 130
     assert "interrupted" in cli.output and "nothing to resume" in cli.output and "--resume" not in cli.output
     assert "Traceback" not in cli.output
 
-    fit(_config("train.epochs=1", *ONE_STEP), prepared, out, device="cpu")
+    fit(_config("train.epochs=1", *ONE_STEP), prepared_dataset, out, device="cpu")
     # during setup of a resume: reports the epochs already in last.pt
     with monkeypatch.context() as mp:
         mp.setattr(train_mod, "build_optimizer", ctrl_c)
-        result = fit_(_config("train.epochs=2", *ONE_STEP), prepared, out, resume=True, device="cpu")
+        result = fit_(_config("train.epochs=2", *ONE_STEP), prepared_dataset, out, resume=True, device="cpu")
     assert result.status == "interrupted" and result.epochs_completed == 1
     assert load_checkpoint(out / "last.pt")["epoch"] == 1
 
     # a second Ctrl-C while the summary is written after the loop
     with monkeypatch.context() as mp:
         mp.setattr(train_mod, "_write_summary", ctrl_c)
-        result = fit_(_config("train.epochs=2", *ONE_STEP), prepared, out, resume=True, device="cpu")
+        result = fit_(_config("train.epochs=2", *ONE_STEP), prepared_dataset, out, resume=True, device="cpu")
     assert result.status == "interrupted" and result.epochs_completed == 2
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
