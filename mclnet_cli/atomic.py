@@ -1,30 +1,152 @@
 """Atomic file writes: a temp file in the target's folder, fsync, then one rename.
 
 An interrupted write never leaves a half-written checkpoint, manifest or picture:
-readers see the old file or the new one.
+readers see the old file or the new one. Besides:
+
+- **Full disk / I/O errors** (``ENOSPC``, ``EDQUOT``, ``EIO``, ``EROFS``...) become
+  one :class:`~mclnet_cli.errors.StorageError` naming the user's path, never the
+  hidden temp name -- also when a library (``torch.save``, FAISS) wraps the
+  ``OSError`` of a failed ``write`` into its own ``RuntimeError``.
+- **Sharing**: ``mkstemp`` creates 0600 files; the result is chmod-ed to
+  ``0666 & ~umask``, as ``open()`` would have made it.
+- **Orphans**: temps of this module's own pattern (``.NAME.<random>.tmp``) beside
+  the target and older than this process -- left by a killed writer -- are
+  removed at the start of the next write to the same path.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
+
+from mclnet_cli.errors import StorageError
+
+# errno values that mean "the storage failed", not "the caller passed something wrong".
+STORAGE_ERRNOS = frozenset(
+    e for e in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EIO, errno.EROFS, errno.EFBIG) if e is not None
+)
+
+
+def _process_start() -> float:
+    """Wall-clock start of this process (from /proc when available, else now)."""
+    try:
+        with open("/proc/self/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 (starttime), counted after "pid (comm)"
+        with open("/proc/uptime", "rb") as handle:
+            uptime = float(handle.read().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+PROCESS_START = _process_start()
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(directory: bool = False) -> int:
+    """The mode ``open()``/``mkdir()`` would give a new file/folder under the current umask."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
+def storage_error(exc: BaseException, path: Path | str) -> StorageError | None:
+    """A :class:`StorageError` naming ``path`` if ``exc`` is (or wraps) a storage failure, else None."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # follow __cause__/__context__ a little way
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
+            return StorageError.for_path(path, seen)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def temp_pattern(name: str) -> str:
+    """Glob of this module's temp files for a target called ``name``."""
+    return f".{name}.*.tmp"
+
+
+def remove_orphan_temps(path: Path | str) -> list[Path]:
+    """Remove temps of ``path`` (this module's pattern) that predate this process; returns them.
+
+    A temp newer than this process may belong to a live concurrent writer and is kept.
+    """
+    path = Path(path)
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    for candidate in path.parent.glob(temp_pattern(path.name)):
+        try:
+            if candidate.is_file() and candidate.stat().st_mtime < PROCESS_START:
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:
+            continue  # gone already, or not ours to remove
+    return removed
+
+
+class _Recorder:
+    """Wraps the temp file so the first ``OSError`` of a ``write`` is remembered.
+
+    Libraries that write through a Python callback (torch.save, FAISS) turn that
+    error into their own RuntimeError; the record lets us report the real cause.
+    """
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as exc:
+            if self.error is None:
+                self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
 
 
 def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(handle)`` on a temp file beside ``path``, then rename it over ``path``."""
+    """Call ``write(handle)`` on a temp file beside ``path``, then rename it over ``path``.
+
+    Raises :class:`StorageError` (naming ``path``) when the disk is full or fails.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise (storage_error(exc, path) or exc) from exc
+    remove_orphan_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    recorder: _Recorder | None = None
+    try:
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "wb") as handle:
-            write(handle)
+            recorder = _Recorder(handle)
+            write(recorder)  # type: ignore[arg-type]
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        recorded = recorder.error if recorder is not None else None
+        if recorded is not None and not isinstance(exc, OSError):
+            exc.__cause__ = exc.__cause__ or recorded
+        translated = storage_error(exc, path)
+        if translated is not None:
+            raise translated from exc
         raise
     return path
 
@@ -32,3 +154,17 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
 def atomic_write_text(path: Path | str, text: str) -> Path:
     """Write UTF-8 text atomically."""
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def fsync_dir(directory: Path | str) -> None:
+    """Make renames inside ``directory`` durable (no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(str(directory), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -23,3 +23,16 @@ class IndexStoreError(MclnetError):
 
 class TrainingError(MclnetError):
     """Training cannot go on (for example, a loss became NaN)."""
+
+
+class StorageError(MclnetError):
+    """Writing failed for lack of space or a failing disk; names the user's path, never a temp."""
+
+    @classmethod
+    def for_path(cls, path: object, exc: OSError) -> "StorageError":
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        return cls(f"cannot write {path}: {reason} (free some space or choose another place)")
+
+
+class LockedError(MclnetError):
+    """Another mclnet process is writing the same index folder or run directory."""

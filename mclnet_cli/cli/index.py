@@ -74,7 +74,9 @@ def index(
     """Embed a folder of gallery images with one spectrum's stream into a FAISS index.
 
     Unreadable and non-image files are skipped and listed, never fatal. The folder
-    --out holds index.faiss (plain FAISS), records.jsonl and meta.json.
+    --out holds index.faiss (plain FAISS), records.jsonl and meta.json. One writer at
+    a time: a second 'mclnet index' on the same --out waits for the first, then adds
+    to what it wrote.
     """
     _run(
         gallery_dir, checkpoint, modality, out, kind.value if kind else None, batch_size, nlist, nprobe, workers, add, device,
@@ -112,6 +114,7 @@ def _run(
         workers=workers,
         device=device,
         progress=lambda total: progress_bar("embedding gallery", total),
+        on_wait=lambda message: err_console.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True),
     )
     if as_json:
         print_json(report.to_json())

@@ -22,9 +22,23 @@ IVF cells trained on a small gallery still work after large additions but get
 unbalanced (slower, lower recall): rebuild without ``--add`` when the gallery
 has grown several times over (``meta.json`` keeps ``trained_on``).
 
-:meth:`GalleryIndex.save` is atomic: everything is written to a temporary
-folder next to the target, then swapped in with two renames, so an interrupted
-save leaves the previous index intact.
+Writing is crash-safe and single-writer (see :mod:`mclnet_cli.locks`):
+
+1. the writer takes the folder's lock (``.mclnet-lock``; another writer waits);
+2. the three new files are written into ``.staging-<id>/`` inside the folder;
+3. the journal ``.swap.json`` naming that staging folder is written atomically:
+   this is the commit point;
+4. the files are renamed over the live ones, ``meta.json`` last, then the
+   journal and staging folder are removed.
+
+A crash before step 3 leaves the previous index untouched (the staging folder is
+removed by the next writer: roll back); a crash after it is finished by the next
+open -- reader or writer -- that can take the lock (roll forward). ``meta.json``
+records the size of the two other files, so a reader racing a swap notices a
+mixed set and reads again; readers never need the lock. Index folders written
+before this layout (no sizes in meta.json) still load, and the hidden
+``.NAME.bak-*``/``.NAME.tmp-*`` folders an older mclnet left when interrupted
+are put back in place on the next open.
 """
 
 from __future__ import annotations
@@ -33,7 +47,7 @@ import json
 import math
 import os
 import shutil
-import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -43,13 +57,19 @@ from typing import Any, BinaryIO, Iterable, Sequence
 import faiss
 import numpy as np
 
-from mclnet_cli.atomic import atomic_write, atomic_write_text
-from mclnet_cli.errors import IndexStoreError
+from mclnet_cli.atomic import atomic_write, atomic_write_text, fsync_dir, storage_error
+from mclnet_cli.errors import IndexStoreError, LockedError
+from mclnet_cli.locks import LOCK_FILE, folder_lock
 
 FORMAT = "mclnet-index/1"
 INDEX_FILE = "index.faiss"
 RECORDS_FILE = "records.jsonl"
 META_FILE = "meta.json"
+JOURNAL_FILE = ".swap.json"
+STAGING_PREFIX = ".staging-"
+OWN_HIDDEN = (LOCK_FILE, JOURNAL_FILE)  # hidden entries of an index folder that do not make it "not empty"
+READ_ATTEMPTS = 50  # a reader racing a writer's swap reads again, this many times at most
+READ_RETRY_S = 0.1
 KINDS = ("flat", "ivf", "hnsw", "ivfpq")
 METRIC = "inner_product"
 
@@ -190,44 +210,124 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def is_index_dir(directory: Path) -> bool:
-    """True when ``directory`` holds an mclnet gallery index (its meta.json)."""
-    return (Path(directory) / META_FILE).is_file()
+def is_index_dir(directory: Path | str) -> bool:
+    """True when ``directory`` holds an mclnet gallery index (its meta.json, or a committed swap to finish)."""
+    directory = Path(directory)
+    return (directory / META_FILE).is_file() or (directory / JOURNAL_FILE).is_file()
+
+
+def _own_entry(name: str) -> bool:
+    return name in OWN_HIDDEN or name.startswith(STAGING_PREFIX) or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def check_target(directory: Path | str) -> Path:
     """Refuse an ``--out`` that is a file or a non-empty folder that is not an index (never clobber it)."""
     directory = Path(directory)
+    recover_legacy(directory)
     if directory.exists():
         if not directory.is_dir():
             raise IndexStoreError(f"{directory} exists and is not a folder; choose another index folder")
-        if not is_index_dir(directory) and any(directory.iterdir()):
+        if not is_index_dir(directory) and any(not _own_entry(p.name) for p in directory.iterdir()):
             raise IndexStoreError(
                 f"{directory} exists and is not an mclnet index (no {META_FILE}); choose an empty or new folder"
             )
     return directory
 
 
-def _swap_into_place(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``; an old ``target`` is moved aside first and restored on failure."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    backup = target.parent / f".{target.name}.bak-{uuid.uuid4().hex[:8]}"
-    os.rename(target, backup)
-    try:
-        os.rename(new, target)
-    except BaseException:
-        os.rename(backup, target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
+def writer_lock(directory: Path | str, on_wait: Any = None) -> Any:
+    """The index folder's writer lock (a context manager); a second writer waits, calling ``on_wait(message)``."""
+    return folder_lock(directory, what="index writer", wait=True, on_wait=on_wait)
 
 
-def _backups_of(directory: Path) -> list[Path]:
+def _complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in (INDEX_FILE, RECORDS_FILE, META_FILE))
+
+
+def recover_legacy(directory: Path | str) -> Path | None:
+    """Put back an index an older mclnet left only in hidden ``.NAME.tmp-*``/``.NAME.bak-*`` folders.
+
+    That version swapped folders with two renames; a crash between them left no
+    ``directory``. The complete new folder (``tmp``) wins over the old one
+    (``bak``); the other leftovers are removed. Returns the folder put back.
+    """
+    directory = Path(directory)
     parent = directory.parent
-    if not parent.is_dir():
-        return []
-    return sorted(parent.glob(f".{directory.name}.bak-*"))
+    if directory.exists() or not parent.is_dir():
+        return None
+    fresh = sorted((p for p in parent.glob(f".{directory.name}.tmp-*") if p.is_dir() and _complete(p)),
+                   key=lambda p: p.stat().st_mtime)  # fmt: skip
+    old = sorted((p for p in parent.glob(f".{directory.name}.bak-*") if p.is_dir() and _complete(p)),
+                 key=lambda p: p.stat().st_mtime)  # fmt: skip
+    chosen = (fresh or old or [None])[-1]
+    if chosen is None:
+        return None
+    try:
+        os.rename(chosen, directory)
+    except OSError:  # another process put one back first
+        return None
+    for leftover in list(parent.glob(f".{directory.name}.tmp-*")) + list(parent.glob(f".{directory.name}.bak-*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+    return directory
+
+
+def _finish_swap(directory: Path) -> None:
+    """Roll a committed swap forward (journal present) and drop uncommitted staging folders. Needs the lock."""
+    journal = directory / JOURNAL_FILE
+    if journal.is_file():
+        try:
+            staging_name = str(json.loads(journal.read_text(encoding="utf-8"))["staging"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IndexStoreError(f"{journal}: unreadable swap journal ({exc}); remove it and rebuild the index") from exc
+        staging = directory / Path(staging_name).name
+        if staging.is_dir():
+            for name in (INDEX_FILE, RECORDS_FILE, META_FILE):  # meta.json last: it commits the set for readers
+                source = staging / name
+                if source.is_file():
+                    os.replace(source, directory / name)
+            fsync_dir(directory)
+        journal.unlink(missing_ok=True)
+        fsync_dir(directory)
+    for leftover in directory.glob(f"{STAGING_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for name in (INDEX_FILE, RECORDS_FILE, META_FILE):
+        for orphan in directory.glob(f".{name}.*.tmp"):
+            orphan.unlink(missing_ok=True)
+
+
+def writer_active(directory: Path | str) -> bool:
+    """True while some process holds the writer lock of ``directory`` (checked without taking it)."""
+    path = Path(directory) / LOCK_FILE
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except (OSError, ImportError):
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
+def recover(directory: Path | str, *, wait: bool = False) -> bool:
+    """Finish or roll back an interrupted swap in ``directory`` if no writer is at work; True when done.
+
+    With ``wait=False`` (readers) a live writer makes this return False at once.
+    """
+    directory = Path(directory)
+    try:
+        with folder_lock(directory, what="index writer", wait=wait):
+            _finish_swap(directory)
+    except LockedError:
+        return False
+    except PermissionError:  # a read-only index folder: nothing a reader may fix
+        return False
+    return True
 
 
 def _tune(index: faiss.Index, kind: str, params: dict[str, int], top_k: int = 0) -> None:
@@ -372,57 +472,103 @@ class GalleryIndex:
             **self.extra,
         }
 
-    def _write_files(self, folder: Path) -> None:
-        atomic_write(folder / INDEX_FILE, self._write_index)
-        atomic_write_text(folder / RECORDS_FILE, "".join(json.dumps(r.to_json()) + "\n" for r in self.records))
-        atomic_write_text(folder / META_FILE, json.dumps(self.meta(), indent=2) + "\n")
-
     def _write_index(self, handle: BinaryIO) -> None:
         """Stream the FAISS index into ``handle`` (1 MiB chunks; no second copy in memory)."""
         faiss.write_index(self.index, faiss.PyCallbackIOWriter(handle.write))
 
-    def save(self, directory: Path | str) -> Path:
-        """Write the three files to a temp folder beside ``directory``, then swap it into place."""
+    def save(self, directory: Path | str, *, locked: bool = False) -> Path:
+        """Write the index into ``directory`` crash-safely (see the module doc); takes the writer lock.
+
+        ``locked=True``: the caller already holds :func:`writer_lock` of ``directory``.
+        """
         directory = check_target(Path(directory))
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+        if not locked:
+            with writer_lock(directory):
+                return self.save(directory, locked=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        _finish_swap(directory)  # a committed swap first; then leftovers of killed writers go
+        staging = directory / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         try:
+            staging.mkdir()
             self._write_files(staging)
-            _swap_into_place(staging, directory)
-        except BaseException:
+            atomic_write_text(directory / JOURNAL_FILE, json.dumps({"staging": staging.name}) + "\n")  # commit
+            fsync_dir(directory)
+        except BaseException as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            translated = storage_error(exc, directory)
+            if translated is not None:
+                raise translated from exc
             raise
+        _finish_swap(directory)
         return directory
+
+    def _write_files(self, folder: Path) -> None:
+        atomic_write(folder / INDEX_FILE, self._write_index)
+        atomic_write_text(folder / RECORDS_FILE, "".join(json.dumps(r.to_json()) + "\n" for r in self.records))
+        meta = self.meta()
+        meta["files"] = {name: (folder / name).stat().st_size for name in (INDEX_FILE, RECORDS_FILE)}
+        atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
 
     @classmethod
     def load(cls, directory: Path | str) -> "GalleryIndex":
-        """Read an index folder written by :meth:`save`; clear errors for anything missing or inconsistent."""
+        """Read an index folder written by :meth:`save`; clear errors for anything missing or inconsistent.
+
+        Never needs the lock: a swap in progress is read again, an interrupted one
+        is finished first when no writer holds the lock.
+        """
         directory = Path(directory)
+        recover_legacy(directory)
         if not directory.is_dir():
-            backups = _backups_of(directory)
-            hint = f" (an interrupted write left {backups[-1]}; rename it to {directory.name})" if backups else ""
-            raise IndexStoreError(f"index not found: {directory}{hint}")
+            raise IndexStoreError(f"index not found: {directory}")
+        idle_mismatches = 0
+        for _ in range(READ_ATTEMPTS):
+            if (directory / JOURNAL_FILE).is_file() and not recover(directory):
+                time.sleep(READ_RETRY_S)  # a writer is swapping right now
+                continue
+            try:
+                return cls._load_once(directory)
+            except _Torn as torn:
+                if writer_active(directory):
+                    time.sleep(READ_RETRY_S)
+                    continue
+                idle_mismatches += 1  # no writer: read once more, then it is damage, not a race
+                if idle_mismatches >= 2:
+                    raise IndexStoreError(str(torn)) from None
+        raise IndexStoreError(f"{directory} is being rewritten by another process right now; try again in a moment")
+
+    @classmethod
+    def _load_once(cls, directory: Path) -> "GalleryIndex":
         meta_path, index_path, records_path = directory / META_FILE, directory / INDEX_FILE, directory / RECORDS_FILE
         for path in (meta_path, index_path, records_path):
             if not path.is_file():
                 raise IndexStoreError(f"{directory} is not an mclnet index: {path.name} is missing")
+        meta = _parse_meta(meta_path)
+        sizes = meta.get("files")
+        mixed = isinstance(sizes, dict) and (
+            index_path.stat().st_size != sizes.get(INDEX_FILE) or records_path.stat().st_size != sizes.get(RECORDS_FILE)
+        )  # files of two different saves (a writer swapped them while we read), or edited by hand
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise IndexStoreError(f"{meta_path}: not valid JSON ({exc})") from exc
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise IndexStoreError(f"{meta_path}: not an mclnet index (expected format {FORMAT!r})")
-        try:
-            index = faiss.read_index(str(index_path))
-        except RuntimeError as exc:
-            raise IndexStoreError(f"{index_path}: cannot read the FAISS index") from exc
-        records = _read_records(records_path)
-        if len(records) != index.ntotal:
-            raise IndexStoreError(f"{directory}: {RECORDS_FILE} has {len(records)} rows but the index holds {index.ntotal}")
-        if int(meta.get("dimension", index.d)) != index.d:
-            raise IndexStoreError(f"{directory}: meta.json says dimension {meta.get('dimension')}, the index has {index.d}")
+            try:
+                index = faiss.read_index(str(index_path))
+            except RuntimeError as exc:
+                raise IndexStoreError(f"{index_path}: cannot read the FAISS index") from exc
+            records = _read_records(records_path)
+            if len(records) != index.ntotal:
+                raise IndexStoreError(
+                    f"{directory}: {RECORDS_FILE} has {len(records)} rows but the index holds {index.ntotal}"
+                )
+            if mixed:
+                raise IndexStoreError(
+                    f"{directory}: {INDEX_FILE}/{RECORDS_FILE} are not the files {META_FILE} describes "
+                    "(changed outside mclnet?); rebuild the index"
+                )
+        except IndexStoreError as exc:
+            if mixed:
+                raise _Torn(str(exc)) from exc
+            raise
+        _validate_meta(meta_path, meta, index)
         known = {"format", "mclnet_version", "dimension", "metric", "kind", "factory", "params", "count",
-                 "trained_on", "created", "updated"}  # fmt: skip
+                 "trained_on", "created", "updated", "files"}  # fmt: skip
         gallery = cls(
             index=index,
             records=records,
@@ -435,6 +581,71 @@ class GalleryIndex:
         )
         _tune(gallery.index, gallery.kind, gallery.params)
         return gallery
+
+
+class _Torn(Exception):
+    """The files read belong to two different saves (a swap raced the read)."""
+
+
+def _parse_meta(meta_path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise IndexStoreError(f"{meta_path}: not valid JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise IndexStoreError(f"{meta_path}: not an mclnet index (expected format {FORMAT!r})")
+    return meta
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _faiss_kind(index: faiss.Index) -> str:
+    if faiss.try_extract_index_ivf(index) is not None:
+        return "ivf"
+    name = type(faiss.downcast_index(index)).__name__
+    if name.startswith("IndexHNSW"):
+        return "hnsw"
+    if name.startswith("IndexFlat"):
+        return "flat"
+    return name
+
+
+def _validate_meta(meta_path: Path, meta: dict[str, Any], index: faiss.Index) -> None:
+    """Every field the loader uses, checked for type and against the FAISS index: one line per problem."""
+
+    def bad(field_name: str, why: str) -> IndexStoreError:
+        return IndexStoreError(f"{meta_path}: {field_name} {why}; rebuild the index (mclnet index without --add)")
+
+    for name in ("dimension", "count", "trained_on"):
+        if name in meta and not (_is_int(meta[name]) and meta[name] >= 0):
+            raise bad(name, f"must be a non-negative integer, got {meta[name]!r}")
+    if int(meta.get("dimension", index.d)) != index.d:
+        raise IndexStoreError(f"{meta_path.parent}: meta.json says dimension {meta.get('dimension')}, the index has {index.d}")
+    kind = meta.get("kind", "flat")
+    if kind not in KINDS:
+        raise bad("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    actual = _faiss_kind(index)
+    if (actual == "ivf" and kind not in ("ivf", "ivfpq")) or (actual != "ivf" and kind != actual):
+        raise bad("kind", f"says {kind!r} but index.faiss holds a {actual} index")
+    params = meta.get("params") or {}
+    if not isinstance(params, dict):
+        raise bad("params", f"must be an object, got {params!r}")
+    for key, value in params.items():
+        if not (_is_int(value) and value > 0):
+            raise bad(f"params.{key}", f"must be a positive integer, got {value!r}")
+    size = meta.get("image_size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) and 0 < v <= 4096 for v in size)):
+        raise bad("image_size", f"must be [height, width] (positive integers), got {size!r}")
+    for name in ("modality", "feature", "resize", "factory"):
+        if name in meta and not isinstance(meta[name], str):
+            raise bad(name, f"must be a string, got {meta[name]!r}")
+    checkpoint = meta.get("checkpoint")
+    if checkpoint is not None and not (
+        isinstance(checkpoint, dict) and all(isinstance(checkpoint.get(k, ""), str) for k in ("path", "fingerprint"))
+    ):
+        raise bad("checkpoint", f"must be {{path, fingerprint}} strings, got {checkpoint!r}")
 
 
 def _read_records(path: Path) -> list[IndexRecord]:
@@ -451,14 +662,15 @@ def _read_records(path: Path) -> list[IndexRecord]:
 
 
 def read_meta(directory: Path | str) -> dict[str, Any]:
-    """Only ``meta.json`` of an index (cheap: no FAISS read)."""
-    path = Path(directory) / META_FILE
+    """Only ``meta.json`` of an index (cheap: no FAISS read); finishes an interrupted swap first."""
+    directory = Path(directory)
+    recover_legacy(directory)
+    if (directory / JOURNAL_FILE).is_file():
+        recover(directory)
+    path = directory / META_FILE
     if not path.is_file():
         raise IndexStoreError(f"index not found: {directory} (no {META_FILE})")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise IndexStoreError(f"{path}: not valid JSON ({exc.msg})") from exc
+    return _parse_meta(path)
 
 
 def records_for(paths: Iterable[str], modality: str | None) -> list[IndexRecord]:

@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 from mclnet_cli.data.images import IMAGE_SUFFIXES, is_image_file
 from mclnet_cli.data.records import Modality
 from mclnet_cli.errors import DataError, IndexStoreError
-from mclnet_cli.index.gallery import KINDS, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for
+from mclnet_cli.index.gallery import (
+    KINDS, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for, writer_lock,
+)  # fmt: skip
 from mclnet_cli.index.layout import identify
 from mclnet_cli.progress import no_progress
 
@@ -228,6 +230,7 @@ def build_gallery_index(
     hnsw_m: int | None = None,
     pq_m: int | None = None,
     progress: ProgressFactory | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> BuildReport:
     """Embed every image under ``gallery_dir`` with the ``modality`` stream and save an index in ``out_dir``.
 
@@ -235,6 +238,10 @@ def build_gallery_index(
     ``add``, images already in the index at ``out_dir`` (same resolved path) are
     not embedded again and the rest are appended (IVF cells are not retrained);
     without an index there yet, ``add`` builds one.
+
+    Concurrent writers never lose rows: images are embedded without a lock, then
+    the index is re-read and updated under the folder's writer lock (another
+    writer's save in progress is waited for; ``on_wait(message)`` is called once).
 
     ``kind``, ``batch_size``, ``nlist``, ``nprobe``, ``hnsw_m`` and ``pq_m`` left
     ``None`` come from the checkpoint's config ``index`` section (``flat``, 64 and
@@ -257,11 +264,7 @@ def build_gallery_index(
     if add:
         if is_index_dir(out_dir):
             existing = GalleryIndex.load(out_dir)
-            built_with = str(existing.extra.get("modality", modality.value))
-            if built_with != modality.value:
-                raise IndexStoreError(
-                    f"{out_dir} indexes {built_with} images; cannot add {modality.value} ones (use another --out)"
-                )
+            _check_modality(existing, out_dir, modality)
         else:
             notices.append(f"no index in {out_dir} yet: building a new one")
 
@@ -315,28 +318,34 @@ def build_gallery_index(
         "resize": data_cfg.resize,
         "gallery_dir": str(gallery_root.resolve()),
     }
-    if existing is None:
-        gallery = GalleryIndex.build(
-            extracted.features,
-            records,
-            settings.kind,
-            nlist=settings.nlist,
-            nprobe=settings.nprobe,
-            hnsw_m=settings.hnsw_m,
-            pq_m=settings.pq_m,
-            extra=extra,
-        )
-        added = len(records)
-    else:
-        gallery = existing
-        if kind is not None and kind != gallery.kind:
-            notices.append(f"--kind {kind} ignored: adding to the existing {gallery.kind} index")
-        added = gallery.add(extracted.features, records)
-    notices.extend(gallery.notices)
-    if added:
-        gallery.save(out_dir)
-    elif existing is not None:
-        notices.append("nothing new to add: the index is unchanged")
+    with writer_lock(out_dir, on_wait=on_wait):
+        if add and is_index_dir(out_dir):
+            # Re-read under the lock: another writer may have saved since we looked.
+            existing = GalleryIndex.load(out_dir)
+            _check_modality(existing, out_dir, modality)
+            _check_fingerprint(existing, out_dir, checkpoint_path, loaded.fingerprint)
+        if existing is None:
+            gallery = GalleryIndex.build(
+                extracted.features,
+                records,
+                settings.kind,
+                nlist=settings.nlist,
+                nprobe=settings.nprobe,
+                hnsw_m=settings.hnsw_m,
+                pq_m=settings.pq_m,
+                extra=extra,
+            )
+            added = len(records)
+        else:
+            gallery = existing
+            if kind is not None and kind != gallery.kind:
+                notices.append(f"--kind {kind} ignored: adding to the existing {gallery.kind} index")
+            added = gallery.add(extracted.features, records) if records else 0
+        notices.extend(gallery.notices)
+        if added:
+            gallery.save(out_dir, locked=True)
+        elif existing is not None:
+            notices.append("nothing new to add: the index is unchanged")
     return BuildReport(
         index_dir=out_dir,
         modality=modality.value,
@@ -355,6 +364,14 @@ def build_gallery_index(
     )
 
 
+def _check_modality(gallery: GalleryIndex, index_dir: Path, modality: Modality) -> None:
+    built_with = str(gallery.extra.get("modality", modality.value))
+    if built_with != modality.value:
+        raise IndexStoreError(
+            f"{index_dir} indexes {built_with} images; cannot add {modality.value} ones (use another --out)"
+        )
+
+
 def _check_fingerprint(gallery: GalleryIndex, index_dir: Path, checkpoint: str, fingerprint: str) -> None:
     recorded = dict(gallery.extra.get("checkpoint") or {}).get("fingerprint")
     if recorded and recorded != fingerprint:
@@ -365,6 +382,167 @@ def _check_fingerprint(gallery: GalleryIndex, index_dir: Path, checkpoint: str, 
 
 
 # --------------------------------------------------------------------------- search
+
+
+@dataclass
+class SearchEngine:
+    """A model and a gallery index loaded once, ready to embed images and rank the gallery.
+
+    :func:`search_gallery` opens one per call; a long-running server keeps one and
+    swaps in a fresh :attr:`gallery` when the index folder changes (see
+    :meth:`reload_gallery`). Nothing here prints.
+    """
+
+    index_dir: Path
+    gallery: GalleryIndex
+    loaded: Any  # mclnet_cli.engine.checkpoint.LoadedModel
+    checkpoint_path: str
+    device: Any  # torch.device
+    batch_size: int
+
+    @classmethod
+    def open(
+        cls,
+        index_dir: Path | str,
+        *,
+        checkpoint: Path | str | None = None,
+        batch_size: int | None = None,
+        device: str = "auto",
+    ) -> "SearchEngine":
+        """Load the index of ``index_dir`` and the checkpoint that built it (or ``checkpoint``, same fingerprint)."""
+        from mclnet_cli.engine.checkpoint import load_model
+        from mclnet_cli.engine.device import resolve_device
+
+        _check_batch_size(batch_size)
+        index_dir = Path(index_dir)
+        read_meta(index_dir)  # fail fast on a wrong folder
+        gallery = GalleryIndex.load(index_dir)
+        recorded = dict(gallery.extra.get("checkpoint") or {})
+        if checkpoint is None:
+            if not recorded.get("path"):
+                raise IndexStoreError(f"{index_dir} records no checkpoint; pass --checkpoint")
+            checkpoint = recorded["path"]
+            if not Path(checkpoint).is_file():
+                raise IndexStoreError(
+                    f"checkpoint {checkpoint} recorded in {index_dir}/meta.json is missing; pass --checkpoint "
+                    "with the same file at its new place"
+                )
+        checkpoint_path = str(Path(checkpoint).resolve())
+        if not Path(checkpoint_path).is_file():
+            raise IndexStoreError(f"checkpoint not found: {checkpoint}")
+        torch_device = resolve_device(device)
+        loaded = load_model(checkpoint_path, torch_device)  # hashes the file once: loaded.fingerprint
+        engine = cls(
+            index_dir,
+            gallery,
+            loaded,
+            checkpoint_path,
+            torch_device,
+            batch_size if batch_size is not None else loaded.config.index.batch_size,
+        )
+        engine.check_gallery(gallery)
+        return engine
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.loaded.fingerprint)
+
+    def check_gallery(self, gallery: GalleryIndex) -> None:
+        """Refuse a gallery built by another checkpoint or holding features of another dimension."""
+        _check_fingerprint(gallery, self.index_dir, self.checkpoint_path, self.fingerprint)
+        feature_dim = int(getattr(self.loaded.model, "feature_dim", 0))
+        if feature_dim != gallery.dimension:
+            raise IndexStoreError(
+                f"checkpoint {self.checkpoint_path} makes {feature_dim}-d features but {self.index_dir} "
+                f"holds {gallery.dimension}-d ones"
+            )
+
+    def reload_gallery(self) -> GalleryIndex:
+        """Read the index folder again, check it against the model, and make it :attr:`gallery`."""
+        gallery = GalleryIndex.load(self.index_dir)
+        self.check_gallery(gallery)
+        self.gallery = gallery
+        return gallery
+
+    def embed(
+        self,
+        paths: Sequence[str],
+        modality: Modality | str,
+        *,
+        gallery: GalleryIndex | None = None,
+        on_progress: Callable[[int], None] | None = None,
+        workers: int = 0,
+    ):
+        """Embed image files with the ``modality`` stream exactly as the gallery was embedded (size, resize, feature).
+
+        Returns :class:`mclnet_cli.engine.extract.Extracted`; files that do not decode are in its ``failed``.
+        """
+        from mclnet_cli.engine.extract import extract_features
+
+        gallery = gallery if gallery is not None else self.gallery
+        data_cfg = self.loaded.config.data
+        height, width = gallery.extra.get("image_size") or [data_cfg.height, data_cfg.width]
+        return extract_features(
+            self.loaded.model,
+            list(paths),
+            Modality.parse(modality),
+            height=int(height),
+            width=int(width),
+            resize=str(gallery.extra.get("resize", data_cfg.resize)),
+            batch_size=self.batch_size,
+            device=self.device,
+            workers=workers,
+            feature=str(gallery.extra.get("feature", FEATURE)),
+            skip_bad=True,
+            on_progress=on_progress,
+        )
+
+    def notices_for(self, modality: Modality | str, gallery: GalleryIndex | None = None) -> list[str]:
+        """What a caller should be told about searching ``gallery`` with probes of ``modality``."""
+        gallery = gallery if gallery is not None else self.gallery
+        modality = Modality.parse(modality)
+        if str(gallery.extra.get("modality", "")) == modality.value:
+            return [
+                f"probes and gallery are both {modality.value}: same-spectrum search "
+                "(MCLNet is trained for cross-spectrum matching)"
+            ]
+        return []
+
+    def rank(
+        self,
+        probe_paths: Sequence[str],
+        modality: Modality | str,
+        top_k: int = 10,
+        *,
+        gallery: GalleryIndex | None = None,
+        on_progress: Callable[[int], None] | None = None,
+        workers: int = 0,
+    ) -> tuple[list[ProbeResult], float, float]:
+        """Rank ``gallery`` (default: :attr:`gallery`) for each probe file: (results, embed seconds, search seconds).
+
+        A probe that does not decode gets an empty result with ``error`` set; when none decodes,
+        :class:`DataError` is raised.
+        """
+        if top_k < 1:
+            raise DataError(f"--top-k must be at least 1, got {top_k}")
+        gallery = gallery if gallery is not None else self.gallery
+        probe_paths = list(probe_paths)
+        started = time.perf_counter()
+        extracted = self.embed(probe_paths, modality, gallery=gallery, on_progress=on_progress, workers=workers)
+        embedded = time.perf_counter()
+        if not extracted.paths:
+            raise DataError(
+                f"none of the {len(probe_paths)} probe image(s) could be decoded (e.g. {extracted.failed[0][1]})"
+            )
+        ranked = dict(zip(extracted.paths, gallery.search(extracted.features, top_k)))
+        searched = time.perf_counter()
+        failed = dict(extracted.failed)
+        results = []
+        for path in probe_paths:
+            found = identify(path)
+            pid, cam = (found.pid, found.cam) if found else (None, None)
+            results.append(ProbeResult(path, pid, cam, ranked.get(path, []), failed.get(path)))
+        return results, embedded - started, searched - embedded
 
 
 def search_gallery(
@@ -385,71 +563,15 @@ def search_gallery(
     accepted only when its fingerprint matches, and its feature dimension must
     equal the index's. ``batch_size`` ``None`` takes the checkpoint's ``index.batch_size``.
     """
-    from mclnet_cli.engine.checkpoint import load_model
-    from mclnet_cli.engine.device import resolve_device
-    from mclnet_cli.engine.extract import extract_features
-
     modality = Modality.parse(modality)
     if top_k < 1:
         raise DataError(f"--top-k must be at least 1, got {top_k}")
     _check_batch_size(batch_size)
-    index_dir = Path(index_dir)
     read_meta(index_dir)  # fail fast on a wrong folder before touching probes
     probe_paths = expand_probes(probes)
-    gallery = GalleryIndex.load(index_dir)
-    recorded = dict(gallery.extra.get("checkpoint") or {})
-    if checkpoint is None:
-        if not recorded.get("path"):
-            raise IndexStoreError(f"{index_dir} records no checkpoint; pass --checkpoint")
-        checkpoint = recorded["path"]
-        if not Path(checkpoint).is_file():
-            raise IndexStoreError(
-                f"checkpoint {checkpoint} recorded in {index_dir}/meta.json is missing; pass --checkpoint "
-                "with the same file at its new place"
-            )
-    checkpoint_path = str(Path(checkpoint).resolve())
-    if not Path(checkpoint_path).is_file():
-        raise IndexStoreError(f"checkpoint not found: {checkpoint}")
-
-    notices: list[str] = []
-    gallery_modality = str(gallery.extra.get("modality", ""))
-    if gallery_modality == modality.value:
-        notices.append(
-            f"probes and gallery are both {modality.value}: same-spectrum search "
-            "(MCLNet is trained for cross-spectrum matching)"
-        )
-
-    torch_device = resolve_device(device)
-    loaded = load_model(checkpoint_path, torch_device)  # hashes the file once: loaded.fingerprint
-    _check_fingerprint(gallery, index_dir, checkpoint_path, loaded.fingerprint)
-    feature_dim = int(getattr(loaded.model, "feature_dim", 0))
-    if feature_dim != gallery.dimension:
-        raise IndexStoreError(
-            f"checkpoint {checkpoint_path} makes {feature_dim}-d features but {index_dir} holds {gallery.dimension}-d ones"
-        )
-    height, width = gallery.extra.get("image_size") or [loaded.config.data.height, loaded.config.data.width]
+    engine = SearchEngine.open(index_dir, checkpoint=checkpoint, batch_size=batch_size, device=device)
+    notices = engine.notices_for(modality)
     with _progress(progress, len(probe_paths)) as advance:
-        extracted = extract_features(
-            loaded.model,
-            probe_paths,
-            modality,
-            height=int(height),
-            width=int(width),
-            resize=str(gallery.extra.get("resize", loaded.config.data.resize)),
-            batch_size=batch_size if batch_size is not None else loaded.config.index.batch_size,
-            device=torch_device,
-            workers=workers,
-            feature=str(gallery.extra.get("feature", FEATURE)),
-            skip_bad=True,
-            on_progress=advance,
-        )
-    if not extracted.paths:
-        raise DataError(f"none of the {len(probe_paths)} probe image(s) could be decoded (e.g. {extracted.failed[0][1]})")
-    ranked = dict(zip(extracted.paths, gallery.search(extracted.features, top_k)))
-    failed = dict(extracted.failed)
-    results = []
-    for path in probe_paths:
-        found = identify(path)
-        pid, cam = (found.pid, found.cam) if found else (None, None)
-        results.append(ProbeResult(path, pid, cam, ranked.get(path, []), failed.get(path)))
-    return SearchReport(results, index_dir, gallery_modality, modality.value, checkpoint_path, notices)
+        results, _, _ = engine.rank(probe_paths, modality, top_k, on_progress=advance, workers=workers)
+    gallery_modality = str(engine.gallery.extra.get("modality", ""))
+    return SearchReport(results, Path(index_dir), gallery_modality, modality.value, engine.checkpoint_path, notices)
