@@ -536,3 +536,65 @@ def test_index_and_query_embed_with_the_stream_of_their_modality(
         np.testing.assert_allclose(scores, expected, atol=1e-4)
         other = np.array([gallery[hit["path"]] @ bad for hit in row["results"]])
         assert np.abs(scores - other).max() > 1e-2
+
+
+# ----------------------------------------------------------------------------- other settings that must reach their use
+
+
+def _spy_extraction(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Record the keyword arguments of every extract_features call (the call itself still runs)."""
+    from mclnet_cli.engine import extract
+
+    calls: list[dict[str, Any]] = []
+    real = extract.extract_features
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(extract, "extract_features", spy)
+    return calls
+
+
+def test_evaluate_batch_size_and_workers_reach_extraction(
+    tmp_path: Path, cli_runner: Any, fake_sysu: tuple[list[Sample], Path], make_checkpoint: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Left out, they come from the checkpoint's eval.batch_size and data.workers; given, the options win."""
+    _, prepared = fake_sysu
+    path = make_checkpoint(tmp_path / "c.pt", overrides=("eval.trials=1", "eval.batch_size=7", "data.workers=0"))
+    calls = _spy_extraction(monkeypatch)
+    _evaluate(cli_runner, path, prepared)
+    assert calls and {(c["batch_size"], c["workers"]) for c in calls} == {(7, 0)}
+    calls.clear()
+    _evaluate(cli_runner, path, prepared, "--batch-size", "3", "--workers", "1")
+    assert calls and {(c["batch_size"], c["workers"]) for c in calls} == {(3, 1)}
+
+
+def test_query_batch_size_reaches_extraction(
+    tmp_path: Path, cli_runner: Any, fake_sysu: tuple[list[Sample], Path], make_checkpoint: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`query` embeds probes in batches of the checkpoint's index.batch_size, or of --batch-size."""
+    samples, _ = fake_sysu
+    path = make_checkpoint(tmp_path / "c.pt", overrides=("index.batch_size=5",))
+    gallery = str(Path(next(s.path for s in samples if s.cam == 1)).parent.parent)
+    probe = next(s.path for s in samples if s.cam == 3)
+    out = tmp_path / "index"
+    invoke_json(cli_runner, ["index", gallery, "-c", str(path), "-m", "visible", "-o", str(out), "--device", "cpu", "--json"])
+    calls = _spy_extraction(monkeypatch)
+    invoke_json(cli_runner, ["query", probe, "-i", str(out), "-m", "infrared", "--device", "cpu", "--json"])
+    invoke_json(cli_runner, ["query", probe, "-i", str(out), "-m", "infrared", "--batch-size", "2", "--device", "cpu", "--json"])
+    assert [c["batch_size"] for c in calls] == [5, 2]
+
+
+def test_index_hnsw_m_comes_from_the_checkpoint_config(
+    tmp_path: Path, cli_runner: Any, fake_sysu: tuple[list[Sample], Path], make_checkpoint: Any
+) -> None:
+    samples, _ = fake_sysu
+    path = make_checkpoint(tmp_path / "c.pt", overrides=("index.kind=hnsw", "index.hnsw_m=8"))
+    gallery = str(Path(next(s.path for s in samples if s.cam == 1)).parent.parent)
+    report = invoke_json(cli_runner, [
+        "index", gallery, "-c", str(path), "-m", "visible", "-o", str(tmp_path / "idx"), "--device", "cpu", "--json",
+    ])
+    assert report["kind"] == "hnsw" and report["factory"] == "HNSW8,Flat"
