@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from mclnet_cli import __version__
-from mclnet_cli.cli import convert, demo, evaluate, index, info, prepare, presets, query, split, train
+from mclnet_cli.cli import convert, demo, evaluate, export, index, info, prepare, presets, query, serve, split, train
 from mclnet_cli.cli.output import env_debug, state
 
 app = typer.Typer(
@@ -47,6 +47,8 @@ app.command("index")(index.index)
 app.command("query")(query.query)
 app.command("demo")(demo.demo)
 app.command("convert")(convert.convert)
+app.command("serve")(serve.serve)
+app.command("export")(export.export)
 app.add_typer(presets.app, name="presets")
 app.command("info")(info.info)
 

@@ -1,0 +1,62 @@
+"""``mclnet export``: one spectrum's retrieval path as an ONNX or TorchScript file, checked against PyTorch.
+
+Thin layer over :func:`mclnet_cli.engine.export.export_model`.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mclnet_cli.cli.output import console, guard, print_json
+
+
+class ExportFormat(str, enum.Enum):
+    """File formats ``mclnet export`` writes."""
+
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="Trained mclnet checkpoint (.pt).", show_default=False)],
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx (needs the 'export' extra) or torchscript.", show_default=False)],
+    modality: Annotated[
+        str, typer.Option("--modality", "-m", help="Which stream to export: visible or infrared.", show_default=False)
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to write; its description goes to OUT.json.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+) -> None:
+    """Export one spectrum's retrieval path (stream, shared stages, pooling, BNNeck, L2 norm) with a dynamic batch.
+
+    The export is run on random images and compared with PyTorch: a max |difference| above 1e-4
+    is an error and nothing is written. OUT.json holds the input size, mean/std, feature name
+    and checkpoint fingerprint.
+    """
+    _run(checkpoint, fmt.value, modality, out, as_json)
+
+
+@guard
+def _run(checkpoint: Path, fmt: str, modality: str, out: Path, as_json: bool) -> None:
+    from mclnet_cli.engine.export import export_model
+
+    report = export_model(checkpoint, out, fmt=fmt, modality=modality)
+    if as_json:
+        print_json(report.to_json())
+        return
+    height, width = report.input_size
+    console.print(
+        f"exported the {report.modality} stream to {report.path} ({report.format}, input [batch, 3, {height}, {width}], "
+        f"{report.dimension}-d '{report.feature}' output)",
+        highlight=False,
+        markup=False,
+    )
+    console.print(
+        f"parity with PyTorch: max |diff| {report.max_abs_diff:.2e} over batches of "
+        f"{', '.join(map(str, report.batch_sizes))} random images (tolerance {report.tolerance:g})",
+        highlight=False,
+    )
+    console.print(f"description: {report.sidecar}", highlight=False)

@@ -1,0 +1,92 @@
+"""``mclnet serve``: answer searches over HTTP (and a browser page) with the model and index loaded once.
+
+Thin layer: parse options, build the app with :func:`mclnet_cli.serve.create_app`
+and hand it to uvicorn. Needs the ``serve`` extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mclnet_cli.cli.output import err_console, fail, guard
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(
+    index_dir: Annotated[Path, typer.Option("--index", "-i", help="Index folder made by 'mclnet index'.", show_default=False)],
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option("--checkpoint", "-c", help="Checkpoint path if it moved (must be the file that built the index).", show_default=False),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but loopback is reachable from other machines.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="TCP port.")] = 8000,
+    token: Annotated[
+        Optional[str],
+        typer.Option(
+            "--token", envvar="MCLNET_TOKEN", help="Require 'Authorization: Bearer TOKEN' on every route but /healthz and the page.",
+            show_default=False,
+        ),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.001, help="Largest image accepted, in MiB.")] = 10.0,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Most pixels per image (decompression bombs).")] = 25_000_000,
+    uploads: Annotated[
+        Optional[Path],
+        typer.Option("--uploads", help="Folder for images added through POST /gallery (default: INDEX-uploads beside the index).", show_default=False),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Serve search over HTTP: POST /search, GET/POST /gallery, GET /images/N, a page at /, API docs at /docs.
+
+    The model and index are loaded once; the index is read again when it changes on disk
+    (mclnet index --add), between requests. Stop with Ctrl-C.
+    """
+    _run(index_dir, checkpoint, host, port, token, max_upload_mb, max_pixels, uploads, device)
+
+
+@guard
+def _run(
+    index_dir: Path,
+    checkpoint: Path | None,
+    host: str,
+    port: int,
+    token: str | None,
+    max_upload_mb: float,
+    max_pixels: int,
+    uploads: Path | None,
+    device: str,
+) -> None:
+    try:
+        import uvicorn
+
+        from mclnet_cli.serve import ServeSettings, create_app
+    except ImportError:
+        raise fail("mclnet serve needs the 'serve' extra: pip install 'mclnet[serve]'") from None
+    if token is not None and not token.strip():
+        raise fail("--token is empty")
+    settings = ServeSettings(
+        index_dir=index_dir,
+        checkpoint=checkpoint,
+        device=device,
+        token=token,
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        uploads_dir=uploads,
+    )
+    app = create_app(settings)
+    gallery = app.state.served.engine.gallery
+    if host not in LOOPBACK and token is None:
+        err_console.print(
+            f"[yellow]warning:[/] listening on {host} without --token: anyone who can reach this machine can search and add",
+            highlight=False,
+        )
+    shown = f"[{host}]" if ":" in host else host
+    err_console.print(
+        f"serving {len(gallery)} {gallery.extra.get('modality', '')} images from {index_dir} on http://{shown}:{port} "
+        f"(page at /, API docs at /docs{', token required' if token else ''}); Ctrl-C stops",
+        highlight=False,
+    )
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,302 @@
+"""The FastAPI application behind ``mclnet serve``.
+
+Routes: ``POST /search``, ``GET``/``POST /gallery``, ``GET /images/{record}``,
+``GET /healthz``, ``GET /`` (the page), ``/docs`` and ``/openapi.json``.
+Every error is one line of JSON, ``{"error": "..."}``, with status 400 (bad
+input), 401 (token), 404, 413 (too large), 422 (a bad field)
+or 500 (never with a traceback). Search goes through
+:class:`mclnet_cli.index.service.SearchEngine`, the code behind ``mclnet query``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from mclnet_cli.data.records import Modality
+from mclnet_cli.errors import DataError, MclnetError
+from mclnet_cli.index.service import SearchEngine
+from mclnet_cli.serve.state import ServedIndex
+
+try:
+    from fastapi import FastAPI, File, Form, Request, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError("mclnet serve needs the 'serve' extra: pip install 'mclnet[serve]'") from exc
+
+PAGE = Path(__file__).with_name("page.html")
+OPEN_PATHS = frozenset({"/healthz", "/"})  # no data behind them: the page asks for the token itself
+FORMATS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
+THUMBNAIL = (128, 256)  # width, height at most
+
+
+@dataclass
+class ServeSettings:
+    """Everything :func:`create_app` needs; the limits guard against oversized and hostile uploads."""
+
+    index_dir: Path
+    checkpoint: Optional[Path] = None
+    device: str = "auto"
+    token: Optional[str] = None
+    max_upload_bytes: int = 10 * 1024 * 1024  # per image
+    max_pixels: int = 25_000_000  # per image, checked from the header before decoding
+    max_files: int = 16  # per request
+    max_top_k: int = 100
+    batch_size: Optional[int] = None
+    uploads_dir: Optional[Path] = None  # where POST /gallery keeps images; default: <index>-uploads beside it
+
+    def resolved_uploads(self) -> Path:
+        if self.uploads_dir is not None:
+            return Path(self.uploads_dir)
+        index_dir = Path(self.index_dir).absolute()
+        return index_dir.parent / f"{index_dir.name}-uploads"
+
+
+class ApiError(Exception):
+    """An error answered as ``{"error": message}`` with ``status``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:500]
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": _one_line(message)}, status_code=status, headers=headers)
+
+
+def check_image(data: bytes, name: str, settings: ServeSettings) -> str:
+    """Validate one uploaded image (size, format, pixel count, full decode); return its file suffix."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise ApiError(400, f"{name}: empty upload")
+    if len(data) > settings.max_upload_bytes:
+        raise ApiError(413, f"{name}: {len(data)} bytes is over the limit of {settings.max_upload_bytes} bytes per image")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > settings.max_pixels:
+                raise ApiError(
+                    413, f"{name}: {width}x{height} = {width * height} pixels is over the limit of {settings.max_pixels}"
+                )
+            kind = image.format or ""
+            if kind not in FORMATS:
+                raise ApiError(400, f"{name}: {kind or 'unknown'} images are not accepted (use {', '.join(FORMATS)})")
+            image.load()
+    except ApiError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ApiError(413, f"{name}: too many pixels ({exc})") from None
+    except UnidentifiedImageError:
+        raise ApiError(400, f"{name}: not an image ({', '.join(FORMATS)} accepted)") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise ApiError(400, f"{name}: corrupt or truncated image ({exc})") from None
+    return FORMATS[kind]
+
+
+def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> FastAPI:
+    """The application for ``settings`` (``engine``: an already opened one, else it is opened here)."""
+    if engine is None:
+        engine = SearchEngine.open(
+            settings.index_dir, checkpoint=settings.checkpoint, batch_size=settings.batch_size, device=settings.device
+        )
+    served = ServedIndex(engine)
+    uploads = settings.resolved_uploads()
+    # Whole-request ceiling, checked from Content-Length before the body is parsed.
+    max_request = settings.max_upload_bytes * settings.max_files + 1024 * 1024
+
+    app = FastAPI(
+        title="mclnet",
+        summary="Cross-spectrum person search: infrared probes against a visible gallery, or back.",
+        version=_version(),
+    )
+    app.state.served = served
+    app.state.settings = settings
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):  # token, then body size
+        if settings.token is not None and request.url.path not in OPEN_PATHS:
+            given = request.headers.get("authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), settings.token.encode()):
+                return _error(401, "missing or wrong token: send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return _error(400, "bad Content-Length header")
+            if int(length) > max_request:
+                return _error(413, f"request body of {length} bytes is over the limit of {max_request} bytes")
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(MclnetError)
+    async def _mclnet_error(request: Request, exc: MclnetError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err.get("loc", ()) if part not in ("body", "query", "path", "form"))
+            problems.append(f"{where or 'request'}: {err.get('msg', 'invalid')}")
+        return _error(422, "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log")
+
+    def read_uploads(files: list[UploadFile], what: str) -> list[tuple[str, bytes, str]]:
+        if not files:
+            raise ApiError(422, f"{what}: no image given")
+        if len(files) > settings.max_files:
+            raise ApiError(413, f"{what}: {len(files)} images is over the limit of {settings.max_files} per request")
+        out = []
+        for i, upload in enumerate(files):
+            name = _one_line(upload.filename or f"{what}[{i}]")[:120]
+            data = upload.file.read(settings.max_upload_bytes + 1)
+            suffix = check_image(data, name, settings)
+            out.append((name, data, suffix))
+        return out
+
+    def parse_modality(value: str) -> Modality:
+        try:
+            return Modality.parse(value)
+        except (MclnetError, ValueError):
+            raise ApiError(422, f"modality: {value!r} is not a spectrum; use infrared or visible") from None
+
+    @app.get("/healthz", summary="Liveness: no token needed")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/gallery", summary="The index being served: size, kind, spectrum, checkpoint fingerprint")
+    def gallery_info() -> dict[str, Any]:
+        gallery = served.current()
+        return {
+            "index": str(served.index_dir),
+            "count": len(gallery),
+            "kind": gallery.kind,
+            "factory": gallery.factory,
+            "dimension": gallery.dimension,
+            "modality": gallery.extra.get("modality"),
+            "fingerprint": engine.fingerprint,
+            "checkpoint": engine.checkpoint_path,
+            "reloads": served.reloads,
+            "reload_error": served.reload_error,
+        }
+
+    @app.post("/gallery", summary="Add images to the index (atomic; visible to the next search)")
+    def gallery_add(images: list[UploadFile] = File(..., description="Gallery images, in the index's spectrum")) -> dict[str, Any]:
+        checked = read_uploads(images, "images")
+        uploads.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        paths: list[str] = []
+        for _, data, suffix in checked:
+            target = (uploads / (hashlib.sha256(data).hexdigest()[:24] + suffix)).resolve()
+            if not target.exists():
+                tmp = target.with_name(f".{target.name}.tmp")
+                tmp.write_bytes(data)
+                tmp.replace(target)
+                written.append(target)
+            paths.append(str(target))
+        try:
+            result = served.add(paths)
+        except BaseException:
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        names = {path: name for (name, _, _), path in zip(checked, paths)}
+        for record in result.records:
+            record["upload"] = names.get(record["path"])
+        return {"added": result.added, "count": result.count, "records": result.records}
+
+    @app.post("/search", summary="Rank the gallery for one or more probe images (same JSON as 'mclnet query --json')")
+    def search(
+        probes: list[UploadFile] = File(..., description="Probe images"),
+        modality: str = Form(..., description="Spectrum of the probes: infrared or visible"),
+        top_k: int = Form(10, description="Results per probe"),
+    ) -> dict[str, Any]:
+        spectrum = parse_modality(modality)
+        if not 1 <= top_k <= settings.max_top_k:
+            raise ApiError(422, f"top_k: {top_k} is out of range 1..{settings.max_top_k}")
+        started = time.perf_counter()
+        checked = read_uploads(probes, "probes")
+        gallery = served.current()
+        rows = {r.path: i for i, r in enumerate(gallery.records)}
+        folder = Path(tempfile.mkdtemp(prefix="mclnet-probes-"))
+        try:
+            paths = []
+            for i, (_, data, suffix) in enumerate(checked):
+                path = folder / f"{i:03d}{suffix}"
+                path.write_bytes(data)
+                paths.append(str(path))
+            decoded = time.perf_counter()
+            results, embed_s, search_s = engine.rank(paths, spectrum, top_k, gallery=gallery)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        out = []
+        for (name, _, _), result in zip(checked, results):
+            row = result.to_json()
+            row["probe"] = name
+            for hit in row["results"]:
+                hit["record"] = rows.get(hit["path"])
+            out.append(row)
+        return {
+            "results": out,
+            "modality": spectrum.value,
+            "gallery": {"count": len(gallery), "modality": gallery.extra.get("modality")},
+            "notices": engine.notices_for(spectrum, gallery),
+            "decode_ms": round(1000 * (decoded - started), 3),
+            "embed_ms": round(1000 * embed_s, 3),
+            "search_ms": round(1000 * search_s, 3),
+        }
+
+    @app.get("/images/{record}", summary="A thumbnail of one indexed image (by its row in the index)")
+    def image(record: int) -> Response:
+        from PIL import Image
+
+        from mclnet_cli.data.images import load_rgb
+
+        gallery = served.current()
+        if not 0 <= record < len(gallery.records):
+            raise ApiError(404, f"no record {record} in the index ({len(gallery.records)} rows)")
+        try:
+            picture = load_rgb(gallery.records[record].path)
+        except DataError:
+            raise ApiError(404, f"the image of record {record} is no longer readable") from None
+        picture.thumbnail(THUMBNAIL, Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
+
+    return app
+
+
+def _version() -> str:
+    from mclnet_cli import __version__
+
+    return __version__
