@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -387,9 +388,14 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+MAX_IMAGE_SIDE = 4096  # pixels; input sizes above this are a typo, not a model
+
+
 def _validate(cfg: Config) -> None:
     checks = [
-        (cfg.data.height > 0 and cfg.data.width > 0, "data.height and data.width must be positive"),
+        (0 < cfg.data.height <= MAX_IMAGE_SIDE and 0 < cfg.data.width <= MAX_IMAGE_SIDE,
+         f"data.height and data.width must be between 1 and {MAX_IMAGE_SIDE}"),
+        (cfg.data.workers >= 0, "data.workers must be 0 or more"),
         (cfg.data.num_ids >= 2, "data.num_ids must be at least 2 (contrastive losses need negatives)"),
         (cfg.data.num_instances >= 1, "data.num_instances must be at least 1"),
         (1 <= cfg.data.trial <= 10, "data.trial must be between 1 and 10"),
@@ -398,7 +404,8 @@ def _validate(cfg: Config) -> None:
         (cfg.eval.shots in (1, 10), "eval.shots must be 1 or 10"),
         (1 <= cfg.eval.trials <= 10, "eval.trials must be between 1 and 10"),
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
-        (cfg.optim.lr > 0 and cfg.optim.head_lr > 0, "optim.lr and optim.head_lr must be positive"),
+        (0 < cfg.optim.lr < math.inf and 0 < cfg.optim.head_lr < math.inf,
+         "optim.lr and optim.head_lr must be positive and finite"),
         (0 <= cfg.loss.hks_smoothing < 0.01, "loss.hks_smoothing must be at least 0 and below 0.01"),
     ]
     for ok, message in checks:

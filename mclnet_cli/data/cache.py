@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,22 +24,58 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from mclnet_cli.atomic import atomic_write_text
+from mclnet_cli.atomic import atomic_write_text, storage_error
 from mclnet_cli.data.images import load_rgb
 from mclnet_cli.data.records import Sample
-from mclnet_cli.errors import DataError
+from mclnet_cli.errors import DataError, StorageError
 
 CACHE_DIR = "cache"
 CACHE_PREFIX = "train_uint8_"
 DEFAULT_CACHE_SIZE = (288, 144)
 
 
+MAX_CACHE_SIDE = 1024  # pixels; training inputs are a few hundred (288x144, 384x192)
+FREE_SPACE_MARGIN = 64 << 20  # bytes left free after the cache, for the manifest and checkpoints
+
+
 def parse_size(text: str) -> tuple[int, int]:
-    """``"288x144"`` -> (288, 144) as (height, width)."""
+    """``"288x144"`` -> (288, 144) as (height, width); each side at most :data:`MAX_CACHE_SIDE`."""
     parts = text.lower().replace(" ", "").split("x")
     if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise DataError(f"image size {text!r} is not of the form HEIGHTxWIDTH (e.g. 288x144)")
-    return int(parts[0]), int(parts[1])
+    height, width = int(parts[0]), int(parts[1])
+    if height > MAX_CACHE_SIDE or width > MAX_CACHE_SIDE:
+        raise DataError(f"image size {text!r} is too large: each side at most {MAX_CACHE_SIDE} (e.g. 288x144)")
+    return height, width
+
+
+def _allocate(array_path: Path, tmp: Path, count: int, height: int, width: int) -> np.memmap:
+    """Create the memmap file with every block allocated now, after checking free space.
+
+    A sparse memmap on a full disk dies of SIGBUS when a page is first written;
+    allocated up front, a full disk is one :class:`StorageError` naming the cache.
+    """
+    needed = count * height * width * 3
+    try:
+        free = shutil.disk_usage(tmp.parent).free
+    except OSError:
+        free = None
+    if free is not None and needed + FREE_SPACE_MARGIN > free:
+        raise StorageError(
+            f"cannot write {array_path}: the cache needs {needed / 2**30:.2f} GiB and {tmp.parent} has "
+            f"{free / 2**30:.2f} GiB free (free some space, use a smaller --cache-size, or prepare without --cache)"
+        )
+    try:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, height, width, 3))
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise (storage_error(exc, array_path) or exc) from exc
+    return array
 
 
 def cache_paths(root: Path | str, height: int, width: int) -> tuple[Path, Path]:
@@ -93,7 +130,7 @@ def build_cache(
     array_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = array_path.with_name(f".{array_path.name}.tmp")
     paths = [s.path for s in samples]
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), height, width, 3))
+    array = _allocate(array_path, tmp, len(paths), height, width)
     try:
 
         def fill(row: int) -> None:
@@ -106,8 +143,11 @@ def build_cache(
         array.flush()
         del array
         os.replace(tmp, array_path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        translated = storage_error(exc, array_path)
+        if translated is not None:
+            raise translated from exc
         raise
     index = {"height": height, "width": width, "count": len(paths), "token": token, "array": array_path.name, "paths": paths}
     atomic_write_text(index_path, json.dumps(index) + "\n")

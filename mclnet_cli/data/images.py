@@ -1,7 +1,16 @@
-"""Image decoding: every image becomes 8-bit RGB, whatever it was on disk."""
+"""Image decoding: every image becomes 8-bit RGB, whatever it was on disk.
+
+A pixel limit guards against decompression bombs (a small file that decodes to
+gigabytes): an image with more than :func:`max_image_pixels` pixels is refused
+with a :class:`DataError` before it is decoded, so ``index``/``prepare --skip-bad``
+skip it with a note and ``query`` says so in one line. The limit is
+``MCLNET_MAX_IMAGE_PIXELS`` (default 89,478,485, Pillow's own warning threshold;
+re-id crops are a few thousand pixels).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +19,24 @@ from PIL import Image, UnidentifiedImageError
 from mclnet_cli.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS's default
+
+
+def max_image_pixels() -> int:
+    """The pixel limit: ``MCLNET_MAX_IMAGE_PIXELS`` when it is a positive integer, else the default."""
+    text = os.environ.get("MCLNET_MAX_IMAGE_PIXELS", "").strip().replace("_", "")
+    return int(text) if text.isdigit() and int(text) > 0 else DEFAULT_MAX_IMAGE_PIXELS
+
+
+def check_pixels(image: Image.Image, path: Path | str) -> None:
+    """Refuse an image above the pixel limit (call after ``Image.open``, before ``load``)."""
+    width, height = image.size
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise DataError(
+            f"image too large {path}: {width}x{height} pixels is over the limit of {limit:,} "
+            "(a decompression bomb?; MCLNET_MAX_IMAGE_PIXELS raises it)"
+        )
 
 
 def is_image_file(path: Path | str) -> bool:
@@ -35,11 +62,15 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def load_rgb(path: Path | str) -> Image.Image:
     """Decode an image file to RGB; a file that does not decode raises :class:`DataError` naming it."""
+    Image.MAX_IMAGE_PIXELS = max(max_image_pixels(), Image.MAX_IMAGE_PIXELS or 0)  # our check below decides
     try:
         with Image.open(path) as image:
+            check_pixels(image, path)
             image.load()
             return to_rgb(image)
     except FileNotFoundError as exc:
         raise DataError(f"image not found: {path}") from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:  # not an OSError
+        raise DataError(f"image too large {path}: {exc}") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, MemoryError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}") from exc

@@ -17,6 +17,7 @@ from typing import Any, Callable, ContextManager, Sequence
 from PIL import Image
 
 from mclnet_cli.data.cache import build_cache, remove_cache
+from mclnet_cli.data.images import check_pixels
 from mclnet_cli.data.records import Modality, Sample, count_samples, write_prepared
 from mclnet_cli.data.sources import READERS
 from mclnet_cli.errors import DataError
@@ -40,7 +41,10 @@ def check_image(path: str) -> str | None:
     """
     try:
         with Image.open(path) as image:
+            check_pixels(image, path)
             image.load()
+    except DataError as exc:
+        return str(exc)
     except FileNotFoundError:
         return "file not found"
     except Exception as exc:  # PIL raises many types for corrupt files
@@ -141,6 +145,8 @@ def prepare_dataset(
     (height, width) also writes the uint8 training-image cache; any cache of an
     earlier prepare in ``out`` is removed either way.
     """
+    if Path(out).exists() and not Path(out).is_dir():  # before decoding every image, not after
+        raise DataError(f"--out {out} exists and is not a folder; choose a folder for the prepared dataset")
     samples = read_source(dataset, root, trial=trial)
     paths = [s.path for s in samples]
     with progress("checking images", len(paths)) as advance:

@@ -8,6 +8,7 @@ dataset layouts; everything downstream reads a prepared dataset.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -115,7 +116,14 @@ def write_prepared(out_dir: Path, samples: Sequence[Sample], meta: dict[str, Any
     out_dir = Path(out_dir)
     manifest = "".join(json.dumps(s.to_json()) + "\n" for s in samples)
     atomic_write_text(out_dir / MANIFEST, manifest)
-    full_meta = {"mclnet_version": __version__, **meta, "counts": count_samples(samples)}
+    # meta.json is the commit record: it names the manifest it belongs to (rows and SHA-256), so a
+    # crash between the two writes leaves a pair that load_prepared refuses instead of mixing.
+    full_meta = {
+        "mclnet_version": __version__,
+        **meta,
+        "counts": count_samples(samples),
+        "manifest": {"rows": len(samples), "sha256": hashlib.sha256(manifest.encode("utf-8")).hexdigest()},
+    }
     atomic_write_text(out_dir / META, json.dumps(full_meta, indent=2) + "\n")
     return out_dir
 
@@ -132,13 +140,25 @@ def load_prepared(path: Path | str) -> PreparedDataset:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise DataError(f"{meta_path}: not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: expected a JSON object (run 'mclnet prepare' again)")
+    raw = manifest.read_bytes()
+    recorded = meta.get("manifest")
+    if isinstance(recorded, dict) and recorded.get("sha256") != hashlib.sha256(raw).hexdigest():
+        raise DataError(
+            f"{manifest} is not the manifest {meta_path} was written with (an interrupted or concurrent "
+            f"prepare?); run 'mclnet prepare' again into {root}"
+        )
     samples = []
-    with manifest.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                samples.append(Sample.from_json(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"{manifest}:{lineno}: malformed manifest line ({exc})") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{manifest}: not UTF-8 text ({exc.reason})") from exc
+    for lineno, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            samples.append(Sample.from_json(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"{manifest}:{lineno}: malformed manifest line ({exc})") from exc
     return PreparedDataset(root=root, samples=samples, meta=meta)

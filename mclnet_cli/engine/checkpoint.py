@@ -50,11 +50,23 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"cannot load checkpoint {path}: {reason}") from exc
+        raise CheckpointError(f"cannot load checkpoint {path}: {load_failure(exc)}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mclnet checkpoint (expected format {FORMAT!r})")
     return payload
+
+
+def load_failure(exc: BaseException) -> str:
+    """One line on why torch.load refused a file -- never torch's advice to load it unsafely."""
+    text = str(exc).strip()
+    if "weights only load failed" in text.lower() or "weights_only" in text:
+        return (
+            "it holds objects other than tensors and plain containers, which mclnet never writes "
+            "(not loaded: unpickling them could run code)"
+        )
+    if isinstance(exc, (EOFError,)) or "unexpected EOF" in text or "failed finding central directory" in text:
+        return "the file is truncated or not a checkpoint"
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def checkpoint_payload(
@@ -91,21 +103,67 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
 
     path = Path(path)
     payload = load_checkpoint(path)
+    validate_payload(path, payload)
     try:
         config = config_from_dict(payload["config"])
-    except (ConfigError, KeyError) as exc:
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: stored config is not valid for this mclnet version ({exc})") from exc
     # Weights come from the checkpoint: never fetch pretrained weights here.
     model_cfg = dataclasses.replace(config.model, pretrained="none")
-    model = build_model(model_cfg, int(payload["num_classes"]))
+    try:
+        model = build_model(model_cfg, int(payload["num_classes"]))
+    except (ConfigError, ValueError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: cannot build the model its config describes ({exc})") from exc
     _check_shapes(path, payload, model.state_dict())
-    missing, unexpected = model.load_state_dict(payload["model"], strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(payload["model"], strict=False)
+    except RuntimeError as exc:  # anything _check_shapes did not name
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(f"{path}: weights do not fit the model in its config ({first[-1] if first else exc})") from exc
     if missing or unexpected:
         names = ", ".join((list(missing) + list(unexpected))[:3])
         raise CheckpointError(f"{path}: weights do not match the model in its config (e.g. {names})")
     model.to(device).eval()
     label_map = {int(k): int(v) for k, v in payload.get("label_map", {}).items()}
     return LoadedModel(model, config, label_map, file_fingerprint(path), payload, path)
+
+
+def _int_like(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.lstrip("-").isdigit())
+
+
+def validate_payload(path: Path, payload: Mapping[str, Any]) -> None:
+    """Check every field :func:`load_model` uses, before use: one line per problem.
+
+    ``model`` a dict of tensors, ``config`` a dict, ``num_classes`` a positive int,
+    ``label_map`` int -> int with ``num_classes`` entries, and the classifier's
+    rows equal to ``num_classes``.
+    """
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {what}; not a checkpoint this mclnet wrote (or damaged)")
+
+    weights = payload.get("model")
+    if not isinstance(weights, Mapping) or not weights:
+        raise bad("no 'model' weights" if weights is None else "'model' is not a dict of weights")
+    for key, value in weights.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise bad(f"'model' entry {key!r} is not a named tensor")
+    if not isinstance(payload.get("config"), Mapping):
+        raise bad("no 'config' dict")
+    num_classes = payload.get("num_classes")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise bad(f"'num_classes' must be a positive integer, got {num_classes!r}")
+    label_map = payload.get("label_map", {})
+    if not isinstance(label_map, Mapping) or not all(
+        _int_like(k) and _int_like(v) for k, v in label_map.items()
+    ):
+        raise bad("'label_map' must map integer person ids to integer labels")
+    if label_map and len(label_map) != num_classes:
+        raise bad(f"'label_map' has {len(label_map)} ids but 'num_classes' is {num_classes}")
+    for key, value in weights.items():
+        if key.endswith("classifier.weight") and value.dim() == 2 and value.shape[0] != num_classes:
+            raise bad(f"{key} has {value.shape[0]} rows but 'num_classes' is {num_classes}")
 
 
 def _check_shapes(path: Path, payload: Mapping[str, Any], expected: Mapping[str, torch.Tensor]) -> None:

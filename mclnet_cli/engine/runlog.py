@@ -8,6 +8,7 @@ Layout of ``RUN_DIR``::
     metrics.jsonl      one JSON row per logged step window and per epoch
     last.pt / best.pt  checkpoints (written by the trainer via save_checkpoint)
     summary.json       written at the end (or when interrupted)
+    .mclnet-lock       the writer lock: one training per run directory (see run_dir_lock)
     tensorboard/       only when the tensorboard package is importable
 """
 
@@ -15,15 +16,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from mclnet_cli.config import Config
-from mclnet_cli.atomic import atomic_write_text
+from mclnet_cli.atomic import atomic_write_text, remove_orphan_temps
 from mclnet_cli.errors import ConfigError
+from mclnet_cli.locks import LOCK_FILE, folder_lock
 
 CONFIG_FILE = "config.yaml"
 ENVIRONMENT_FILE = "environment.json"
@@ -38,19 +42,94 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# What a run writes before its first checkpoint: a directory holding only these (and no last.pt)
+# is a run killed or failed before it saved anything, and may be started again in place.
+STARTUP_FILES = (CONFIG_FILE, ENVIRONMENT_FILE, METRICS_FILE, SUMMARY_FILE, TENSORBOARD_DIR, LOCK_FILE)
+
+
+def _own_temp(name: str) -> bool:
+    """Temps of :func:`mclnet_cli.atomic.atomic_write` for a file of the run (``.NAME.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def unsaved_run(out_dir: Path) -> bool:
+    """True when ``out_dir`` holds only what a run writes before its first checkpoint (no ``last.pt``)."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir() or (out_dir / LAST_CHECKPOINT).exists():
+        return False
+    return all(p.name in STARTUP_FILES or _own_temp(p.name) for p in out_dir.iterdir())
+
+
+def clear_unsaved_run(out_dir: Path) -> list[str]:
+    """Remove the startup files of a run that never saved a checkpoint; returns their names."""
+    removed = []
+    for path in sorted(Path(out_dir).iterdir()):
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and path.name == TENSORBOARD_DIR:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
 def check_run_dir(out_dir: Path, resume: bool) -> None:
-    """Refuse to overwrite a run by accident, and to resume a run that has no ``last.pt``."""
+    """Refuse to overwrite a run by accident, and to resume a run that has no ``last.pt``.
+
+    A directory left by a run that stopped before its first checkpoint (killed, or
+    a full disk during the first save) is not a run to protect: it is cleared and
+    started again without ``--resume``.
+    """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} is a file; expected a run directory")
     if resume:
         if not (out_dir / LAST_CHECKPOINT).is_file():
-            raise ConfigError(f"nothing to resume: {out_dir / LAST_CHECKPOINT} not found (start without --resume)")
+            hint = (
+                "the run stopped before its first checkpoint; start it again without --resume"
+                if unsaved_run(out_dir) and any(p.name != LOCK_FILE for p in out_dir.iterdir())
+                else "start without --resume"
+            )
+            raise ConfigError(f"nothing to resume: {out_dir / LAST_CHECKPOINT} not found ({hint})")
         return
-    if out_dir.is_dir() and any(out_dir.iterdir()):
+    if not out_dir.is_dir():
+        return
+    if unsaved_run(out_dir):
+        clear_unsaved_run(out_dir)
+        return
+    if any(p.name != LOCK_FILE for p in out_dir.iterdir()):
         raise ConfigError(
             f"run directory {out_dir} is not empty; pass --resume to continue that run or choose another --out"
         )
+
+
+@contextmanager
+def run_dir_lock(out_dir: Path, *, main: bool = True) -> Iterator[None]:
+    """One training per run directory: a second ``train`` (or ``--resume``) on it is refused with one line.
+
+    Only the main rank takes the lock (the kernel drops it if the process dies).
+    Also removes atomic-write temps of the run's files left by a killed run.
+    """
+    if not main:
+        yield
+        return
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} is a file; expected a run directory")
+    created = not out_dir.exists()
+    with folder_lock(out_dir, what="training", wait=False) as lock:
+        try:
+            for name in (LAST_CHECKPOINT, BEST_CHECKPOINT, CONFIG_FILE, ENVIRONMENT_FILE, SUMMARY_FILE, METRICS_FILE):
+                remove_orphan_temps(out_dir / name)
+            yield
+        finally:
+            if created and [p.name for p in out_dir.iterdir()] == [LOCK_FILE]:  # refused before writing anything
+                lock.unlink(missing_ok=True)
+                try:
+                    out_dir.rmdir()
+                except OSError:
+                    pass
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
@@ -130,8 +209,13 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(kept))
 
     def write(self, row: Mapping[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row, default=float) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row, default=float) + "\n")
+        except OSError as exc:
+            from mclnet_cli.atomic import storage_error
+
+            raise (storage_error(exc, self.path) or exc) from exc
         if self._tb is not None:
             step = int(row.get("global_step", 0))
             prefix = "epoch" if row.get("kind") == "epoch" else "train"

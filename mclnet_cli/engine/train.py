@@ -327,7 +327,8 @@ def fit(
         torch_device = resolve_device(device)
         info, torch_device = dist_utils.init_distributed(torch_device)
         progress.rank = info.rank
-        return _fit(config, Path(data_dir), Path(out_dir), resume, torch_device, info, reporter, progress)
+        with runlog.run_dir_lock(Path(out_dir), main=info.is_main):  # one training per run directory
+            return _fit(config, Path(data_dir), Path(out_dir), resume, torch_device, info, reporter, progress)
     except KeyboardInterrupt:
         return progress.interrupted()
     finally:

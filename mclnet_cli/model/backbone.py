@@ -68,8 +68,9 @@ def _local_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"model.pretrained={path}: cannot read as a torch state dict ({first})") from exc
+        from mclnet_cli.engine.checkpoint import load_failure  # one line, never torch's weights_only=False advice
+
+        raise CheckpointError(f"model.pretrained={path}: cannot read as a torch state dict ({load_failure(exc)})") from exc
     return _unwrap_state_dict(obj, path)
 
 
