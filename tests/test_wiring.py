@@ -327,6 +327,58 @@ def test_best_checkpoint_keeps_the_epoch_with_the_best_validation_map(
     assert summary["best_val"]["mAP"] == 30.0
 
 
+def test_validation_runs_every_eval_every_epochs_and_after_the_last(
+    prepared_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.eval_every=2 over 3 epochs validates after epochs 2 and 3 (the last), not after each."""
+    from mclnet_cli.engine import train as train_mod
+
+    epochs_seen: list[int] = []
+
+    class Counter(train_mod.Reporter):
+        def epoch_end(self, epoch: int, row: Any) -> None:
+            if "val" in row:
+                epochs_seen.append(epoch)
+
+    monkeypatch.setattr(
+        train_mod, "validate",
+        lambda *a, **k: {"mAP": 1.0, "rank1": 1.0, "rank5": 1.0, "mINP": 1.0, "queries": 6, "gallery": 6},
+    )
+    cfg = load_config("tiny", [*FAST_TRAIN, "train.epochs=3", "train.eval_every=2", "data.train_on_val=false"])
+    train_mod.fit(cfg, prepared_dataset, tmp_path / "run", device="cpu", reporter=Counter())
+    assert epochs_seen == [1, 2]
+
+
+def test_config_seed_reaches_the_initial_weights_and_the_loader(
+    prepared_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same seed gives the same initial weights; another seed other weights; the loader gets the seed."""
+    from mclnet_cli.data import loader as loader_mod
+    from mclnet_cli.engine import train as train_mod
+
+    loader_seeds: list[int] = []
+    real_loader = loader_mod.build_train_loader
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        loader_seeds.append(kwargs["seed"])
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(loader_mod, "build_train_loader", spy)
+    initial: list[dict[str, torch.Tensor]] = []
+    for run, seed in enumerate((5, 5, 6)):
+        out = tmp_path / f"run{run}"
+
+        class Grab(train_mod.Reporter):
+            def start(self, info: Any, out: Path = out) -> None:
+                initial.append(load_checkpoint(out / "last.pt")["model"])  # saved before the first step
+
+        cfg = load_config("tiny", [*FAST_TRAIN, "train.epochs=1", "train.steps_per_epoch=1", f"seed={seed}"])
+        train_mod.fit(cfg, prepared_dataset, out, device="cpu", reporter=Grab())
+    assert loader_seeds == [5, 5, 6]
+    assert all(torch.equal(initial[0][k], initial[1][k]) for k in initial[0])
+    assert any(not torch.equal(initial[0][k], initial[2][k]) for k in initial[0])
+
+
 # ----------------------------------------------------------------------------- 9: test-time preprocessing
 
 
