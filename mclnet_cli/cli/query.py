@@ -80,9 +80,11 @@ def _run(
         if result.error:
             err_console.print(f"[yellow]skipped probe[/] {result.probe}: {result.error}", highlight=False, soft_wrap=True)
     if save is not None:
-        from mclnet_cli.index.picture import save_ranked_list
+        from mclnet_cli.index.picture import MAX_COLUMNS, save_ranked_list
 
         rows = [(r.probe, r.pid, r.hits) for r in report.results if r.error is None]
+        if any(len(hits) > MAX_COLUMNS for _, _, hits in rows):
+            err_console.print(f"[yellow]note:[/] the picture shows the first {MAX_COLUMNS} results of each probe", highlight=False)
         written = save_ranked_list(save, rows, top_k=top_k)
         err_console.print(f"ranked list saved to {written}", highlight=False)
     if as_json:

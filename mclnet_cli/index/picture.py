@@ -27,6 +27,7 @@ BORDER = 3
 GAP = 6
 CAPTION = 14
 SEPARATOR = 14  # extra space between the probe and its results
+MAX_COLUMNS = 50  # results drawn per probe; more would make a picture no viewer opens
 
 ProbeRow = tuple[str, "int | None", Sequence[Hit]]
 
@@ -56,10 +57,15 @@ def _framed(image: Image.Image, colour: tuple[int, int, int]) -> Image.Image:
 def render_ranked_list(
     rows: Sequence[ProbeRow], *, top_k: int | None = None, thumb_width: int = 64, thumb_height: int = 128
 ) -> Image.Image:
-    """The picture for ``rows`` of ``(probe path, probe pid or None, hits)``."""
+    """The picture for ``rows`` of ``(probe path, probe pid or None, hits)``.
+
+    At most :data:`MAX_COLUMNS` results per probe are drawn; ``top_k`` is accepted for
+    compatibility and does not widen the picture beyond the hits.
+    """
     if not rows:
         raise DataError("nothing to draw: no probe has results")
-    columns = max(top_k or 0, max(len(hits) for _, _, hits in rows), 1)
+    # Width follows the hits actually drawn (never --top-k alone), at most MAX_COLUMNS thumbnails a row.
+    columns = min(max(max(len(hits) for _, _, hits in rows), 1), MAX_COLUMNS)
     cell_w, cell_h = thumb_width + 2 * BORDER, thumb_height + 2 * BORDER
     width = GAP + cell_w + SEPARATOR + columns * (cell_w + GAP)
     height = GAP + len(rows) * (cell_h + CAPTION + GAP)

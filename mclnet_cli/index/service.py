@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
 FEATURE = "bn"  # BNNeck output: the method's retrieval feature
+MAX_TOP_K = 10_000  # results per probe; FAISS allocates probes x k scores up front
 
 
 def _progress(progress: ProgressFactory | None, total: int) -> ContextManager[Callable[[int], None]]:
@@ -564,8 +565,8 @@ def search_gallery(
     equal the index's. ``batch_size`` ``None`` takes the checkpoint's ``index.batch_size``.
     """
     modality = Modality.parse(modality)
-    if top_k < 1:
-        raise DataError(f"--top-k must be at least 1, got {top_k}")
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise DataError(f"--top-k must be between 1 and {MAX_TOP_K}, got {top_k}")
     _check_batch_size(batch_size)
     read_meta(index_dir)  # fail fast on a wrong folder before touching probes
     probe_paths = expand_probes(probes)
