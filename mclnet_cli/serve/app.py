@@ -276,18 +276,20 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
         }
 
     @app.get("/images/{record}", summary="A thumbnail of one indexed image (by its row in the index)")
-    def image(record: int) -> Response:
+    def image(record: str) -> Response:
         from PIL import Image
 
         from mclnet_cli.data.images import load_rgb
 
         gallery = served.current()
-        if not 0 <= record < len(gallery.records):
-            raise ApiError(404, f"no record {record} in the index ({len(gallery.records)} rows)")
+        # Only a row number of the index names an image: never a path, never "1.0" or "-1".
+        if not (record.isascii() and record.isdigit() and len(record) <= 12 and int(record) < len(gallery.records)):
+            raise ApiError(404, f"no record {_one_line(record)[:40]!r} in the index (rows 0..{len(gallery.records) - 1})")
+        row = int(record)
         try:
-            picture = load_rgb(gallery.records[record].path)
+            picture = load_rgb(gallery.records[row].path)
         except DataError:
-            raise ApiError(404, f"the image of record {record} is no longer readable") from None
+            raise ApiError(404, f"the image of record {row} is no longer readable") from None
         picture.thumbnail(THUMBNAIL, Image.Resampling.BILINEAR)
         buffer = io.BytesIO()
         picture.save(buffer, format="PNG")

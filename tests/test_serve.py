@@ -1,0 +1,491 @@
+"""``mclnet serve``: the HTTP API through a real HTTP client, a real uvicorn, and the page in headless Chromium.
+
+The index is built from the two-stream checkpoint (its infrared stream differs
+from the visible one), so a probe embedded with the wrong stream would not give
+``mclnet query``'s scores. Every bad input must come back as one line of JSON
+with the right status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="needs the serve extra")
+pytest.importorskip("httpx", reason="needs httpx (test extra)")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from mclnet_cli.cli.app import app as cli_app  # noqa: E402
+from mclnet_cli.index.gallery import GalleryIndex  # noqa: E402
+from mclnet_cli.index.service import SearchEngine, build_gallery_index  # noqa: E402
+from mclnet_cli.serve import ServeSettings, create_app  # noqa: E402
+
+TOKEN = "s3cret-token"
+QUERY_KEYS = ("rank", "path", "score", "pid", "cam")
+
+
+def _person(pid: int, seed: int, gray: bool) -> Image.Image:
+    rng = np.random.default_rng(pid)
+    base = rng.integers(0, 255, size=(8, 4, 3)).astype(np.float64)
+    noise = np.random.default_rng(1000 * pid + seed).normal(0, 12, size=(8, 4, 3))
+    pixels = np.clip(base + noise, 0, 255)
+    if gray:
+        pixels[:] = pixels.mean(axis=2, keepdims=True)
+    small = Image.fromarray(pixels.astype(np.uint8))
+    return small.resize((32, 64), Image.Resampling.NEAREST)
+
+
+def _tree(root: Path, cam: int, pids: tuple[int, ...], per_person: int, gray: bool, start: int = 1) -> list[Path]:
+    """SYSU-MM01 layout (camN/<pid>/<k>.jpg) so that pid and cam are known to the index."""
+    paths = []
+    for pid in pids:
+        for k in range(start, start + per_person):
+            path = root / f"cam{cam}" / f"{pid:04d}" / f"{k:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _person(pid, k, gray).save(path)
+            paths.append(path)
+    return paths
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, two_stream_checkpoint: Path) -> dict:
+    """A visible gallery index (3 people x 2 images, cam1) and infrared probes (cam3)."""
+    root = tmp_path_factory.mktemp("serve")
+    _tree(root / "gallery", cam=1, pids=(1, 2, 3), per_person=2, gray=False)
+    probes = _tree(root / "probes", cam=3, pids=(1, 2), per_person=1, gray=True)
+    index_dir = root / "index"
+    build_gallery_index(two_stream_checkpoint, root / "gallery", "visible", index_dir, device="cpu")
+    engine = SearchEngine.open(index_dir, device="cpu")
+    return {"root": root, "index": index_dir, "probes": probes, "engine": engine}
+
+
+def _fresh_index(served: dict, tmp_path: Path) -> Path:
+    """A copy of the module's index that a test may change."""
+    target = tmp_path / "index"
+    shutil.copytree(served["index"], target, ignore=shutil.ignore_patterns(".*"))
+    return target
+
+
+def _client(served: dict, index_dir: Path | None = None, **settings) -> TestClient:
+    index_dir = index_dir or served["index"]
+    engine = served["engine"] if index_dir == served["index"] else None
+    return TestClient(create_app(ServeSettings(index_dir=index_dir, device="cpu", **settings), engine=engine))
+
+
+def _search(client: TestClient, paths: list[Path], modality: str = "infrared", top_k: int = 10, **kw):
+    files = [("probes", (p.name, p.read_bytes(), "image/png")) for p in paths]
+    return client.post("/search", files=files, data={"modality": modality, "top_k": str(top_k)}, **kw)
+
+
+def _assert_one_line_error(response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["error"], body
+    assert "\n" not in body["error"] and "Traceback" not in response.text
+    for word in words:
+        assert word.lower() in body["error"].lower(), body
+
+
+# --------------------------------------------------------------------------- search
+
+
+def test_search_equals_query_json(served: dict, cli_runner) -> None:
+    probes = served["probes"]
+    client = _client(served)
+    response = _search(client, probes, top_k=4)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    args = ["query", *map(str, probes), "--index", str(served["index"]), "-m", "infrared", "-k", "4", "--json", "--device", "cpu"]
+    result = cli_runner.invoke(cli_app, args)
+    assert result.exit_code == 0, result.output
+    expected = json.loads(result.stdout)
+    assert [row["probe"] for row in answer["results"]] == [p.name for p in probes]
+    assert len(answer["results"]) == len(expected) == 2
+    for got, want in zip(answer["results"], expected):
+        assert len(got["results"]) == len(want["results"]) == 4
+        for hit, ref in zip(got["results"], want["results"]):
+            assert {k: hit[k] for k in QUERY_KEYS if k != "score"} == {k: ref[k] for k in QUERY_KEYS if k != "score"}
+            assert hit["score"] == pytest.approx(ref["score"], abs=1e-6)
+    assert answer["modality"] == "infrared" and answer["notices"] == []
+    assert answer["embed_ms"] > 0 and answer["search_ms"] >= 0
+
+
+def test_search_uses_the_probe_spectrum_stream(served: dict) -> None:
+    client = _client(served)
+    as_infrared = _search(client, served["probes"][:1], "infrared").json()
+    as_visible = _search(client, served["probes"][:1], "visible").json()
+    scores_ir = [h["score"] for h in as_infrared["results"][0]["results"]]
+    scores_vis = [h["score"] for h in as_visible["results"][0]["results"]]
+    assert max(abs(a - b) for a, b in zip(sorted(scores_ir), sorted(scores_vis))) > 1e-3
+    assert as_visible["notices"] and "same-spectrum" in as_visible["notices"][0]
+
+
+def test_records_point_at_thumbnails_of_indexed_images(served: dict) -> None:
+    client = _client(served)
+    answer = _search(client, served["probes"][:1], top_k=6).json()
+    gallery = GalleryIndex.load(served["index"])
+    for hit in answer["results"][0]["results"]:
+        assert gallery.records[hit["record"]].path == hit["path"]
+        thumb = client.get(f"/images/{hit['record']}")
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+        with Image.open(io.BytesIO(thumb.content)) as picture:
+            original = Image.open(hit["path"])
+            assert picture.size == original.size  # small images are not enlarged
+            assert np.array_equal(np.asarray(picture.convert("RGB")), np.asarray(original.convert("RGB")))
+
+
+def test_gallery_info_and_openapi(served: dict) -> None:
+    client = _client(served)
+    info = client.get("/gallery").json()
+    assert info["count"] == 6 and info["modality"] == "visible" and info["kind"] == "flat"
+    assert info["fingerprint"] == served["engine"].fingerprint and info["reload_error"] is None
+    assert client.get("/healthz").json() == {"status": "ok"}
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/search", "/gallery", "/images/{record}", "/healthz"} <= set(paths)
+    assert "<title>mclnet search</title>" in client.get("/").text
+
+
+# --------------------------------------------------------------------------- changing the gallery
+
+
+def test_add_then_search_finds_the_new_image(served: dict, tmp_path: Path) -> None:
+    index_dir = _fresh_index(served, tmp_path)
+    client = _client(served, index_dir, uploads_dir=tmp_path / "uploads")
+    newcomer = _person(7, 1, gray=False)
+    response = client.post("/gallery", files=[("images", ("seven.png", _png(newcomer), "image/png"))])
+    assert response.status_code == 200, response.text
+    added = response.json()
+    assert added["added"] == 1 and added["count"] == 7
+    record = added["records"][0]
+    assert record["upload"] == "seven.png" and Path(record["path"]).parent == (tmp_path / "uploads").resolve()
+    assert len(GalleryIndex.load(index_dir)) == 7  # on disk, not only in memory
+    probe = tmp_path / "seven.png"
+    newcomer.save(probe)
+    answer = _search(client, [probe], modality="visible", top_k=1).json()
+    best = answer["results"][0]["results"][0]
+    assert best["path"] == record["path"] and best["record"] == 6 and best["score"] == pytest.approx(1.0, abs=1e-5)
+    again = client.post("/gallery", files=[("images", ("copy.png", _png(newcomer), "image/png"))]).json()
+    assert again["added"] == 0 and again["count"] == 7  # same bytes, same file: not indexed twice
+
+
+def test_a_failed_add_leaves_the_index_as_it_was(served: dict, tmp_path: Path) -> None:
+    index_dir = _fresh_index(served, tmp_path)
+    before = {p.name: p.read_bytes() for p in index_dir.iterdir() if not p.name.startswith(".")}
+    client = _client(served, index_dir, uploads_dir=tmp_path / "uploads")
+    files = [
+        ("images", ("good.png", _png(_person(8, 1, False)), "image/png")),
+        ("images", ("bad.png", b"\x89PNG\r\n\x1a\n not really", "image/png")),
+    ]
+    _assert_one_line_error(client.post("/gallery", files=files), 400, "bad.png")
+    after = {p.name: p.read_bytes() for p in index_dir.iterdir() if not p.name.startswith(".")}
+    assert after == before
+    assert client.get("/gallery").json()["count"] == 6
+    assert not (tmp_path / "uploads").exists() or not any((tmp_path / "uploads").iterdir())
+
+
+def test_reload_after_an_external_add(served: dict, tmp_path: Path, two_stream_checkpoint: Path, cli_runner) -> None:
+    index_dir = _fresh_index(served, tmp_path)
+    client = _client(served, index_dir)
+    assert client.get("/gallery").json()["count"] == 6
+    extra = _tree(tmp_path / "more", cam=2, pids=(5,), per_person=1, gray=False)
+    args = ["index", str(tmp_path / "more"), "-c", str(two_stream_checkpoint), "-m", "visible", "-o", str(index_dir),
+            "--add", "--device", "cpu"]  # fmt: skip
+    result = cli_runner.invoke(cli_app, args)
+    assert result.exit_code == 0, result.output
+    info = client.get("/gallery").json()
+    assert info["count"] == 7 and info["reloads"] == 1
+    probe = tmp_path / "probe5.png"
+    Image.open(extra[0]).save(probe)
+    best = _search(client, [probe], modality="visible", top_k=1).json()["results"][0]["results"][0]
+    assert best["path"] == str(extra[0].resolve()) and best["pid"] == 5 and best["cam"] == 2
+
+
+def test_a_broken_index_on_disk_keeps_the_served_one(served: dict, tmp_path: Path) -> None:
+    index_dir = _fresh_index(served, tmp_path)
+    client = _client(served, index_dir)
+    (index_dir / "records.jsonl").write_text('{"path": "/x.png"}\n', encoding="utf-8")  # 1 row, index holds 6
+    meta = index_dir / "meta.json"
+    meta.write_text(meta.read_text(encoding="utf-8") + " ", encoding="utf-8")  # the signature changes
+    info = client.get("/gallery").json()
+    assert info["count"] == 6 and info["reload_error"] and "records.jsonl" in info["reload_error"]
+    assert _search(client, served["probes"][:1]).status_code == 200
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _truncated_jpeg() -> bytes:
+    data = _jpeg(_person(1, 1, False).resize((128, 256)))
+    return data[: len(data) // 2]
+
+
+BAD_PROBES = {
+    "text": (b"hello, I am not an image\n", "notes.txt", 400, "not an image"),
+    "corrupt": (bytes(range(256)) * 4, "photo.jpg", 400, "photo.jpg"),
+    "truncated": (None, "cut.jpg", 400, "truncated"),
+    "empty": (b"", "empty.png", 400, "empty"),
+    "gif": (None, "anim.gif", 400, "GIF"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PROBES))
+def test_bad_probe_files_are_400(served: dict, case: str) -> None:
+    data, name, status, word = BAD_PROBES[case]
+    if case == "truncated":
+        data = _truncated_jpeg()
+    if case == "gif":
+        buffer = io.BytesIO()
+        _person(1, 1, False).save(buffer, format="GIF")
+        data = buffer.getvalue()
+    client = _client(served)
+    response = client.post("/search", files=[("probes", (name, data, "application/octet-stream"))], data={"modality": "ir"})
+    _assert_one_line_error(response, status, word)
+
+
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"modality": "ultraviolet"}, ("modality", "ultraviolet")),
+        ({"modality": "infrared", "top_k": "0"}, ("top_k", "1..100")),
+        ({"modality": "infrared", "top_k": "101"}, ("top_k",)),
+        ({"modality": "infrared", "top_k": "ten"}, ("top_k", "integer")),
+        ({}, ("modality", "required")),
+    ],
+)
+def test_bad_fields_are_422(served: dict, fields: dict, words: tuple[str, ...]) -> None:
+    client = _client(served)
+    probe = served["probes"][0]
+    response = client.post("/search", files=[("probes", (probe.name, probe.read_bytes(), "image/png"))], data=fields)
+    _assert_one_line_error(response, 422, *words)
+
+
+def test_no_probe_is_422(served: dict) -> None:
+    response = _client(served).post("/search", data={"modality": "infrared"})
+    _assert_one_line_error(response, 422, "probes")
+
+
+def test_size_pixel_and_count_limits_are_413(served: dict) -> None:
+    big = _png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8)))
+    client = _client(served, max_upload_bytes=len(big) - 1, max_pixels=50_000, max_files=2)
+    response = client.post("/search", files=[("probes", ("big.png", big, "image/png"))], data={"modality": "infrared"})
+    _assert_one_line_error(response, 413, "big.png", "bytes")
+    wide = _png(Image.new("RGB", (400, 200)))  # 80,000 pixels, a few hundred bytes: a decompression-bomb shape
+    response = client.post("/search", files=[("probes", ("wide.png", wide, "image/png"))], data={"modality": "infrared"})
+    _assert_one_line_error(response, 413, "wide.png", "pixels")
+    small = served["probes"][0].read_bytes()
+    files = [("probes", (f"p{i}.png", small, "image/png")) for i in range(3)]
+    _assert_one_line_error(client.post("/search", files=files, data={"modality": "infrared"}), 413, "3 images")
+    huge = client.post("/search", content=b"x" * 10, headers={"content-length": str(10**10), "content-type": "multipart/form-data; boundary=b"})
+    _assert_one_line_error(huge, 413, "request body")
+
+
+def test_a_crash_inside_is_a_500_without_traceback(served: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret internals\nline two")
+
+    monkeypatch.setattr(SearchEngine, "rank", boom)
+    client = TestClient(create_app(ServeSettings(index_dir=served["index"]), engine=served["engine"]), raise_server_exceptions=False)
+    response = _search(client, served["probes"][:1])
+    _assert_one_line_error(response, 500, "internal error")
+    assert "secret" not in response.text
+
+
+# --------------------------------------------------------------------------- token and traversal
+
+
+def test_token_on_every_route_but_healthz_and_the_page(served: dict) -> None:
+    client = _client(served, token=TOKEN)
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/").status_code == 200  # static HTML; it sends the token itself
+    for method, path in (("get", "/gallery"), ("get", "/images/0"), ("get", "/docs"), ("get", "/openapi.json"),
+                         ("post", "/gallery"), ("post", "/search")):  # fmt: skip
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"}):
+            response = getattr(client, method)(path, headers=headers)
+            _assert_one_line_error(response, 401, "token")
+            assert response.headers["www-authenticate"] == "Bearer"
+    assert client.get("/gallery", headers=good).status_code == 200
+    assert client.get("/images/0", headers=good).status_code == 200
+    assert _search(client, served["probes"][:1], headers=good).status_code == 200
+
+
+def test_no_token_means_open(served: dict) -> None:
+    client = _client(served)
+    assert client.get("/gallery").status_code == 200
+    assert client.get("/gallery", headers={"Authorization": "Bearer anything"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/images/..%2F..%2F..%2Fetc%2Fpasswd",
+        "/images/%2e%2e/%2e%2e/etc/passwd",
+        "/images/../../etc/passwd",
+        "/images//etc/passwd",
+        "/images/-1",
+        "/images/6",
+        "/images/99999999999999999999999",
+        "/images/0x1",
+        "/images/1.0",
+        "/images/%00",
+        "/images/",
+    ],
+)
+def test_images_serves_only_indexed_records(served: dict, path: str) -> None:
+    client = _client(served)
+    response = client.get(path)
+    assert response.status_code in (404, 422), (path, response.status_code)
+    assert "root:" not in response.text and response.headers["content-type"] == "application/json"
+    assert list(response.json()) == ["error"]
+
+
+def test_images_of_a_vanished_file_is_404(served: dict, tmp_path: Path, two_stream_checkpoint: Path) -> None:
+    _tree(tmp_path / "g", cam=1, pids=(1,), per_person=2, gray=False)
+    build_gallery_index(two_stream_checkpoint, tmp_path / "g", "visible", tmp_path / "idx", device="cpu")
+    client = TestClient(create_app(ServeSettings(index_dir=tmp_path / "idx", device="cpu")))
+    gone = Path(GalleryIndex.load(tmp_path / "idx").records[0].path)
+    gone.unlink()
+    _assert_one_line_error(client.get("/images/0"), 404, "record 0")
+    assert client.get("/images/1").status_code == 200
+
+
+# --------------------------------------------------------------------------- a real server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def live_server(served: dict) -> Iterator[str]:
+    """uvicorn on 127.0.0.1 in a thread, serving the module's index."""
+    import uvicorn
+
+    app = create_app(ServeSettings(index_dir=served["index"], device="cpu"), engine=served["engine"])
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_real_uvicorn_answers_search_over_tcp(served: dict, live_server: str) -> None:
+    import httpx
+
+    assert httpx.get(f"{live_server}/healthz").json() == {"status": "ok"}
+    probe = served["probes"][0]
+    files = [("probes", (probe.name, probe.read_bytes(), "image/png"))]
+    response = httpx.post(f"{live_server}/search", files=files, data={"modality": "infrared", "top_k": "3"}, timeout=60)
+    assert response.status_code == 200
+    hits = response.json()["results"][0]["results"]
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+
+
+def test_serve_command_defaults_to_loopback() -> None:
+    import inspect
+
+    from mclnet_cli.cli.serve import serve
+
+    assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
+
+
+# --------------------------------------------------------------------------- the page in a browser
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def test_page_in_headless_chromium(served: dict, live_server: str, tmp_path: Path) -> None:
+    """Upload a probe on the page, see the ranked thumbnails, take a screenshot.
+
+    Locally the test is skipped without Chromium; under CI (``CI`` or
+    ``MCLNET_REQUIRE_BROWSER`` set, as .ci/run does) a missing browser fails it.
+    """
+    executable = _chromium()
+    required = bool(os.environ.get("CI") or os.environ.get("MCLNET_REQUIRE_BROWSER"))
+    if executable is None:
+        message = "Chromium not found (apt-get install chromium)"
+        if required:
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if required:
+            pytest.fail("playwright is not installed (test extra)")
+        pytest.skip("playwright is not installed")
+
+    top_k = 5
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 520})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(live_server + "/")
+            page.wait_for_function("document.getElementById('gallery').textContent.includes('6 visible images')")
+            assert page.input_value("#modality") == "infrared"  # the other spectrum than the gallery's
+            page.set_input_files("#file", str(served["probes"][0]))
+            page.fill("#topk", str(top_k))
+            page.click("#search")
+            page.wait_for_function(
+                f"document.querySelectorAll('.result-row figure.hit img[src^=\"blob:\"]').length === {top_k}",
+                timeout=60_000,
+            )
+            captions = page.locator(".result-row figure.hit figcaption").all_inner_texts()
+            assert len(captions) == top_k and captions[0].startswith("#1")
+            assert all("pid" in c and "cam" in c for c in captions)
+            loaded = page.evaluate(
+                "Array.from(document.querySelectorAll('.result-row img')).every(i => i.complete && i.naturalWidth > 0)"
+            )
+            assert loaded, "a thumbnail did not load"
+            assert "searched" in page.inner_text("#status")
+            shot = tmp_path / "page.png"
+            page.screenshot(path=str(shot), full_page=True)
+            keep = os.environ.get("MCLNET_SCREENSHOT_DIR")
+            if keep:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                shutil.copy(shot, Path(keep) / "serve-page.png")
+            with Image.open(shot) as picture:
+                assert picture.width >= 1000 and picture.height > 200
+            assert errors == []
+        finally:
+            browser.close()
