@@ -596,8 +596,8 @@ def test_index_and_query_embed_with_the_stream_of_their_modality(
     gallery = dict(zip(gallery_paths, reference_embed(model, gallery_paths, gallery_modality, 64, 32)))
     right = reference_embed(model, probes, probe_modality, 64, 32)
     wrong = reference_embed(model, probes, gallery_modality, 64, 32)
-    for row, ok, bad in zip(found, right, wrong):
-        assert row["probe"] == str(Path(probes[found.index(row)]).resolve())
+    for row, probe, ok, bad in zip(found, probes, right, wrong):
+        assert row["probe"] == str(Path(probe).resolve())
         scores = np.array([hit["score"] for hit in row["results"]])
         expected = np.array([gallery[hit["path"]] @ ok for hit in row["results"]])
         np.testing.assert_allclose(scores, expected, atol=1e-4)
