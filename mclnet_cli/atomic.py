@@ -76,10 +76,11 @@ def temp_pattern(name: str) -> str:
     return f".{name}.*.tmp"
 
 
-def remove_orphan_temps(path: Path | str) -> list[Path]:
+def remove_orphan_temps(path: Path | str, *, any_age: bool = False) -> list[Path]:
     """Remove temps of ``path`` (this module's pattern) that predate this process; returns them.
 
-    A temp newer than this process may belong to a live concurrent writer and is kept.
+    A temp newer than this process may belong to a live concurrent writer and is kept,
+    unless ``any_age`` (the caller holds the folder's writer lock: no other writer exists).
     """
     path = Path(path)
     removed: list[Path] = []
@@ -87,7 +88,7 @@ def remove_orphan_temps(path: Path | str) -> list[Path]:
         return removed
     for candidate in path.parent.glob(temp_pattern(path.name)):
         try:
-            if candidate.is_file() and candidate.stat().st_mtime < PROCESS_START:
+            if candidate.is_file() and (any_age or candidate.stat().st_mtime < PROCESS_START):
                 candidate.unlink()
                 removed.append(candidate)
         except OSError:

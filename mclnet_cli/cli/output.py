@@ -41,7 +41,10 @@ def print_json(payload: Any) -> None:
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one red error line on stderr and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escape: a message quotes paths and values ("[64, 32, 3]") that rich would take for markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

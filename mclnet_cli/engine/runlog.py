@@ -121,7 +121,7 @@ def run_dir_lock(out_dir: Path, *, main: bool = True) -> Iterator[None]:
     with folder_lock(out_dir, what="training", wait=False) as lock:
         try:
             for name in (LAST_CHECKPOINT, BEST_CHECKPOINT, CONFIG_FILE, ENVIRONMENT_FILE, SUMMARY_FILE, METRICS_FILE):
-                remove_orphan_temps(out_dir / name)
+                remove_orphan_temps(out_dir / name, any_age=True)  # we hold the lock: no live writer here
             yield
         finally:
             if created and [p.name for p in out_dir.iterdir()] == [LOCK_FILE]:  # refused before writing anything

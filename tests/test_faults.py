@@ -1,0 +1,546 @@
+"""Faults a user meets: kills mid-write, two writers, full disks, hostile files (issue 15).
+
+Every test here failed before the fix it guards. Kills are real ``SIGKILL``s of a
+child process at a chosen point of a write (a tiny launcher patches one call to
+kill its own process there); a full disk is a ``write`` (or ``posix_fallocate``)
+that raises ``OSError(ENOSPC)``, as the kernel does. All on CPU, seconds each.
+docs/troubleshooting.md ("What happens if...") is the user-facing table of these.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+import mclnet_cli.atomic as atomic_module
+from mclnet_cli.cli.app import app
+from mclnet_cli.config import load_config
+from mclnet_cli.data import cache as cache_module
+from mclnet_cli.data.records import load_prepared, write_prepared
+from mclnet_cli.engine.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+from mclnet_cli.errors import DataError
+from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
+from mclnet_cli.index.picture import render_ranked_list
+from mclnet_cli.model import build_model
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_sources import make_sysu  # noqa: E402
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+FAST = [
+    "data.num_ids=2", "data.num_instances=2", "data.workers=0", "train.steps_per_epoch=1",
+    "train.log_every=1", "optim.warmup_epochs=1", "optim.milestones=[3]",
+]  # fmt: skip
+CHILD_TIMEOUT = 300  # seconds; a safety net for a hung child, not a measurement
+
+
+def _sets(*extra: str) -> list[str]:
+    out: list[str] = []
+    for item in [*FAST, *extra]:
+        out += ["--set", item]
+    return out
+
+
+def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), "--quiet", *_sets(*extra)]
+
+
+def _child(code: str, *args: str, wait: bool = True) -> subprocess.CompletedProcess | subprocess.Popen:
+    """Run ``code`` (a launcher that patches one call, then runs the CLI) in a fresh interpreter."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-c", textwrap.dedent(code), *args]
+    if not wait:
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+
+
+def _one_line_error(result, *needles: str) -> str:
+    """The CLI failed with exit 1 and one ``error:`` line containing ``needles``, no traceback."""
+    text = result.output  # stdout and stderr, as a terminal shows them
+    assert result.exit_code == 1, text
+    assert "Traceback" not in text and "weights_only=False" not in text, text
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, text
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+# Kill the process (SIGKILL, no clean-up runs) inside torch.save of the Nth checkpoint write,
+# after part of the file is written.
+KILL_IN_SAVE = """
+import os, signal, sys, torch
+from mclnet_cli.engine import checkpoint
+n = int(sys.argv[1]); calls = []
+real_save = torch.save
+def dying_save(obj, handle, *a, **k):
+    calls.append(1)
+    if len(calls) == n:
+        handle.write(b"PK" + b"x" * 4096); handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, handle, *a, **k)
+checkpoint.torch.save = dying_save
+from mclnet_cli.cli.app import app
+app(sys.argv[2:], prog_name="mclnet")
+"""
+
+
+def _temps(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+# --------------------------------------------------------------------------- kill during checkpoint writes
+
+
+def test_kill_during_the_first_checkpoint_save_leaves_a_run_that_starts_again(prepared_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    killed = _child(KILL_IN_SAVE, "1", *_train_args(prepared_dataset, out, "train.epochs=1"))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (out / "last.pt").exists() and _temps(out)  # the torn temp of the first save
+    again = runner.invoke(app, _train_args(prepared_dataset, out, "train.epochs=1"))
+    assert again.exit_code == 0, again.output  # no manual deletion, no --resume needed
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+    assert _temps(out) == []
+
+
+def test_kill_during_a_later_checkpoint_write_resumes_and_cleans_the_temp(prepared_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    killed = _child(KILL_IN_SAVE, "2", *_train_args(prepared_dataset, out, "train.epochs=2"))  # 2nd save: epoch 1
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert load_checkpoint(out / "last.pt")["epoch"] == 0  # the previous last.pt is intact
+    assert _temps(out)
+    resumed = runner.invoke(app, [*_train_args(prepared_dataset, out, "train.epochs=2"), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+    assert _temps(out) == []  # the killed writer's temp is gone
+
+
+def test_resume_of_a_run_killed_before_its_first_save_says_to_start_again(prepared_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    killed = _child(KILL_IN_SAVE, "1", *_train_args(prepared_dataset, out, "train.epochs=1"))
+    assert killed.returncode == -signal.SIGKILL
+    result = runner.invoke(app, [*_train_args(prepared_dataset, out, "train.epochs=1"), "--resume"])
+    _one_line_error(result, "nothing to resume", "without --resume")
+
+
+# --------------------------------------------------------------------------- two trainings on one run directory
+
+# Train, and stop (SIGSTOP) right after the first metrics row: last.pt exists, the lock is held.
+STOP_AFTER_FIRST_ROW = """
+import os, signal, sys
+from mclnet_cli.engine import runlog
+real_write = runlog.MetricsLog.write
+def write_then_stop(self, row):
+    real_write(self, row)
+    os.kill(os.getpid(), signal.SIGSTOP)
+runlog.MetricsLog.write = write_then_stop
+from mclnet_cli.cli.app import app
+app(sys.argv[1:], prog_name="mclnet")
+"""
+
+
+def test_a_second_training_on_a_busy_run_directory_is_refused_then_resumes_after_the_first_dies(
+    prepared_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    first = _child(STOP_AFTER_FIRST_ROW, *_train_args(prepared_dataset, out, "train.epochs=2"), wait=False)
+    try:
+        deadline = time.monotonic() + CHILD_TIMEOUT  # safety net only
+        while not (out / "metrics.jsonl").is_file() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert first.poll() is None, first.communicate()
+        second = runner.invoke(app, [*_train_args(prepared_dataset, out, "train.epochs=2"), "--resume"])
+        _one_line_error(second, str(out), "in use by another mclnet training", f"pid {first.pid}")
+        rows = (out / "metrics.jsonl").read_text().splitlines()
+        assert len(rows) == 1  # the refused run wrote nothing
+    finally:
+        first.kill()
+        first.communicate()
+    # The kernel dropped the lock with the process: the other order works.
+    third = runner.invoke(app, [*_train_args(prepared_dataset, out, "train.epochs=2"), "--resume"])
+    assert third.exit_code == 0, third.output
+    assert load_checkpoint(out / "last.pt")["epoch"] == 2
+
+
+# --------------------------------------------------------------------------- index: two writers, crash in a swap
+
+
+def _gallery(root: Path, start: int, count: int) -> Path:
+    rng = np.random.default_rng(start)
+    for i in range(start, start + count):
+        path = root / "cam1" / f"{i:04d}" / "0001.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(path)
+    return root
+
+
+def _index_args(gallery: Path, checkpoint: Path, out: Path, *extra: str) -> list[str]:
+    return ["index", str(gallery), "-c", str(checkpoint), "-m", "visible", "-o", str(out), "--device", "cpu", *extra]
+
+
+def _rows(out: Path) -> list[str]:
+    return [r.path for r in GalleryIndex.load(out).records]
+
+
+def test_two_concurrent_index_adds_both_land(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "idx"
+    first = runner.invoke(app, _index_args(_gallery(tmp_path / "g0", 0, 3), tiny_checkpoint, out))
+    assert first.exit_code == 0, first.output
+    launcher = "import sys\nfrom mclnet_cli.cli.app import app\napp(sys.argv[1:], prog_name='mclnet')"
+    a = _child(launcher, *_index_args(_gallery(tmp_path / "ga", 100, 12), tiny_checkpoint, out, "--add"), wait=False)
+    b = _child(launcher, *_index_args(_gallery(tmp_path / "gb", 200, 10), tiny_checkpoint, out, "--add"), wait=False)
+    for proc in (a, b):
+        _, err = proc.communicate(timeout=CHILD_TIMEOUT)
+        assert proc.returncode == 0, err
+    assert len(set(_rows(out))) == 3 + 12 + 10
+
+
+def test_an_index_writer_waits_for_the_one_holding_the_lock(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "idx"
+    assert runner.invoke(app, _index_args(_gallery(tmp_path / "g0", 0, 3), tiny_checkpoint, out)).exit_code == 0
+    # Another process holds the writer lock (a live writer, stopped in the middle of its update).
+    holder = _child(
+        "import os, signal, sys\nfrom mclnet_cli.index.gallery import writer_lock\n"
+        "with writer_lock(sys.argv[1]):\n    print('locked', flush=True)\n    os.kill(os.getpid(), signal.SIGSTOP)\n",
+        str(out),
+        wait=False,
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    launcher = "import sys\nfrom mclnet_cli.cli.app import app\napp(sys.argv[1:], prog_name='mclnet')"
+    adder = _child(launcher, *_index_args(_gallery(tmp_path / "ga", 100, 4), tiny_checkpoint, out, "--add"), wait=False)
+    waited = ""
+    while "waiting for another mclnet index writer" not in waited and adder.poll() is None:
+        waited += adder.stderr.readline()
+    assert adder.poll() is None and str(out) in waited  # it waits, and says so
+    holder.kill()  # the lock goes with the holder, whatever state it was in
+    holder.communicate()
+    _, err = adder.communicate(timeout=CHILD_TIMEOUT)
+    assert adder.returncode == 0, err
+    assert len(_rows(out)) == 3 + 4
+
+
+# Kill the process when the index folder's content is being swapped: old versions renamed a
+# new folder onto the index (dst == the index folder); now files are renamed into it, records
+# second (after index.faiss). Either way the kill lands between two steps of the swap.
+KILL_IN_SWAP = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+out = Path(sys.argv[1]).resolve()
+def dying(real):
+    def rename(src, dst, *a, **k):
+        d = Path(dst).resolve()
+        if d == out or d == out / "records.jsonl":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(src, dst, *a, **k)
+    return rename
+from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
+gallery = GalleryIndex.load(out)
+rng = np.random.default_rng(5)
+gallery.add(rng.normal(size=(5, gallery.dimension)), [IndexRecord(f"/crashed/{i}.jpg", "visible") for i in range(5)])
+os.rename, os.replace = dying(os.rename), dying(os.replace)
+gallery.save(out)
+"""
+
+
+def test_a_kill_between_swap_steps_loses_nothing(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "idx"
+    assert runner.invoke(app, _index_args(_gallery(tmp_path / "g0", 0, 3), tiny_checkpoint, out)).exit_code == 0
+    killed = _child(KILL_IN_SWAP, str(out))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    added = runner.invoke(app, _index_args(_gallery(tmp_path / "ga", 100, 2), tiny_checkpoint, out, "--add"))
+    assert added.exit_code == 0, added.output
+    rows = _rows(out)
+    assert len(rows) == 3 + 5 + 2 and sum(r.startswith("/crashed/") for r in rows) == 5  # the committed batch too
+    probe = next((tmp_path / "ga").rglob("*.jpg"))
+    found = runner.invoke(app, ["query", str(probe), "-i", str(out), "-m", "infrared", "--device", "cpu", "--json"])
+    assert found.exit_code == 0, found.output
+    assert len(json.loads(found.stdout)[0]["results"]) == 10
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no hidden leftovers
+
+
+KILL_WHILE_STAGING = """
+import os, signal, sys
+from pathlib import Path
+import numpy as np
+out = Path(sys.argv[1]).resolve()
+real = os.replace
+def replace(src, dst, *a, **k):
+    d = Path(dst).resolve()
+    if d.name == "meta.json" and d.parent != out:  # the new meta.json, in the staging folder
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *a, **k)
+from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
+gallery = GalleryIndex.load(out)
+gallery.add(np.ones((2, gallery.dimension)), [IndexRecord(f"/lost/{i}.jpg", "visible") for i in range(2)])
+os.replace = replace
+gallery.save(out)
+"""
+
+
+def test_a_kill_while_writing_the_new_files_keeps_the_old_index_and_leaves_no_orphans(tmp_path: Path) -> None:
+    out = tmp_path / "idx"
+    GalleryIndex.build(np.eye(4, 8), [IndexRecord(f"/g/{i}.jpg", "visible") for i in range(4)]).save(out)
+    killed = _child(KILL_WHILE_STAGING, str(out))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert [r.path for r in GalleryIndex.load(out).records] == [f"/g/{i}.jpg" for i in range(4)]  # rolled back
+    GalleryIndex.build(np.eye(2, 8), [IndexRecord(f"/h/{i}.jpg", "visible") for i in range(2)]).save(out)
+    leftovers = [p.name for p in [*out.iterdir(), *tmp_path.iterdir()] if p.name.startswith(".") and p.name != ".mclnet-lock"]
+    assert leftovers == []
+
+
+# --------------------------------------------------------------------------- full disk
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once ``room`` bytes are written (as a full disk does)."""
+
+    def __init__(self, handle, room: int) -> None:
+        self._handle, self._room = handle, room
+
+    def write(self, data) -> int:
+        self._room -= len(data)
+        if self._room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self._handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.close()
+
+
+def _fill_disk(monkeypatch: pytest.MonkeyPatch, room: int = 1024, only: str = "") -> None:
+    """Writes into atomic-write temps (of target names starting with ``only``) fail past ``room`` bytes."""
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        handle = real_fdopen(fd, *args, **kwargs)
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        return _FullDisk(handle, room) if name.startswith(f".{only}") else handle
+
+    monkeypatch.setattr(atomic_module.os, "fdopen", fdopen)
+
+
+def test_full_disk_while_saving_a_checkpoint_is_one_line_naming_it(prepared_dataset: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "run"
+    _fill_disk(monkeypatch, only="last.pt.")
+    result = runner.invoke(app, _train_args(prepared_dataset, out, "train.epochs=1"))
+    line = _one_line_error(result, f"cannot write {out / 'last.pt'}", "No space left on device")
+    assert ".tmp" not in line
+    monkeypatch.undo()
+    assert _temps(out) == []
+    again = runner.invoke(app, _train_args(prepared_dataset, out, "train.epochs=1"))  # space freed: start again
+    assert again.exit_code == 0, again.output
+
+
+def test_full_disk_while_saving_an_index_names_the_index(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "idx"
+    gallery = _gallery(tmp_path / "g0", 0, 3)
+    assert runner.invoke(app, _index_args(gallery, tiny_checkpoint, out)).exit_code == 0
+    before = _rows(out)
+    _fill_disk(monkeypatch, room=64)
+    result = runner.invoke(app, _index_args(_gallery(tmp_path / "ga", 100, 2), tiny_checkpoint, out, "--add"))
+    line = _one_line_error(result, f"cannot write {out}", "No space left on device")
+    assert ".staging" not in line and ".tmp" not in line
+    monkeypatch.undo()
+    assert _rows(out) == before
+
+
+def test_full_disk_while_caching_is_one_line_not_sigbus(tmp_path: Path, monkeypatch) -> None:
+    root = make_sysu(tmp_path / "SYSU-MM01")
+
+    def no_room(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cache_module.os, "posix_fallocate", no_room)
+    out = tmp_path / "prep"
+    result = runner.invoke(app, ["prepare", "sysu", str(root), "--out", str(out), "--cache", "--cache-size", "32x16"])
+    _one_line_error(result, "cannot write", "train_uint8_32x16.npy", "No space left on device")
+    assert not (out / "cache").exists() or not list((out / "cache").iterdir())
+
+
+def test_a_cache_larger_than_the_free_space_is_refused_before_writing(tmp_path: Path, monkeypatch) -> None:
+    root = make_sysu(tmp_path / "SYSU-MM01")
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: type("U", (), {"free": 1000})())
+    result = runner.invoke(app, ["prepare", "sysu", str(root), "--out", str(tmp_path / "p"), "--cache", "--cache-size", "32x16"])
+    _one_line_error(result, "the cache needs", "free")
+
+
+def test_an_absurd_cache_size_is_refused(tmp_path: Path) -> None:
+    root = make_sysu(tmp_path / "SYSU-MM01")
+    result = runner.invoke(app, ["prepare", "sysu", str(root), "--out", str(tmp_path / "p"), "--cache", "--cache-size", "100000x100000"])
+    _one_line_error(result, "too large")
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def _bomb(path: Path) -> Path:
+    """A PNG of 20000x10000 pixels (200 MP, past Pillow's bomb threshold) that is a few KB on disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("1", (20000, 10000)).save(path, optimize=True)
+    return path
+
+
+def test_a_decompression_bomb_in_a_gallery_is_skipped_with_a_note(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    gallery = _gallery(tmp_path / "g", 0, 3)
+    _bomb(gallery / "cam1" / "0099" / "0001.png")
+    out = tmp_path / "idx"
+    result = runner.invoke(app, _index_args(gallery, tiny_checkpoint, out))
+    assert result.exit_code == 0, result.output
+    assert "too large" in result.output and "0099" in result.output
+    assert len(_rows(out)) == 3
+    probe = runner.invoke(app, ["query", str(gallery / "cam1" / "0099" / "0001.png"), "-i", str(out), "-m", "infrared", "--device", "cpu"])
+    _one_line_error(probe, "too large")
+
+
+def test_the_pixel_limit_is_configurable(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    gallery = _gallery(tmp_path / "g", 0, 2)  # 64x32 = 2048 pixels each
+    monkeypatch.setenv("MCLNET_MAX_IMAGE_PIXELS", "1000")
+    result = runner.invoke(app, _index_args(gallery, tiny_checkpoint, tmp_path / "idx"))
+    _one_line_error(result, "could be decoded", "too large")
+
+
+def _payload(**changes):
+    config = load_config("tiny")
+    model = build_model(config.model, num_classes=4)
+    payload = checkpoint_payload(model, config, {1: 0, 2: 1, 3: 2, 4: 3})
+    for key, value in changes.items():
+        if value is _DROP:
+            payload.pop(key)
+        else:
+            payload[key] = value(payload) if callable(value) else value
+    return payload
+
+
+_DROP = object()
+
+
+def _arch(payload):
+    config = dict(payload["config"])
+    config["model"] = {**config["model"], "arch": "resnet50"}
+    return config
+
+
+def _more_rows(payload):
+    return {k: (torch.zeros(7, v.shape[1]) if k.endswith("classifier.weight") else v) for k, v in payload["model"].items()}
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"model": _DROP}, "no 'model' weights"),
+        ({"num_classes": "four"}, "'num_classes' must be a positive integer"),
+        ({"num_classes": 4.0}, "'num_classes' must be a positive integer"),
+        ({"model": _more_rows}, "has 7 rows but 'num_classes' is 4"),
+        ({"config": _arch}, "the model in its config needs"),
+        ({"config": "tiny"}, "no 'config' dict"),
+    ],
+    ids=["no-model", "num-classes-str", "num-classes-float", "classifier-rows", "arch-vs-shapes", "config-not-dict"],
+)
+def test_a_malformed_checkpoint_field_is_one_line(tmp_path: Path, changes, needle) -> None:
+    bad = tmp_path / "bad.pt"
+    torch.save(_payload(**changes), bad)
+    result = runner.invoke(app, _index_args(_gallery(tmp_path / "g", 0, 1), bad, tmp_path / "idx"))
+    _one_line_error(result, str(bad), needle)
+
+
+def test_a_pickle_with_foreign_objects_never_suggests_weights_only_false(tmp_path: Path) -> None:
+    bad = tmp_path / "evil.pt"
+    torch.save({"format": "mclnet-checkpoint/1", "thing": Path("/etc")}, bad)  # a class, not a tensor
+    result = runner.invoke(app, _index_args(_gallery(tmp_path / "g", 0, 1), bad, tmp_path / "idx"))
+    line = _one_line_error(result, str(bad), "not loaded")
+    assert "weights_only" not in line
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("kind", "hnsw", "holds a flat index"),
+        ("params", {"nprobe": "x"}, "params.nprobe must be a positive integer"),
+        ("image_size", [64, 32, 3], "image_size must be [height, width]"),
+        ("count", "many", "count must be a non-negative integer"),
+        ("checkpoint", "me", "checkpoint must be"),
+    ],
+)
+def test_a_tampered_index_meta_field_is_one_line(tiny_checkpoint: Path, tmp_path: Path, field, value, needle) -> None:
+    gallery = _gallery(tmp_path / "g", 0, 2)
+    out = tmp_path / "idx"
+    assert runner.invoke(app, _index_args(gallery, tiny_checkpoint, out)).exit_code == 0
+    meta = json.loads((out / "meta.json").read_text())
+    meta[field] = value
+    (out / "meta.json").write_text(json.dumps(meta))
+    probe = next(gallery.rglob("*.jpg"))
+    result = runner.invoke(app, ["query", str(probe), "-i", str(out), "-m", "infrared", "--device", "cpu"])
+    _one_line_error(result, needle)
+
+
+def test_the_picture_width_follows_the_hits_not_top_k() -> None:
+    from mclnet_cli.index.gallery import Hit
+
+    hits = [Hit(i + 1, 0.5, "/missing.jpg", None, None) for i in range(3)]
+    assert render_ranked_list([("/p.jpg", None, hits)], top_k=1000).width == render_ranked_list([("/p.jpg", None, hits)]).width
+
+
+def test_an_absurd_top_k_is_one_line(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    gallery = _gallery(tmp_path / "g", 0, 2)
+    out = tmp_path / "idx"
+    assert runner.invoke(app, _index_args(gallery, tiny_checkpoint, out)).exit_code == 0
+    probe = next(gallery.rglob("*.jpg"))
+    result = runner.invoke(app, ["query", str(probe), "-i", str(out), "-m", "infrared", "-k", "1000000", "--save", str(tmp_path / "p.png")])
+    _one_line_error(result, "--top-k must be between 1 and")
+
+
+# --------------------------------------------------------------------------- prepared datasets, sharing, orphans
+
+
+def test_a_manifest_and_meta_from_two_writes_are_refused(fake_sysu, tmp_path: Path) -> None:
+    samples, _ = fake_sysu
+    out = write_prepared(tmp_path / "prep", samples, {"dataset": "sysu"})
+    newer = tmp_path / "newer"
+    write_prepared(newer, samples[:3], {"dataset": "sysu"})
+    (out / "manifest.jsonl").write_bytes((newer / "manifest.jsonl").read_bytes())  # as if killed between the two
+    with pytest.raises(DataError, match="not the manifest"):
+        load_prepared(out)
+
+
+def test_outputs_honour_the_umask(tmp_path: Path, fake_sysu) -> None:
+    old = os.umask(0o022)
+    try:
+        ckpt = save_checkpoint(tmp_path / "c.pt", {"format": "x", "w": torch.zeros(2)})
+        index = GalleryIndex.build(np.eye(2, 4), [IndexRecord("/a.jpg"), IndexRecord("/b.jpg")]).save(tmp_path / "idx")
+        prep = write_prepared(tmp_path / "prep", fake_sysu[0], {"dataset": "sysu"})
+    finally:
+        os.umask(old)
+    for path in (ckpt, index / "index.faiss", index / "meta.json", index / "records.jsonl", prep / "manifest.jsonl", prep / "meta.json"):
+        assert path.stat().st_mode & 0o777 == 0o644, path
+
+
+def test_orphan_temps_of_an_earlier_process_are_removed_at_the_next_write(tmp_path: Path) -> None:
+    target = tmp_path / "last.pt"
+    orphan = tmp_path / ".last.pt.k1ll3d.tmp"
+    orphan.write_bytes(b"x" * 100)
+    os.utime(orphan, (time.time() - 3600, time.time() - 3600))  # from a process that died an hour ago
+    unrelated = tmp_path / ".other.pt.abc.tmp"
+    unrelated.write_bytes(b"keep")
+    save_checkpoint(target, {"format": "x"})
+    assert not orphan.exists() and unrelated.exists()
