@@ -544,3 +544,50 @@ def test_orphan_temps_of_an_earlier_process_are_removed_at_the_next_write(tmp_pa
     unrelated.write_bytes(b"keep")
     save_checkpoint(target, {"format": "x"})
     assert not orphan.exists() and unrelated.exists()
+
+
+# --------------------------------------------------------------------------- smaller items
+
+
+def test_a_split_file_with_a_utf8_bom_and_macos_metadata_files_are_fine(tmp_path: Path) -> None:
+    root = make_sysu(tmp_path / "SYSU-MM01")
+    ids = root / "exp" / "train_id.txt"
+    ids.write_bytes(b"\xef\xbb\xbf" + ids.read_bytes())  # saved by a Windows editor
+    first = next(root.rglob("*.jpg"))
+    (first.parent / f"._{first.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # copied from a Mac
+    result = runner.invoke(app, ["prepare", "sysu", str(root), "--out", str(tmp_path / "p")])
+    assert result.exit_code == 0, result.output
+
+
+def test_prepare_into_a_file_fails_before_reading_images(tmp_path: Path) -> None:
+    target = tmp_path / "file"
+    target.write_text("x")
+    result = runner.invoke(app, ["prepare", "sysu", str(tmp_path / "nowhere"), "--out", str(target)])
+    _one_line_error(result, str(target), "not a folder")
+
+
+def test_an_interrupted_synthetic_generation_does_not_block_the_next(tmp_path: Path, monkeypatch) -> None:
+    from mclnet_cli.data import synthetic
+
+    real_render, calls = synthetic.render, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_render(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "render", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.generate_synthetic(tmp_path / "syn", ids=10, images_per_camera=1)
+    monkeypatch.undo()
+    summary = synthetic.generate_synthetic(tmp_path / "syn", ids=10, images_per_camera=1)
+    assert summary["ids"] == 10
+
+
+@pytest.mark.parametrize("setting", ["optim.lr=inf", "data.workers=-3", "data.height=100000"])
+def test_absurd_settings_are_refused(setting: str) -> None:
+    from mclnet_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        load_config("tiny", [setting])

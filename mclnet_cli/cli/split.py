@@ -18,7 +18,7 @@ def split(
     protocol: Annotated[Optional[str], typer.Option("--protocol", help=PROTOCOL_HELP)] = None,
     mode: Annotated[str, typer.Option("--mode", help="sysu: all or indoor.")] = "all",
     shots: Annotated[int, typer.Option("--shots", help="Gallery images per (pid, camera): 1 or 10.")] = 1,
-    trial: Annotated[int, typer.Option("--trial", help="Trial number (0-based draw seed; regdb has trial 0 only).")] = 0,
+    trial: Annotated[int, typer.Option("--trial", min=0, max=9999, help="Trial number (0-based draw seed; regdb has trial 0 only).")] = 0,
     direction: Annotated[
         str, typer.Option("--direction", help="regdb/llcm: infrared_to_visible or visible_to_infrared.")
     ] = "infrared_to_visible",

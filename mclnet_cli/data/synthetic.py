@@ -236,6 +236,10 @@ def generate_synthetic(
     root = Path(root)
     _clear_target(root)
     root.mkdir(parents=True, exist_ok=True)
+    # The marker first (rewritten at the end): a run interrupted half-way leaves a tree that the next
+    # run recognises as its own and replaces, instead of "not empty". Split files come last, so a
+    # half tree is never read as a dataset (the SYSU reader needs them).
+    (root / MARKER).write_text("incomplete: generation was interrupted; run it again\n", encoding="utf-8")
     rng = np.random.default_rng(seed)
     pids = list(range(1, ids + 1))
     people = [draw_identity(pid, rng) for pid in pids]

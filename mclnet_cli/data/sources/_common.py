@@ -50,7 +50,7 @@ def read_id_list(path: Path) -> list[int]:
     because silently dropping ids would change the split.
     """
     require_file(path, "comma-separated person ids")
-    text = path.read_text(encoding="utf-8", errors="replace").strip()
+    text = path.read_text(encoding="utf-8-sig", errors="replace").strip()  # -sig: a BOM (Windows editors) is fine
     if not text:
         raise DataError(f"{path}: empty id list (expected comma-separated integers like 1,2,4)")
     ids: list[int] = []
@@ -74,7 +74,7 @@ def read_path_label_file(path: Path) -> list[tuple[str, int]]:
     """Parse an idx file of ``<relative path> <integer label>`` lines (blank lines skipped)."""
     require_file(path, "lines of '<relative path> <label>'")
     rows: list[tuple[str, int]] = []
-    with path.open(encoding="utf-8", errors="replace") as handle:
+    with path.open(encoding="utf-8-sig", errors="replace") as handle:
         for lineno, line in enumerate(handle, 1):
             text = line.strip()
             if not text:
@@ -95,7 +95,8 @@ def read_path_label_file(path: Path) -> list[tuple[str, int]]:
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name."""
     with os.scandir(folder) as entries:
-        names = sorted(e.name for e in entries if e.is_file() and is_image_file(e.name))
+        # "._name.jpg": macOS AppleDouble metadata, not an image (mclnet index skips hidden files too)
+        names = sorted(e.name for e in entries if e.is_file() and is_image_file(e.name) and not e.name.startswith("._"))
     return [folder / name for name in names]
 
 
