@@ -116,6 +116,10 @@ def _run(
         progress=lambda total: progress_bar("embedding gallery", total),
         on_wait=lambda message: err_console.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True),
     )
+    from mclnet_cli.engine.distributed import env_dist_info
+
+    if not env_dist_info().is_main:  # torchrun: rank 0 speaks for the job
+        return
     if as_json:
         print_json(report.to_json())
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -81,3 +82,28 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor /= dist.get_world_size()
     return tensor
+
+
+def shard_bounds(count: int, info: DistInfo) -> tuple[int, int]:
+    """``[start, stop)`` of this rank's contiguous share of ``count`` items (rank order = item order)."""
+    per_rank, extra = divmod(count, info.world_size)
+    start = info.rank * per_rank + min(info.rank, extra)
+    return start, start + per_rank + (1 if info.rank < extra else 0)
+
+
+def gather_objects(obj: Any) -> list[Any] | None:
+    """Rank 0 gets every rank's ``obj`` in rank order, other ranks None (a world of one: ``[obj]``).
+
+    Uses pickling between the job's own processes (trusted), never for files.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    parts: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, parts, dst=0)
+    return parts
+
+
+def broadcast_object(box: list[Any]) -> None:
+    """Replace ``box[0]`` on every rank with rank 0's (in place; no-op outside a process group)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(box, src=0)

@@ -247,15 +247,63 @@ def build_gallery_index(
     ``kind``, ``batch_size``, ``nlist``, ``nprobe``, ``hnsw_m`` and ``pq_m`` left
     ``None`` come from the checkpoint's config ``index`` section (``flat``, 64 and
     automatic IVF/PQ parameters unless the training preset says otherwise).
+
+    Launched by ``torchrun`` (one process per GPU, or gloo on CPU, one or many
+    nodes), each rank embeds a contiguous share of the images; rank 0 gathers them
+    in order and writes the index, so the result equals a single-process run.
     """
-    from mclnet_cli.engine.checkpoint import load_model
-    from mclnet_cli.engine.device import resolve_device
-    from mclnet_cli.engine.extract import extract_features
+    from mclnet_cli.engine import distributed
 
     modality = Modality.parse(modality)
     _check_batch_size(batch_size)
     if kind is not None and kind not in KINDS:
         raise IndexStoreError(f"unknown index kind {kind!r}; choose from: {', '.join(KINDS)}")
+    info = distributed.env_dist_info()
+    options: dict[str, Any] = dict(
+        kind=kind, add=add, batch_size=batch_size, workers=workers, device=device, nlist=nlist, nprobe=nprobe,
+        hnsw_m=hnsw_m, pq_m=pq_m, on_wait=on_wait, info=info,
+    )
+    if not info.enabled:
+        return _build(checkpoint, gallery_dir, modality, out_dir, progress=progress, **options)
+    try:  # launched by torchrun: every rank embeds one shard, rank 0 writes, every rank returns rank 0's report
+        report = None
+        try:
+            report = _build(checkpoint, gallery_dir, modality, out_dir, progress=progress if info.is_main else None, **options)
+        finally:
+            shared = [report]
+            distributed.broadcast_object(shared)
+        if shared[0] is None:
+            raise IndexStoreError(f"rank 0 failed to write the index in {out_dir} (see its message)")
+        return shared[0]
+    finally:
+        distributed.cleanup_distributed()
+
+
+def _build(
+    checkpoint: Path | str,
+    gallery_dir: Path | str,
+    modality: Modality,
+    out_dir: Path | str,
+    *,
+    kind: str | None,
+    add: bool,
+    batch_size: int | None,
+    workers: int,
+    device: str,
+    nlist: int | None,
+    nprobe: int | None,
+    hnsw_m: int | None,
+    pq_m: int | None,
+    progress: ProgressFactory | None,
+    on_wait: Callable[[str], None] | None,
+    info: Any,
+) -> BuildReport:
+    """:func:`build_gallery_index` on this rank: embed its shard, gather on rank 0, which writes."""
+    from mclnet_cli.engine import distributed
+    from mclnet_cli.engine.checkpoint import load_model
+    from mclnet_cli.engine.device import resolve_device
+    from mclnet_cli.engine.extract import extract_features
+
     out_dir = check_target(Path(out_dir))
     gallery_root = Path(gallery_dir)
     images, skipped = list_gallery(gallery_root, exclude=out_dir)
@@ -272,7 +320,7 @@ def build_gallery_index(
     if not images and existing is None:
         raise DataError(f"no image files under {gallery_root} ({', '.join(IMAGE_SUFFIXES)})")
 
-    torch_device = resolve_device(device)
+    _, torch_device = distributed.init_distributed(resolve_device(device))
     loaded = load_model(checkpoint, torch_device)
     checkpoint_path = str(Path(checkpoint).resolve())
     if existing is not None:
@@ -287,10 +335,11 @@ def build_gallery_index(
         todo = [p for p in images if p not in known]
     data_cfg = loaded.config.data
     started = time.perf_counter()
-    with _progress(progress, len(todo)) as advance:
+    shard = distributed.shard_bounds(len(todo), info)
+    with _progress(progress, shard[1] - shard[0]) as advance:
         extracted = extract_features(
             loaded.model,
-            todo,
+            todo[shard[0] : shard[1]],
             modality,
             height=data_cfg.height,
             width=data_cfg.width,
@@ -302,6 +351,10 @@ def build_gallery_index(
             skip_bad=True,
             on_progress=advance,
         )
+    if info.enabled:  # rank order is list order: the same rows, in the same order, as one process
+        extracted = _gather_extracted(extracted, distributed)
+        if not info.is_main:
+            return None  # type: ignore[return-value]  # rank 0's report is broadcast by the caller
     seconds = time.perf_counter() - started
     skipped = skipped + [(p, r) for p, r in extracted.failed]
     records = records_for(extracted.paths, modality.value)
@@ -363,6 +416,21 @@ def build_gallery_index(
         images_per_s=(len(todo) / seconds) if seconds > 0 else 0.0,
         appended=existing is not None,
     )
+
+
+def _gather_extracted(extracted: Any, distributed: Any) -> Any:
+    """Every rank's features, paths and failures on rank 0, concatenated in rank order."""
+    import numpy as np
+
+    from mclnet_cli.engine.extract import Extracted
+
+    parts = distributed.gather_objects((extracted.features, extracted.paths, extracted.failed))
+    if parts is None:
+        return extracted
+    features = np.concatenate([p[0] for p in parts]).astype(np.float32)
+    paths = [path for p in parts for path in p[1]]
+    failed = [item for p in parts for item in p[2]]
+    return Extracted(features, paths, failed, {FEATURE: features})
 
 
 def _check_modality(gallery: GalleryIndex, index_dir: Path, modality: Modality) -> None:
