@@ -16,6 +16,7 @@ import io
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -58,6 +59,10 @@ class ServeSettings:
     # 19 ms with 2 threads, 0.4 ms with 1, and slowed the forward pass). Concurrent requests give the
     # parallelism. None leaves FAISS's default.
     faiss_threads: Optional[int] = 1
+    # Threads that run the model (embedding and adds). Each thread that calls torch gets its own OpenMP
+    # pool; one thread keeps one pool, and requests queue for it in order. On a CPU, torch already uses
+    # every core for one forward pass, so more only oversubscribe; raise it for a GPU.
+    model_threads: int = 1
 
     def resolved_uploads(self) -> Path:
         if self.uploads_dir is not None:
@@ -124,6 +129,7 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
             settings.index_dir, checkpoint=settings.checkpoint, batch_size=settings.batch_size, device=settings.device
         )
     served = ServedIndex(engine)
+    model_runner = ThreadPoolExecutor(max_workers=max(1, settings.model_threads), thread_name_prefix="mclnet-model")
     uploads = settings.resolved_uploads()
     # Whole-request ceiling, checked from Content-Length before the body is parsed.
     max_request = settings.max_upload_bytes * settings.max_files + 1024 * 1024
@@ -233,7 +239,7 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
                 written.append(target)
             paths.append(str(target))
         try:
-            result = served.add(paths)
+            result = model_runner.submit(served.add, paths).result()
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
@@ -264,7 +270,8 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
                 path.write_bytes(data)
                 paths.append(str(path))
             decoded = time.perf_counter()
-            results, embed_s, search_s = engine.rank(paths, spectrum, top_k, gallery=gallery)
+            ranked = model_runner.submit(engine.rank, paths, spectrum, top_k, gallery=gallery)
+            results, embed_s, search_s = ranked.result()
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         out = []

@@ -60,7 +60,7 @@ class ServedIndex:
         self.reloads = 0
 
     def current(self) -> GalleryIndex:
-        """The newest complete gallery: reloaded first when the folder changed and no writer holds it."""
+        """The newest complete gallery: read again first when the folder changed since the last read."""
         seen = signature(self.index_dir)
         if seen is None or seen == self._signature:
             return self.engine.gallery
@@ -69,13 +69,11 @@ class ServedIndex:
             if seen is None or seen == self._signature:
                 return self.engine.gallery
             try:
-                gallery = GalleryIndex.load(self.index_dir)
-                self.engine.check_gallery(gallery)
+                gallery = self.engine.reload_gallery()  # swaps only a complete gallery that passed the checks
             except MclnetError as exc:
                 self.reload_error = str(exc)
                 self._signature = seen  # do not retry a broken folder on every request; next save retries
                 return self.engine.gallery
-            self.engine.gallery = gallery
             self._signature = seen
             self.reload_error = None
             self.reloads += 1
