@@ -1,4 +1,4 @@
-"""`mclnet index` under torchrun (gloo on CPU): every rank embeds a shard, the index equals one process's."""
+"""torchrun on CPU (gloo): sharded `mclnet index` equals one process; training across 2 localhost "nodes" runs and resumes."""
 
 from __future__ import annotations
 
@@ -100,3 +100,37 @@ def test_two_nodes_on_localhost_give_the_single_process_index(two_stream_checkpo
     expected_paths, expected_vectors = _contents(single)
     assert paths == expected_paths
     assert np.allclose(vectors, expected_vectors, atol=1e-5)
+
+
+def _two_node_train(data: Path, out: Path, *extra: str) -> dict:
+    port = str(_free_port())
+    sets = ["data.height=32", "data.width=16", "data.num_ids=2", "data.num_instances=2", "data.workers=0",
+            "train.steps_per_epoch=2", "train.log_every=1"]
+    cmd_tail = ["-m", "mclnet_cli", "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
+                "--device", "cpu", "--quiet", "--json", *extra, *[x for s in sets for x in ("--set", s)]]
+    procs = [
+        subprocess.Popen(
+            _torchrun("--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank), "--master_addr", "127.0.0.1",
+                      "--master_port", port, *cmd_tail),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV,
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=900) for p in procs]  # hang guard only
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert outputs[1][0].strip() == ""
+    return json.loads(outputs[0][0])
+
+
+def test_two_node_training_runs_and_resumes(prepared_dataset: Path, tmp_path: Path) -> None:
+    from mclnet_cli.engine.checkpoint import load_model
+    from mclnet_cli.engine.runlog import read_metrics
+
+    out = tmp_path / "run"
+    first = _two_node_train(prepared_dataset, out, "--set", "train.epochs=1")
+    assert first["status"] == "complete" and first["world_size"] == 2 and first["steps_per_epoch"] == 1
+    second = _two_node_train(prepared_dataset, out, "--resume", "--set", "train.epochs=2")
+    assert second["status"] == "complete" and second["epochs_completed"] == 2
+    epochs = [r["epoch"] for r in read_metrics(out) if r["kind"] == "epoch"]
+    assert epochs == sorted(set(epochs)) and len(epochs) == 2  # one writer, no repeated epoch after resume
+    assert load_model(out / "last.pt").payload["epoch"] == 2
