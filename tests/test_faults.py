@@ -134,7 +134,7 @@ def test_resume_of_a_run_killed_before_its_first_save_says_to_start_again(prepar
     killed = _child(KILL_IN_SAVE, "1", *_train_args(prepared_dataset, out, "train.epochs=1"))
     assert killed.returncode == -signal.SIGKILL
     result = runner.invoke(app, [*_train_args(prepared_dataset, out, "train.epochs=1"), "--resume"])
-    _one_line_error(result, "nothing to resume", "without --resume")
+    _one_line_error(result, "nothing to resume", "stopped before its first checkpoint", "without --resume")
 
 
 # --------------------------------------------------------------------------- two trainings on one run directory
