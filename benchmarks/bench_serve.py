@@ -139,12 +139,12 @@ def _paired(index_dir: Path, probe: Path, url: str, requests: int) -> dict:
 class _Server:
     """``mclnet serve`` as a child process on 127.0.0.1."""
 
-    def __init__(self, index_dir: Path, uploads: Path) -> None:
+    def __init__(self, index_dir: Path, uploads: Path, model_threads: int = 1) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         mclnet = Path(sys.executable).with_name("mclnet")
         command = [str(mclnet), "serve", "--index", str(index_dir), "--port", str(self.port), "--device", "cpu",
-                   "--uploads", str(uploads)]  # fmt: skip
+                   "--uploads", str(uploads), "--model-threads", str(model_threads)]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def __enter__(self) -> "_Server":
@@ -252,6 +252,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=40, help="timed requests per client (and in-process repeats)")
     parser.add_argument("--adds", action="store_true", help="upload gallery images during the concurrent runs")
     parser.add_argument("--add-every", type=float, default=1.0, help="seconds between uploads with --adds")
+    parser.add_argument("--model-threads", type=int, default=1, help="mclnet serve --model-threads")
     parser.add_argument("--json", type=Path, help="write the numbers here")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
@@ -262,7 +263,7 @@ def main() -> None:
         for preset in args.presets:
             for size in args.sizes:
                 index_dir, probe = _setup(root, preset, size)
-                with _Server(index_dir, root / f"uploads-{preset}-{size}") as server:
+                with _Server(index_dir, root / f"uploads-{preset}-{size}", args.model_threads) as server:
                     local = _paired(index_dir, probe, server.url, args.requests)
                     print(json.dumps({"preset": preset, "gallery": size, **local}), file=sys.stderr, flush=True)
                     for clients in args.clients:

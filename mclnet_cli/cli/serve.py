@@ -37,6 +37,9 @@ def serve(
         Optional[Path],
         typer.Option("--uploads", help="Folder for images added through POST /gallery (default: INDEX-uploads beside the index).", show_default=False),
     ] = None,
+    model_threads: Annotated[
+        int, typer.Option("--model-threads", min=1, help="Threads running the model (1 suits a CPU; more for a GPU).")
+    ] = 1,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
 ) -> None:
     """Serve search over HTTP: POST /search, GET/POST /gallery, GET /images/N, a page at /, API docs at /docs.
@@ -44,7 +47,7 @@ def serve(
     The model and index are loaded once; the index is read again when it changes on disk
     (mclnet index --add), between requests. Stop with Ctrl-C.
     """
-    _run(index_dir, checkpoint, host, port, token, max_upload_mb, max_pixels, uploads, device)
+    _run(index_dir, checkpoint, host, port, token, max_upload_mb, max_pixels, uploads, model_threads, device)
 
 
 @guard
@@ -57,6 +60,7 @@ def _run(
     max_upload_mb: float,
     max_pixels: int,
     uploads: Path | None,
+    model_threads: int,
     device: str,
 ) -> None:
     try:
@@ -75,6 +79,7 @@ def _run(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_pixels=max_pixels,
         uploads_dir=uploads,
+        model_threads=model_threads,
     )
     app = create_app(settings)
     gallery = app.state.served.engine.gallery

@@ -239,7 +239,7 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
                 written.append(target)
             paths.append(str(target))
         try:
-            result = model_runner.submit(served.add, paths).result()
+            result = served.add(paths, run=lambda f, *a, **k: model_runner.submit(f, *a, **k).result())
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
@@ -261,7 +261,7 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
         started = time.perf_counter()
         checked = read_uploads(probes, "probes")
         gallery = served.current()
-        rows = {r.path: i for i, r in enumerate(gallery.records)}
+        rows = served.rows(gallery)
         folder = Path(tempfile.mkdtemp(prefix="mclnet-probes-"))
         try:
             paths = []

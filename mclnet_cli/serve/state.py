@@ -19,7 +19,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 from mclnet_cli.errors import DataError, IndexStoreError, MclnetError
 from mclnet_cli.index.gallery import META_FILE, GalleryIndex, records_for, writer_lock
@@ -58,6 +58,15 @@ class ServedIndex:
         self._signature = signature(self.index_dir)
         self.reload_error: str | None = None
         self.reloads = 0
+        self._rows: tuple[GalleryIndex | None, dict[str, int]] = (None, {})
+
+    def rows(self, gallery: GalleryIndex) -> dict[str, int]:
+        """Path -> row of ``gallery``, built once per gallery version (not per request: 10^5 rows cost ~50 ms)."""
+        cached, rows = self._rows
+        if cached is not gallery:
+            rows = {r.path: i for i, r in enumerate(gallery.records)}
+            self._rows = (gallery, rows)
+        return rows
 
     def current(self) -> GalleryIndex:
         """The newest complete gallery: read again first when the folder changed since the last read."""
@@ -79,20 +88,22 @@ class ServedIndex:
             self.reloads += 1
             return gallery
 
-    def add(self, paths: Sequence[str]) -> AddResult:
+    def add(self, paths: Sequence[str], run: Callable[..., Any] | None = None) -> AddResult:
         """Embed image files with the gallery's spectrum and append them to the index on disk, atomically.
 
         Reads the folder under the writer lock (so a concurrent ``mclnet index --add``
         is never lost; a running one is waited for), appends, saves (temp folder + rename), then serves the new gallery.
-        On any failure the folder and the served gallery are left as they were.
+        On any failure the folder and the served gallery are left as they were. ``run(f, *args,
+        **kwargs)`` calls the embedding (default: directly), e.g. on the server's model thread.
         """
+        run = run or (lambda f, *args, **kwargs: f(*args, **kwargs))
         modality = str(self.current().extra.get("modality") or "")
         if not modality:
             raise IndexStoreError(f"{self.index_dir}/meta.json records no modality; cannot add to it")
         with writer_lock(self.index_dir):
             gallery = GalleryIndex.load(self.index_dir)
             self.engine.check_gallery(gallery)
-            extracted = self.engine.embed(paths, modality, gallery=gallery)
+            extracted = run(self.engine.embed, paths, modality, gallery=gallery)
             if not extracted.paths:
                 raise DataError(f"none of the {len(paths)} image(s) could be decoded (e.g. {extracted.failed[0][1]})")
             records = records_for(extracted.paths, modality)
@@ -102,6 +113,6 @@ class ServedIndex:
             with self._guard:
                 self.engine.gallery = gallery
                 self._signature = signature(self.index_dir)
-        rows = {r.path: i for i, r in enumerate(gallery.records)}
+        rows = self.rows(gallery)
         out = [dict(r.to_json(), record=rows[r.path]) for r in records]
         return AddResult(added, len(gallery), out, list(extracted.failed))
