@@ -28,7 +28,7 @@ def evaluate(
     ] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per forward pass.")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    workers: Annotated[Optional[int], typer.Option("--workers", help="Image-decoding processes (default: data.workers).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Image-decoding processes (default: data.workers).")] = None,
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Flip test-time augmentation.")] = None,
     rerank: Annotated[Optional[bool], typer.Option("--rerank/--no-rerank", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3).")] = None,
     draws: Annotated[Optional[str], typer.Option("--draws", help="sysu gallery draws: agw (default) or official.")] = None,
