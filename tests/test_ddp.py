@@ -83,8 +83,8 @@ def test_torchrun_two_gloo_processes_train_one_epoch(tmp_path: Path) -> None:
     assert env_info["world_size"] == 2
     rows = read_metrics(out)
     assert [r["kind"] for r in rows] == ["step", "epoch"]  # one writer: no duplicate rows
-    assert sorted(p.name for p in out.iterdir()) == [
-        "config.yaml", "environment.json", "last.pt", "metrics.jsonl", "summary.json",
+    assert sorted(p.name for p in out.iterdir()) == [  # the run directory's layout (engine/runlog.py), once
+        ".mclnet-lock", "config.yaml", "environment.json", "last.pt", "metrics.jsonl", "summary.json",
     ]
     loaded = load_model(out / "last.pt")
     assert loaded.payload["epoch"] == 1 and len(loaded.label_map) == 4
