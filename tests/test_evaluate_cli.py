@@ -15,7 +15,6 @@ from mclnet_cli.metrics.protocols import sysu_trial
 
 from conftest import write_fake_sysu
 
-runner = CliRunner()
 METRICS = {"rank1", "rank5", "rank10", "rank20", "mAP", "mINP"}
 
 
@@ -37,18 +36,19 @@ def write_npz(path: Path, samples: list[Sample], features: np.ndarray, **replace
     return path
 
 
-def invoke_json(args: list[str]) -> dict:
+def invoke_json(runner: CliRunner, args: list[str]) -> dict:
+    """Run the CLI, require success, parse its JSON stdout."""
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
 
-def test_features_npz_round_trip_json(tmp_path):
+def test_features_npz_round_trip_json(tmp_path, cli_runner):
     samples = [s for s in fake_sysu_samples(tmp_path) if s.split == "test"]
     # perfect features: one axis per identity
     features = np.eye(4, dtype=np.float32)[[s.pid for s in samples]]
     npz = write_npz(tmp_path / "f.npz", samples, features)
-    data = invoke_json(["evaluate", "--features", str(npz), "--trials", "3", "--json"])
+    data = invoke_json(cli_runner, ["evaluate", "--features", str(npz), "--trials", "3", "--json"])
     assert data["protocol"]["name"] == "sysu" and data["protocol"]["trials"] == [0, 1, 2]
     assert data["protocol"]["flip"] is False and data["protocol"]["rerank"] is False
     assert list(data["results"]) == ["features"]
@@ -62,7 +62,7 @@ def test_features_npz_round_trip_json(tmp_path):
     assert result["mean"]["mAP"] == pytest.approx(100.0) and result["std"]["mAP"] == pytest.approx(0.0)
 
 
-def test_features_npz_scores_match_direct_computation(tmp_path):
+def test_features_npz_scores_match_direct_computation(tmp_path, cli_runner):
     from mclnet_cli.metrics import as_percent, rank_metrics
 
     samples = [s for s in fake_sysu_samples(tmp_path) if s.split == "test"]
@@ -71,7 +71,7 @@ def test_features_npz_scores_match_direct_computation(tmp_path):
     npz = write_npz(
         tmp_path / "f.npz", samples, features, modalities=np.array([s.modality.index for s in samples])
     )
-    data = invoke_json(["evaluate", "--features", str(npz), "--trials", "2", "--mode", "indoor", "--json"])
+    data = invoke_json(cli_runner, ["evaluate", "--features", str(npz), "--trials", "2", "--mode", "indoor", "--json"])
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
     rows = data["results"]["features"]["trials"]
     assert [row["trial"] for row in rows] == [0, 1]  # --trials 2: both checked below
@@ -85,37 +85,37 @@ def test_features_npz_scores_match_direct_computation(tmp_path):
         assert {k: row[k] for k in METRICS} == pytest.approx(expected)
 
 
-def test_features_npz_errors_are_one_line(tmp_path):
+def test_features_npz_errors_are_one_line(tmp_path, cli_runner):
     samples = [s for s in fake_sysu_samples(tmp_path) if s.split == "test"]
     npz = write_npz(tmp_path / "f.npz", samples, np.ones((len(samples), 3)), cams=None)
-    result = runner.invoke(app, ["evaluate", "--features", str(npz)])
+    result = cli_runner.invoke(app, ["evaluate", "--features", str(npz)])
     assert result.exit_code == 1 and "missing array(s) cams" in result.output
     assert "Traceback" not in result.output
     # an object array would need pickle: refused
     bad = write_npz(tmp_path / "obj.npz", samples, np.ones((len(samples), 3)), pids=np.array([1] * (len(samples) - 1) + [None], dtype=object))
-    result = runner.invoke(app, ["evaluate", "--features", str(bad)])
+    result = cli_runner.invoke(app, ["evaluate", "--features", str(bad)])
     assert result.exit_code == 1 and "cannot read" in result.output
-    result = runner.invoke(app, ["evaluate"])
+    result = cli_runner.invoke(app, ["evaluate"])
     assert result.exit_code == 1 and "CHECKPOINT" in result.output
 
 
-def test_split_json_shape(tmp_path):
+def test_split_json_shape(tmp_path, cli_runner):
     samples = fake_sysu_samples(tmp_path)
     prepared = write_prepared(tmp_path / "prep", samples, {"dataset": "sysu", "reader": "sysu"})
-    data = invoke_json(["split", str(prepared), "--trial", "4", "--json"])
+    data = invoke_json(cli_runner, ["split", str(prepared), "--trial", "4", "--json"])
     assert data["protocol"]["protocol"] == "sysu" and data["protocol"]["trial"] == 4
     assert set(data) == {"protocol", "queries", "gallery"}
     assert all(set(row) == {"path", "pid", "cam"} for row in data["queries"] + data["gallery"])
     assert {row["cam"] for row in data["queries"]} == {3, 6} and len(data["queries"]) == 10
     expected = sysu_trial(samples, "all", 1, 4)
     assert [row["path"] for row in data["gallery"]] == [samples[i].path for i in expected.gallery]
-    table = runner.invoke(app, ["split", str(prepared), "--mode", "indoor"])
+    table = cli_runner.invoke(app, ["split", str(prepared), "--mode", "indoor"])
     assert table.exit_code == 0 and "gallery" in table.output
-    wrong = runner.invoke(app, ["split", str(prepared), "--protocol", "regdb", "--trial", "3"])
+    wrong = cli_runner.invoke(app, ["split", str(prepared), "--protocol", "regdb", "--trial", "3"])
     assert wrong.exit_code == 1 and "only trial is 0" in wrong.output
 
 
-def test_split_uses_the_engine_and_its_checks(tmp_path):
+def test_split_uses_the_engine_and_its_checks(tmp_path, cli_runner):
     from mclnet_cli.engine.evaluate import split_trial
     from mclnet_cli.metrics.protocols import llcm_trial
 
@@ -128,7 +128,7 @@ def test_split_uses_the_engine_and_its_checks(tmp_path):
     expected = llcm_trial(samples, "visible_to_infrared", 2)
     assert view.trial.protocol == "llcm" and view.trial.trial == 2
     assert np.array_equal(view.trial.gallery, expected.gallery) and np.array_equal(view.trial.query, expected.query)
-    data = invoke_json(["split", str(prepared), "--trial", "2", "--direction", "visible_to_infrared", "--json"])
+    data = invoke_json(cli_runner, ["split", str(prepared), "--trial", "2", "--direction", "visible_to_infrared", "--json"])
     assert data["protocol"]["protocol"] == "llcm" and data["protocol"]["data"] == str(prepared)
     assert [row["path"] for row in data["gallery"]] == [samples[i].path for i in expected.gallery]
     refusals = {
@@ -139,7 +139,7 @@ def test_split_uses_the_engine_and_its_checks(tmp_path):
         ("--trial", "-1"): "--trial must be 0 or more",
     }
     for (option, value), message in refusals.items():
-        result = runner.invoke(app, ["split", str(prepared), option, value])
+        result = cli_runner.invoke(app, ["split", str(prepared), option, value])
         assert result.exit_code == 1 and message in result.output.replace("\n", ""), result.output
         assert "Traceback" not in result.output
 
@@ -158,13 +158,13 @@ def test_skipped_files_in_gallery_folders_are_noted(tmp_path):
     assert note.startswith("1 file(s) skipped") and in_gallery in note and "not bit for bit" in note
 
 
-def test_evaluate_checkpoint_end_to_end(tmp_path, tiny_checkpoint, fake_sysu):
+def test_evaluate_checkpoint_end_to_end(tmp_path, tiny_checkpoint, fake_sysu, cli_runner):
     from mclnet_cli.engine.checkpoint import load_model
     from mclnet_cli.engine.extract import extract_features
     from mclnet_cli.metrics import as_percent, rank_metrics
 
     samples, prepared = fake_sysu
-    data = invoke_json(["evaluate", str(tiny_checkpoint), "--data", str(prepared), "--device", "cpu", "--json"])
+    data = invoke_json(cli_runner, ["evaluate", str(tiny_checkpoint), "--data", str(prepared), "--device", "cpu", "--json"])
     assert set(data["results"]) == {"bn", "pool"}
     assert data["protocol"]["trials"] == [0, 1]  # the checkpoint's eval.trials
     assert data["protocol"]["flip"] is False and data["protocol"]["rerank"] is False
@@ -187,14 +187,14 @@ def test_evaluate_checkpoint_end_to_end(tmp_path, tiny_checkpoint, fake_sysu):
     row = data["results"]["bn"]["trials"][0]
     assert {k: row[k] for k in METRICS} == pytest.approx(expected, abs=1e-3)
 
-    labelled = invoke_json([
+    labelled = invoke_json(cli_runner, [
         "evaluate", str(tiny_checkpoint), "--data", str(prepared), "--device", "cpu",
         "--trials", "1", "--flip", "--rerank", "--json",
     ])
     assert labelled["protocol"]["flip"] is True and labelled["protocol"]["rerank"] is True
     assert len(labelled["results"]["pool"]["trials"]) == 1
 
-    table = runner.invoke(app, ["-q", "evaluate", str(tiny_checkpoint), "--data", str(prepared), "--device", "cpu"])
+    table = cli_runner.invoke(app, ["-q", "evaluate", str(tiny_checkpoint), "--data", str(prepared), "--device", "cpu"])
     assert table.exit_code == 0 and "mean" in table.output and "rerank off" in table.output
 
     # an image dropped at prepare time (--skip-bad) from a gallery folder: the report says the draws moved
@@ -203,36 +203,36 @@ def test_evaluate_checkpoint_end_to_end(tmp_path, tiny_checkpoint, fake_sysu):
         tmp_path / "skipped", [s for s in samples if s is not dropped],
         {"dataset": "sysu", "reader": "sysu", "skipped": [dropped.path]},
     )
-    noted = invoke_json([
+    noted = invoke_json(cli_runner, [
         "evaluate", str(tiny_checkpoint), "--data", str(skipped), "--device", "cpu", "--trials", "1", "--json",
     ])
     (note,) = noted["protocol"]["notes"]
     assert dropped.path in note and "agw gallery draws" in note
 
 
-def test_evaluate_refuses_protocol_that_does_not_fit_the_dataset(tmp_path, tiny_checkpoint):
+def test_evaluate_refuses_protocol_that_does_not_fit_the_dataset(tmp_path, tiny_checkpoint, cli_runner):
     samples = fake_sysu_samples(tmp_path)
     prepared = write_prepared(tmp_path / "prep", samples, {"dataset": "regdb", "reader": "regdb"})
-    result = runner.invoke(app, ["evaluate", str(tiny_checkpoint), "--data", str(prepared), "--device", "cpu"])
+    result = cli_runner.invoke(app, ["evaluate", str(tiny_checkpoint), "--data", str(prepared), "--device", "cpu"])
     assert result.exit_code == 1 and "pass --protocol regdb" in result.output
     assert "Traceback" not in result.output
 
 
-def test_directional_protocols_key_results_by_direction(tmp_path):
+def test_directional_protocols_key_results_by_direction(tmp_path, cli_runner):
     samples = [
         Sample(f"/d/{m.value}/cam{cam}/{pid:04d}/{k}.jpg", pid, cam, m, "test")
         for m in Modality for pid in (1, 2, 3) for cam in (1, 2, 4) for k in range(2)
     ]
     features = np.eye(4, dtype=np.float32)[[s.pid for s in samples]]
     npz = write_npz(tmp_path / "f.npz", samples, features)
-    both = invoke_json(["evaluate", "--features", str(npz), "--protocol", "llcm", "--trials", "2", "--json"])
+    both = invoke_json(cli_runner, ["evaluate", "--features", str(npz), "--protocol", "llcm", "--trials", "2", "--json"])
     assert list(both["results"]) == ["visible_to_infrared/features", "infrared_to_visible/features"]
     assert both["protocol"]["cmc"] == "dedup" and both["protocol"]["trials"] == [0, 1]
     for result in both["results"].values():
         assert len(result["trials"]) == 2 and result["mean"]["mAP"] == pytest.approx(100.0)
         # one gallery image per (pid, camera): 3 ids x 3 cameras
         assert all(row["gallery"] == 9 for row in result["trials"])
-    one = invoke_json([
+    one = invoke_json(cli_runner, [
         "evaluate", "--features", str(npz), "--protocol", "regdb", "--direction", "infrared_to_visible", "--json",
     ])
     assert list(one["results"]) == ["infrared_to_visible/features"]
