@@ -136,12 +136,14 @@ def test_split_uses_the_engine_and_its_checks(tmp_path, cli_runner):
         ("--draws", "official"): "--draws official exists for the sysu protocol only",
         ("--protocol", "market"): "unknown protocol 'market' (--protocol)",
         ("--shots", "3"): "--shots 3 is not allowed",
-        ("--trial", "-1"): "--trial must be 0 or more",
     }
     for (option, value), message in refusals.items():
         result = cli_runner.invoke(app, ["split", str(prepared), option, value])
         assert result.exit_code == 1 and message in result.output.replace("\n", ""), result.output
         assert "Traceback" not in result.output
+    # a negative trial is refused by the option's own bound: a usage error
+    result = cli_runner.invoke(app, ["split", str(prepared), "--trial", "-1"])
+    assert result.exit_code == 2 and "--trial" in result.output and "Traceback" not in result.output
 
 
 def test_skipped_files_in_gallery_folders_are_noted(tmp_path):
