@@ -54,7 +54,7 @@ class ServeSettings:
     max_top_k: int = 100
     batch_size: Optional[int] = None
     uploads_dir: Optional[Path] = None  # where POST /gallery keeps images; default: <index>-uploads beside it
-    # FAISS's OpenMP threads for this process. One probe per request gains nothing from more, and on a
+    # FAISS's OpenMP threads on the model threads. One probe per request gains little from more, and on a
     # small machine FAISS's spinning pool starves torch's (2 cores: a 10^4 flat search of one probe took
     # 19 ms with 2 threads, 0.4 ms with 1, and slowed the forward pass). Concurrent requests give the
     # parallelism. None leaves FAISS's default.
@@ -120,16 +120,17 @@ def check_image(data: bytes, name: str, settings: ServeSettings) -> str:
 
 def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> FastAPI:
     """The application for ``settings`` (``engine``: an already opened one, else it is opened here)."""
-    if settings.faiss_threads is not None:
-        import faiss
-
-        faiss.omp_set_num_threads(int(settings.faiss_threads))
     if engine is None:
         engine = SearchEngine.open(
             settings.index_dir, checkpoint=settings.checkpoint, batch_size=settings.batch_size, device=settings.device
         )
     served = ServedIndex(engine)
-    model_runner = ThreadPoolExecutor(max_workers=max(1, settings.model_threads), thread_name_prefix="mclnet-model")
+    model_runner = ThreadPoolExecutor(
+        max_workers=max(1, settings.model_threads),
+        thread_name_prefix="mclnet-model",
+        initializer=_limit_faiss_threads,  # OpenMP's thread count is per calling thread: set it where searches run
+        initargs=(settings.faiss_threads,),
+    )
     uploads = settings.resolved_uploads()
     # Whole-request ceiling, checked from Content-Length before the body is parsed.
     max_request = settings.max_upload_bytes * settings.max_files + 1024 * 1024
@@ -312,6 +313,13 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
         return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
 
     return app
+
+
+def _limit_faiss_threads(threads: int | None) -> None:
+    if threads is not None:
+        import faiss
+
+        faiss.omp_set_num_threads(int(threads))
 
 
 def _version() -> str:
