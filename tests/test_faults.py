@@ -137,6 +137,15 @@ def test_resume_of_a_run_killed_before_its_first_save_says_to_start_again(prepar
     _one_line_error(result, "nothing to resume", "stopped before its first checkpoint", "without --resume")
 
 
+def test_a_users_own_config_in_the_run_directory_is_never_cleared(prepared_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("mine: true\n")
+    result = runner.invoke(app, _train_args(prepared_dataset, out, "train.epochs=1"))
+    _one_line_error(result, "not empty")
+    assert (out / "config.yaml").read_text() == "mine: true\n"
+
+
 # --------------------------------------------------------------------------- two trainings on one run directory
 
 # Train, and stop (SIGSTOP) right after the first metrics row: last.pt exists, the lock is held.

@@ -57,7 +57,14 @@ def unsaved_run(out_dir: Path) -> bool:
     out_dir = Path(out_dir)
     if not out_dir.is_dir() or (out_dir / LAST_CHECKPOINT).exists():
         return False
-    return all(p.name in STARTUP_FILES or _own_temp(p.name) for p in out_dir.iterdir())
+    entries = [p for p in out_dir.iterdir() if p.name != LOCK_FILE]
+    if not entries:
+        return True
+    if not all(p.name in STARTUP_FILES or _own_temp(p.name) for p in entries):
+        return False
+    # Only what mclnet writes: environment.json of a run, or a temp of a killed/failed write.
+    # (A config.yaml of the user's own, alone, is never taken for a run's and deleted.)
+    return "mclnet_version" in read_json(out_dir / ENVIRONMENT_FILE) or any(_own_temp(p.name) for p in entries)
 
 
 def clear_unsaved_run(out_dir: Path) -> list[str]:

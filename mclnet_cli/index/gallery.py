@@ -325,7 +325,7 @@ def recover(directory: Path | str, *, wait: bool = False) -> bool:
             _finish_swap(directory)
     except LockedError:
         return False
-    except PermissionError:  # a read-only index folder: nothing a reader may fix
+    except OSError:  # a read-only index folder or filesystem: nothing a reader may fix
         return False
     return True
 
