@@ -322,3 +322,11 @@ def test_known_layouts_give_pid_and_cam(path: str, expected: tuple) -> None:
 )
 def test_unknown_layouts_give_nothing(path: str) -> None:
     assert identify(path) is None
+
+
+def test_save_removes_staging_folders_an_older_version_left_beside_a_live_index(tmp_path: Path) -> None:
+    out = GalleryIndex.build(np.eye(3, 4), _records(3)).save(tmp_path / "idx")
+    (tmp_path / ".idx.tmp-1a2b3c").mkdir()  # an older mclnet killed while writing its staging folder
+    (tmp_path / ".idx.tmp-1a2b3c" / "index.faiss").write_bytes(b"half")
+    GalleryIndex.build(np.eye(2, 4), _records(2, "/new")).save(out)
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]

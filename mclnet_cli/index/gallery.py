@@ -487,6 +487,8 @@ class GalleryIndex:
                 return self.save(directory, locked=True)
         directory.mkdir(parents=True, exist_ok=True)
         _finish_swap(directory)  # a committed swap first; then leftovers of killed writers go
+        for legacy in [*directory.parent.glob(f".{directory.name}.tmp-*"), *directory.parent.glob(f".{directory.name}.bak-*")]:
+            shutil.rmtree(legacy, ignore_errors=True)  # an older mclnet's, killed while the live index stayed in place
         staging = directory / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         try:
             staging.mkdir()
