@@ -228,15 +228,18 @@ def test_an_index_writer_waits_for_the_one_holding_the_lock(tiny_checkpoint: Pat
         str(out),
         wait=False,
     )
-    assert holder.stdout.readline().strip() == "locked"
-    launcher = "import sys\nfrom mclnet_cli.cli.app import app\napp(sys.argv[1:], prog_name='mclnet')"
-    adder = _child(launcher, *_index_args(_gallery(tmp_path / "ga", 100, 4), tiny_checkpoint, out, "--add"), wait=False)
-    waited = ""
-    while "waiting for another mclnet index writer" not in waited and adder.poll() is None:
-        waited += adder.stderr.readline()
-    assert adder.poll() is None and str(out) in waited  # it waits, and says so
-    holder.kill()  # the lock goes with the holder, whatever state it was in
-    holder.communicate()
+    adder = None
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        launcher = "import sys\nfrom mclnet_cli.cli.app import app\napp(sys.argv[1:], prog_name='mclnet')"
+        adder = _child(launcher, *_index_args(_gallery(tmp_path / "ga", 100, 4), tiny_checkpoint, out, "--add"), wait=False)
+        waited = ""
+        while "waiting for another mclnet index writer" not in waited and adder.poll() is None:
+            waited += adder.stderr.readline()
+        assert adder.poll() is None and str(out) in waited  # it waits, and says so
+    finally:
+        holder.kill()  # the lock goes with the holder, whatever state it was in
+        holder.communicate()
     _, err = adder.communicate(timeout=CHILD_TIMEOUT)
     assert adder.returncode == 0, err
     assert len(_rows(out)) == 3 + 4
