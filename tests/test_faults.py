@@ -603,3 +603,18 @@ def test_absurd_settings_are_refused(setting: str) -> None:
 
     with pytest.raises(ConfigError):
         load_config("tiny", [setting])
+
+
+def test_resume_may_lower_the_learning_rate_with_a_note(prepared_dataset: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert runner.invoke(app, _train_args(prepared_dataset, out, "train.epochs=1")).exit_code == 0
+    args = [a for a in _train_args(prepared_dataset, out, "train.epochs=2", "optim.lr=0.0005", "optim.head_lr=0.005") if a != "--quiet"]
+    resumed = runner.invoke(app, [*args, "--resume"])  # e.g. after a NaN stop
+    assert resumed.exit_code == 0, resumed.output
+    assert "optim.lr" in resumed.output and "0.0005" in resumed.output
+    state = load_checkpoint(out / "last.pt")
+    bases = {g["name"]: g["initial_lr"] for g in state["optimizer"]["param_groups"]}
+    assert bases == {"head": 0.005, "backbone": 0.0005}
+    assert state["config"]["optim"]["lr"] == 0.0005
+    refused = runner.invoke(app, [*_train_args(prepared_dataset, out, "train.epochs=3", "optim.name=adam"), "--resume"])
+    _one_line_error(refused, "optim.name")

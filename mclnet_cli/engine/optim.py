@@ -9,7 +9,7 @@ linear warm-up ``lr * (e + 1) / warmup_epochs`` for ``e < warmup_epochs``, then
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -72,3 +72,35 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     """Current lr of each named parameter group (for logging)."""
     return {str(g.get("name", i)): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
+
+
+# optim.* keys that --resume may change (optim.name may not: the stored optimizer state is of its kind).
+RESUMABLE_KEYS = ("lr", "head_lr", "momentum", "weight_decay", "warmup_epochs", "milestones", "gamma")
+
+
+def retune_after_resume(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, stored: Any, cfg: OptimConfig
+) -> list[str]:
+    """Apply ``optim.*`` values changed on ``--resume`` after the run's optimizer/scheduler state was loaded.
+
+    ``stored`` is the run's ``optim`` config section. Base learning rates, momentum
+    and weight decay of each group are set from ``cfg`` and the current rate is
+    recomputed for the epoch reached (the schedule itself always follows ``cfg``).
+    Returns one note per change, for the user (e.g. lowering the rate after a NaN stop).
+    """
+    stored = dict(stored) if isinstance(stored, dict) else {}
+    changed = [key for key in RESUMABLE_KEYS if key in stored and stored[key] != getattr(cfg, key)]
+    if not changed:
+        return []
+    bases = {HEAD_GROUP: cfg.head_lr, BACKBONE_GROUP: cfg.lr}
+    scheduler.base_lrs = [float(bases.get(str(group.get("name")), cfg.lr)) for group in optimizer.param_groups]
+    factor = lr_factor(int(scheduler.last_epoch), cfg.warmup_epochs, tuple(cfg.milestones), cfg.gamma)
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["initial_lr"] = base
+        group["lr"] = base * factor
+        if "momentum" in group:
+            group["momentum"] = cfg.momentum
+        group["weight_decay"] = cfg.weight_decay
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what get_last_lr() reports
+    moves = ", ".join(f"optim.{key} {stored[key]!r} -> {getattr(cfg, key)!r}" for key in changed)
+    return [f"note: resuming with changed {moves}"]

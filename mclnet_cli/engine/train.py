@@ -29,12 +29,13 @@ from mclnet_cli.engine import runlog
 from mclnet_cli.engine.featstats import feature_stats, nest
 from mclnet_cli.engine.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from mclnet_cli.engine.device import resolve_device
-from mclnet_cli.engine.optim import build_optimizer, build_scheduler, group_lrs
+from mclnet_cli.engine.optim import RESUMABLE_KEYS, build_optimizer, build_scheduler, group_lrs, retune_after_resume
 from mclnet_cli.errors import CheckpointError, ConfigError, TrainingError
 
 FEATURE_STATEMENT = "bn: L2-normalised BNNeck(f4), cosine distance"
 # Config keys that may change when a run is resumed (everything else must match the run).
-RESUME_MUTABLE = ("train.", "eval.", "index.", "data.workers", "data.use_cache")
+RESUME_MUTABLE = ("train.", "eval.", "index.", "data.workers", "data.use_cache",
+                  *(f"optim.{key}" for key in RESUMABLE_KEYS))  # optim.*: applied with a note (retune_after_resume)
 
 
 class Reporter:
@@ -446,6 +447,8 @@ def _fit(
         global_step = int(payload.get("global_step", 0))
         best = payload.get("best")
         set_rng_state(payload["rng"])
+        for note in retune_after_resume(optimizer, scheduler, dict(payload.get("config") or {}).get("optim"), config.optim):
+            reporter.note(note)
 
     train_model: torch.nn.Module = model
     if info.enabled:
