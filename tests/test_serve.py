@@ -303,6 +303,23 @@ def test_size_pixel_and_count_limits_are_413(served: dict) -> None:
     _assert_one_line_error(huge, 413, "request body")
 
 
+def test_a_chunked_body_over_the_limit_is_cut_off_with_413(served: dict) -> None:
+    client = _client(served, max_upload_bytes=20_000, max_files=1)  # request limit: 20 kB + 1 MiB
+    boundary = "xyz"
+
+    def body():
+        yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"modality\"\r\n\r\ninfrared\r\n"
+               f"--{boundary}\r\nContent-Disposition: form-data; name=\"probes\"; filename=\"big.png\"\r\n"
+               "Content-Type: image/png\r\n\r\n").encode()
+        for _ in range(400):  # 400 x 64 KiB = 25 MiB, with no Content-Length
+            yield b"\0" * 65536
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    response = client.post("/search", content=body(), headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    _assert_one_line_error(response, 413, "request body")
+    assert "content-length" not in {k.lower() for k in response.request.headers}  # the counted body, not the header
+
+
 def test_a_crash_inside_is_a_500_without_traceback(served: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args, **kwargs):
         raise RuntimeError("secret internals\nline two")

@@ -120,6 +120,32 @@ def check_image(data: bytes, name: str, settings: ServeSettings) -> str:
     return FORMATS[kind]
 
 
+class BodyLimit:
+    """Count the body bytes as they arrive: a request without Content-Length (chunked) is cut off
+    with 413 once it passes ``limit``, before the multipart parser spools it all to disk."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:  # FastAPI passes an HTTPException from body parsing through
+                    raise StarletteHTTPException(413, f"request body is over the limit of {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> FastAPI:
     """The application for ``settings`` (``engine``: an already opened one, else it is opened here)."""
     if engine is None:
@@ -144,6 +170,8 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
     )
     app.state.served = served
     app.state.settings = settings
+
+    app.add_middleware(BodyLimit, limit=max_request)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):  # token, then body size
