@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from mclnet_cli.data.records import Sample
 
 
+# What the tests' references assume of a checkpoint, pinned so that preset changes do not move it.
+PINNED = ("data.height=64", "data.width=32", "data.resize=bilinear")
+
+
 class CheckpointFactory(Protocol):
     """Signature of the :func:`make_checkpoint` fixture's factory."""
 
@@ -72,7 +76,7 @@ def cli_runner() -> "CliRunner":
 
 @pytest.fixture(scope="session")
 def make_checkpoint() -> CheckpointFactory:
-    """Factory: an untrained tiny-preset checkpoint at ``path`` (optionally with differing streams)."""
+    """Factory: an untrained tiny-preset checkpoint at ``path`` (64x32, ``PINNED``; optionally differing streams)."""
     from mclnet_cli.config import load_config
     from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
     from mclnet_cli.model import build_model
@@ -86,7 +90,7 @@ def make_checkpoint() -> CheckpointFactory:
         distinct_streams: bool = False,
     ) -> Path:
         torch.manual_seed(seed)
-        config = load_config("tiny", list(overrides))
+        config = load_config("tiny", [*PINNED, *overrides])
         model = build_model(config.model, num_classes=len(pids))
         if distinct_streams:
             perturb_stream(model, "infrared", seed=seed + 1)
@@ -98,15 +102,22 @@ def make_checkpoint() -> CheckpointFactory:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, make_checkpoint: CheckpointFactory) -> Path:
-    """Untrained tiny model (resnet18, 64x32), ``eval.trials=2``; its two streams are identical copies."""
+    """Untrained tiny model (resnet18, 64x32, bilinear resize), ``eval.trials=2``; its two streams are identical copies."""
     return make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", overrides=("eval.trials=2",))
 
 
 @pytest.fixture(scope="session")
 def two_stream_checkpoint(tmp_path_factory: pytest.TempPathFactory, make_checkpoint: CheckpointFactory) -> Path:
-    """Like :func:`tiny_checkpoint` but the infrared stream's weights are perturbed: the streams differ."""
+    """Like :func:`tiny_checkpoint` but the infrared stream's weights are perturbed: the streams differ.
+
+    Stem, layer1 and layer2 are per modality here whatever the tiny preset says
+    (``model.specific_stages=3``), so that a wrong stream moves the features well
+    beyond float noise.
+    """
     return make_checkpoint(
-        tmp_path_factory.mktemp("ckpt2") / "two_stream.pt", overrides=("eval.trials=2",), distinct_streams=True
+        tmp_path_factory.mktemp("ckpt2") / "two_stream.pt",
+        overrides=("eval.trials=2", "model.specific_stages=3"),
+        distinct_streams=True,
     )
 
 

@@ -100,7 +100,11 @@ def _fake_output(batch: int = 8, dim: int = 6, classes: int = 3, seed: int = 3) 
     return ModelOutput(features=features, bn_feature=features["layer4"], logits=torch.randn(batch, classes, generator=g))
 
 
-LOSS_SETTINGS = [
+LOSS_SETTINGS = [  # every term on, each setting away from its default (whatever the preset says)
+    "loss.weights.id=1.0",
+    "loss.weights.supcon=1.0",
+    "loss.weights.hks=1.0",
+    "loss.weights.mmd=1.0",
     "loss.supcon_temperature=0.37",
     "loss.hks_temperature=2.5",
     "loss.mmd_margin=0.01",
