@@ -36,3 +36,7 @@ class StorageError(MclnetError):
 
 class LockedError(MclnetError):
     """Another mclnet process is writing the same index folder or run directory."""
+
+
+class Interrupted(MclnetError):
+    """The user stopped the work (Ctrl-C); the message says what was kept and how to continue. Exit code 130."""

@@ -163,7 +163,7 @@ def test_interrupted_rebuild_keeps_the_old_index(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(GalleryIndex, "_write_files", interrupted)
-    args = ["index", str(gallery), "-c", str(checkpoint), "-m", "visible", "-o", str(out), "--device", "cpu"]
+    args = ["index", str(gallery), "-c", str(checkpoint), "-m", "visible", "-o", str(out), "--device", "cpu", "--force"]
     result = runner.invoke(app, args)
     assert result.exit_code == 130 and "interrupted" in result.output
     monkeypatch.undo()
@@ -252,7 +252,9 @@ def test_query_json_shape_and_cross_spectrum_retrieval(
     results = _query(out, str(probes), "--modality", "infrared", "--top-k", "3")
     assert [Path(r["probe"]).parent.name for r in results] == ["0001", "0002", "0003", "0004"]
     for row in results:
-        assert set(row) == {"probe", "results"}
+        assert {"probe", "results"} <= set(row)
+        assert row["index"] == str(out) and row["feature"] == "bn" and row["checkpoint"] == str(checkpoint.resolve())
+        assert row["probe_modality"] == "infrared" and row["gallery_modality"] == "visible"
         assert [h["rank"] for h in row["results"]] == [1, 2, 3]
         assert all(set(h) == HIT_KEYS for h in row["results"])
         scores = [h["score"] for h in row["results"]]
@@ -294,11 +296,11 @@ def test_save_writes_a_ranked_list_picture(tmp_path: Path, gallery: Path, probes
     results = _query(out, str(probes), "-m", "infrared", "-k", "3", "--save", str(png))
     image = Image.open(png).convert("RGB")
     cell_w, cell_h = 64 + 2 * picture.BORDER, 128 + 2 * picture.BORDER
-    assert image.size == (
-        picture.GAP + cell_w + picture.SEPARATOR + 3 * (cell_w + picture.GAP),
-        picture.GAP + 4 * (cell_h + picture.CAPTION + picture.GAP),
-    )
-    top = picture.GAP
+    rows_h = 4 * (cell_h + picture.CAPTION + picture.GAP)
+    assert image.width == picture.GAP + cell_w + picture.SEPARATOR + 3 * (cell_w + picture.GAP)
+    legend_h = image.height - picture.GAP - rows_h
+    assert 0 < legend_h < 60  # the legend above the rows
+    top = legend_h + picture.GAP
     assert image.getpixel((picture.GAP, top)) == picture.PROBE  # probe outline
     first_left = picture.GAP + cell_w + picture.SEPARATOR
     expected = picture.MATCH if results[0]["results"][0]["pid"] == 1 else picture.MISMATCH

@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from mclnet_cli.cli.options import DebugOpt, QuietOpt, common
 from mclnet_cli.cli.output import console, guard, print_json
 
 
@@ -18,12 +19,15 @@ def convert(
         typer.Option("--set", help="Override a value of the official-code config, e.g. --set eval.protocol=regdb."),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the mapping report as one JSON document.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Convert the authors' checkpoint: every tensor placed and shape-checked, config `official-code`.
 
     The result works with evaluate, index and query as it is. Only tensors,
     numbers and numpy arrays are read from the file; nothing else is unpickled.
     """
+    common(quiet=quiet, debug=debug)
     _run(source, out, overrides or [], json_output)
 
 

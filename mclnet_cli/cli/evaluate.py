@@ -7,6 +7,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from mclnet_cli.cli.options import (
+    DIRECTIONS, DRAWS, PROTOCOLS, SYSU_MODES, BatchSizeOpt, DebugOpt, DeviceOpt, QuietOpt, ThreadsOpt, WorkersOpt,
+    choice_option, common,
+)
 from mclnet_cli.cli.output import console, guard, print_json, progress_bar
 
 COLUMNS = (("rank1", "R-1"), ("rank5", "R-5"), ("rank10", "R-10"), ("rank20", "R-20"), ("mAP", "mAP"), ("mINP", "mINP"))
@@ -19,23 +23,29 @@ def evaluate(
         Optional[Path],
         typer.Option("--features", help="Score an .npz of features computed elsewhere (features, pids, cams, modalities, paths)."),
     ] = None,
-    protocol: Annotated[Optional[str], typer.Option("--protocol", help="sysu, regdb or llcm.")] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", help="sysu: all or indoor.")] = None,
-    shots: Annotated[Optional[int], typer.Option("--shots", help="sysu/llcm gallery images per (pid, camera): 1 or 10.")] = None,
+    protocol: Annotated[Optional[str], choice_option("--protocol", values=PROTOCOLS, help="sysu, regdb or llcm.")] = None,
+    mode: Annotated[Optional[str], choice_option("--mode", values=SYSU_MODES, help="sysu: all or indoor.")] = None,
+    shots: Annotated[
+        Optional[int], choice_option("--shots", values=("1", "10"), help="sysu/llcm gallery images per (pid, camera): 1 or 10.")
+    ] = None,
     trials: Annotated[Optional[int], typer.Option("--trials", help="Gallery draws to average (1-10).")] = None,
     direction: Annotated[
-        Optional[str], typer.Option("--direction", help="regdb/llcm: visible_to_infrared, infrared_to_visible or both.")
+        Optional[str],
+        choice_option("--direction", values=DIRECTIONS, help="regdb/llcm: visible_to_infrared, infrared_to_visible or both."),
     ] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per forward pass.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    workers: Annotated[Optional[int], typer.Option("--workers", min=0, help="Image-decoding processes (default: data.workers).")] = None,
+    batch_size: BatchSizeOpt = None,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = None,
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Flip test-time augmentation.")] = None,
     rerank: Annotated[Optional[bool], typer.Option("--rerank/--no-rerank", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3).")] = None,
-    draws: Annotated[Optional[str], typer.Option("--draws", help="sysu gallery draws: agw (default) or official.")] = None,
+    draws: Annotated[Optional[str], choice_option("--draws", values=DRAWS, help="sysu gallery draws: agw (default) or official.")] = None,
     perm_file: Annotated[
         Optional[Path], typer.Option("--perm-file", help="rand_perm_cam.mat for --draws official (default: <root>/exp/).")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document (percent).")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Evaluate a checkpoint on a prepared test split: Rank-1/5/10/20, mAP, mINP per trial and mean +- std.
 
@@ -43,6 +53,7 @@ def evaluate(
     feature (bn, pool) for sysu and by direction/feature (e.g. visible_to_infrared/bn)
     for regdb and llcm; a features file is scored as the feature 'features'.
     """
+    common(quiet=quiet, debug=debug, threads=threads, compute=features is None)  # a features file needs no torch
     options = dict(
         protocol=protocol, mode=mode, shots=shots, trials=trials, direction=direction,
         batch_size=batch_size, flip=flip, rerank=rerank, draws=draws,
@@ -76,7 +87,7 @@ def _run(
 
         report = evaluate_checkpoint(
             checkpoint, data, device=device, workers=workers, perm_file=perm_file,
-            progress=lambda total: progress_bar("embedding test images", total, enabled=not json_output),
+            progress=lambda total: progress_bar("embedding test images", total),
             **options,
         )
     payload = report.to_json()

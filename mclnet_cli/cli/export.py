@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from mclnet_cli.cli.options import DebugOpt, QuietOpt, ThreadsOpt, common, modality_option
 from mclnet_cli.cli.output import console, guard, print_json
 
 
@@ -25,10 +26,13 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="Trained mclnet checkpoint (.pt).", show_default=False)],
     fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="onnx (needs the 'export' extra) or torchscript.", show_default=False)],
     modality: Annotated[
-        str, typer.Option("--modality", "-m", help="Which stream to export: visible or infrared.", show_default=False)
+        str, modality_option("Which stream to export: visible or infrared.")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write; its description goes to OUT.json.", show_default=False)],
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Export one spectrum's retrieval path (stream, shared stages, pooling, BNNeck, L2 norm) with a dynamic batch.
 
@@ -36,6 +40,7 @@ def export(
     is an error and nothing is written. OUT.json holds the input size, mean/std, feature name
     and checkpoint fingerprint.
     """
+    common(quiet=quiet, debug=debug, threads=threads, compute=True)
     _run(checkpoint, fmt.value, modality, out, as_json)
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from mclnet_cli.cli.options import DebugOpt, DeviceOpt, QuietOpt, ThreadsOpt, common, modality_option
 from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar
 
 if TYPE_CHECKING:
@@ -31,9 +32,14 @@ def index(
     gallery_dir: Annotated[Path, typer.Argument(help="Folder of gallery images (searched recursively).", show_default=False)],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Trained mclnet checkpoint (.pt).", show_default=False)],
     modality: Annotated[
-        str, typer.Option("--modality", "-m", help="Spectrum of the gallery images: visible or infrared.", show_default=False)
+        str, modality_option("Spectrum of the gallery images: visible or infrared.")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write (replaced atomically).", show_default=False)],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Index folder to write; one that holds an index needs --add or --force.", show_default=False
+        ),
+    ],
     kind: Annotated[
         Optional[IndexKind],
         typer.Option(
@@ -68,19 +74,27 @@ def index(
     add: Annotated[
         bool, typer.Option("--add", help="Append images not yet in the index at --out (by path); IVF cells are not retrained.")
     ] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the index at --out (without it, an existing index is refused).")
+    ] = False,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Embed a folder of gallery images with one spectrum's stream into a FAISS index.
 
     Unreadable and non-image files are skipped and listed, never fatal. The folder
-    --out holds index.faiss (plain FAISS), records.jsonl and meta.json. One writer at
-    a time: a second 'mclnet index' on the same --out waits for the first, then adds
-    to what it wrote.
+    --out holds index.faiss (plain FAISS), records.jsonl and meta.json. An --out that
+    already holds an index is refused unless --add (append) or --force (replace,
+    atomically). One writer at a time: a second 'mclnet index' on the same --out waits
+    for the first.
     """
+    common(quiet=quiet, debug=debug, threads=threads, compute=True)
     _run(
         gallery_dir, checkpoint, modality, out, kind.value if kind else None, batch_size, nlist, nprobe, workers, add, device,
-        as_json,
+        as_json, force,
     )  # fmt: skip
 
 
@@ -98,8 +112,19 @@ def _run(
     add: bool,
     device: str,
     as_json: bool,
+    force: bool = False,
 ) -> None:
+    from mclnet_cli.errors import IndexStoreError
+    from mclnet_cli.index.gallery import is_index_dir
     from mclnet_cli.index.service import build_gallery_index
+
+    if add and force:
+        raise IndexStoreError("--add appends to the index, --force replaces it: give one of them")
+    replaced = _existing_count(out) if is_index_dir(out) and not add else None
+    if replaced is not None and not force:
+        raise IndexStoreError(
+            f"{out} already holds an index of {replaced} image(s): --add appends to it, --force replaces it"
+        )
 
     report = build_gallery_index(
         checkpoint,
@@ -120,10 +145,24 @@ def _run(
 
     if not env_dist_info().is_main:  # torchrun: rank 0 speaks for the job
         return
+    if replaced is not None:
+        report.notices.append(f"replaced the previous index of {replaced} image(s) in {out} (--force)")
     if as_json:
-        print_json(report.to_json())
+        print_json({**report.to_json(), "replaced": replaced})
     else:
         _render(report)
+
+
+def _existing_count(out: Path) -> int | str:
+    """Rows of the index at ``out`` as its meta.json records them ("?" when unreadable)."""
+    import json
+
+    from mclnet_cli.index.gallery import META_FILE
+
+    try:
+        return int(json.loads((out / META_FILE).read_text())["count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "?"
 
 
 def _render(report: "BuildReport") -> None:

@@ -6,12 +6,18 @@ from typing import Annotated
 
 import typer
 
+from mclnet_cli.cli.options import DebugOpt, QuietOpt, common
 from mclnet_cli.cli.output import console, guard, print_json
 
 
 @guard
-def info(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def info(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
     """Versions of mclnet, torch, torchvision and faiss; device and threads; where presets live."""
+    common(quiet=quiet, debug=debug)
     from mclnet_cli.info import environment_info
 
     facts = environment_info()

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import typer
 from rich.console import Console
 
-from mclnet_cli.errors import MclnetError
+from mclnet_cli.errors import Interrupted, MclnetError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -28,6 +28,7 @@ def env_debug() -> bool:
 class _State:
     debug: bool = env_debug()
     quiet: bool = False
+    threads: int | None = None  # torch threads set by --threads / MCLNET_THREADS / the default
 
 
 state = _State()
@@ -48,6 +49,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def interrupted(message: str) -> typer.Exit:
+    """Print ``interrupted: message`` (yellow, not an error) on stderr and return Exit(130), as a shell does for Ctrl-C."""
+    from rich.markup import escape
+
+    err_console.print(f"[yellow]interrupted:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(130)
+
+
 def guard(func: F) -> F:
     """Turn core errors into one clear line and exit code 1 (traceback with --debug)."""
 
@@ -55,6 +64,10 @@ def guard(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except Interrupted as exc:
+            if state.debug:
+                raise
+            raise interrupted(str(exc)) from None
         except MclnetError as exc:
             if state.debug:
                 raise
@@ -62,7 +75,9 @@ def guard(func: F) -> F:
         except KeyboardInterrupt:
             if state.debug:
                 raise
-            raise fail("interrupted", code=130) from None
+            raise interrupted(
+                "nothing half-written is left (outputs are replaced atomically); run the same command again to redo it"
+            ) from None
         except OSError as exc:  # disk full, permissions, a folder where a file should be
             if state.debug:
                 raise
@@ -72,17 +87,95 @@ def guard(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+PROGRESS_EVERY_ENV = "MCLNET_PROGRESS_EVERY"
+DEFAULT_PROGRESS_EVERY = 30.0
+
+
+def progress_every() -> float:
+    """Seconds between plain progress lines when stderr is not a terminal (``MCLNET_PROGRESS_EVERY``, default 30)."""
+    text = os.environ.get(PROGRESS_EVERY_ENV, "").strip()
+    try:
+        return max(0.0, float(text)) if text else DEFAULT_PROGRESS_EVERY
+    except ValueError:
+        return DEFAULT_PROGRESS_EVERY
+
+
+def format_duration(seconds: float) -> str:
+    """``1:02:03`` / ``2:03`` for a number of seconds (``-:--`` when unknown)."""
+    if seconds is None or seconds != seconds or seconds < 0 or seconds == float("inf"):
+        return "-:--"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class PlainTicker:
+    """One plain progress line every ``every`` seconds (for logs: stderr is not a terminal).
+
+    ``every`` 0 prints at every update. Nothing is printed for work that ends
+    before the first interval, so short commands stay quiet in logs.
+    """
+
+    def __init__(self, every: float | None = None, console: Console | None = None, clock: Callable[[], float] | None = None) -> None:
+        import time
+
+        self.every = progress_every() if every is None else every
+        self.console = console or err_console
+        self.clock = clock or time.monotonic
+        self.started = self.clock()
+        self.last = self.started
+        self.printed = 0
+
+    def due(self) -> bool:
+        return self.clock() - self.last >= self.every
+
+    def emit(self, text: str) -> None:
+        self.last = self.clock()
+        self.printed += 1
+        self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+
 @contextmanager
 def progress_bar(description: str, total: int | None, *, enabled: bool = True, unit: str = "img") -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields ``advance(n)``. Silent when disabled or --quiet."""
+    """Progress on stderr; yields ``advance(n)``. Silent when disabled or --quiet.
+
+    A terminal gets a rich bar; anything else (a log file, a pipe) gets a plain
+    line every ``MCLNET_PROGRESS_EVERY`` seconds (default 30) and a last line
+    when at least one was printed.
+    """
     if not enabled or state.quiet:
         yield lambda n=1: None
+        return
+    if not err_console.is_terminal:
+        ticker = PlainTicker()
+        done = 0
+
+        def line() -> str:
+            elapsed = ticker.elapsed()
+            rate = done / elapsed if elapsed > 0 else 0.0
+            count = f"{done}/{total}" if total else str(done)
+            eta = f", ETA {format_duration((total - done) / rate)}" if total and rate > 0 and done < total else ""
+            return f"{description}: {count} {unit} ({rate:.1f} {unit}/s, {format_duration(elapsed)} elapsed{eta})"
+
+        def plain_advance(n: int = 1) -> None:
+            nonlocal done
+            done += n
+            if ticker.due():
+                ticker.emit(line())
+
+        yield plain_advance
+        if ticker.printed:
+            ticker.emit(line())
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = [
         TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=None if err_console.width >= 100 else 12),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
         TimeElapsedColumn(),

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from mclnet_cli.cli.options import DebugOpt, QuietOpt, common
 from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar
 
 if TYPE_CHECKING:
@@ -69,8 +70,9 @@ def _render(report: "PrepareReport", as_json: bool, extra: dict[str, Any] | None
 
 @app.command("sysu")
 @guard
-def sysu(root: RootArg, out: OutOpt, skip_bad: SkipBadOpt = False, cache: CacheOpt = False, cache_size: CacheSizeOpt = "288x144", workers: WorkersOpt = None, as_json: JsonOpt = False) -> None:
+def sysu(root: RootArg, out: OutOpt, skip_bad: SkipBadOpt = False, cache: CacheOpt = False, cache_size: CacheSizeOpt = "288x144", workers: WorkersOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """SYSU-MM01: cam1..cam6/<pid>/<index>.jpg with exp/{train,val,test}_id.txt."""
+    common(quiet=quiet, debug=debug)
     _run("sysu", root, out, trial=None, skip_bad=skip_bad, cache=cache, cache_size=cache_size, workers=workers, as_json=as_json)
 
 
@@ -85,15 +87,19 @@ def regdb(
     cache_size: CacheSizeOpt = "288x144",
     workers: WorkersOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """RegDB: Visible|Thermal/<pid>/*.bmp through idx/{train,test}_{visible,thermal}_T.txt."""
+    common(quiet=quiet, debug=debug)
     _run("regdb", root, out, trial=trial, skip_bad=skip_bad, cache=cache, cache_size=cache_size, workers=workers, as_json=as_json)
 
 
 @app.command("llcm")
 @guard
-def llcm(root: RootArg, out: OutOpt, skip_bad: SkipBadOpt = False, cache: CacheOpt = False, cache_size: CacheSizeOpt = "288x144", workers: WorkersOpt = None, as_json: JsonOpt = False) -> None:
+def llcm(root: RootArg, out: OutOpt, skip_bad: SkipBadOpt = False, cache: CacheOpt = False, cache_size: CacheSizeOpt = "288x144", workers: WorkersOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """LLCM: training via idx/train_{vis,nir}.txt, test via test_vis|test_nir/camN/<pid>/."""
+    common(quiet=quiet, debug=debug)
     _run("llcm", root, out, trial=None, skip_bad=skip_bad, cache=cache, cache_size=cache_size, workers=workers, as_json=as_json)
 
 
@@ -109,8 +115,11 @@ def synthetic(
     cache_size: CacheSizeOpt = "64x32",
     workers: WorkersOpt = None,
     as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Draw a small cross-spectrum person dataset (SYSU-MM01 layout) and prepare it."""
+    common(quiet=quiet, debug=debug)
     from mclnet_cli.data.cache import parse_size
     from mclnet_cli.data.prepare import prepare_dataset
     from mclnet_cli.data.synthetic import generate_synthetic

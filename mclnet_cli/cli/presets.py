@@ -6,6 +6,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from mclnet_cli.cli.options import DebugOpt, QuietOpt, common, complete_preset
 from mclnet_cli.cli.output import console, guard, print_json
 
 app = typer.Typer(help="List and show the shipped configuration presets.", no_args_is_help=True)
@@ -13,8 +14,13 @@ app = typer.Typer(help="List and show the shipped configuration presets.", no_ar
 
 @app.command("list")
 @guard
-def list_(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def list_(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
     """List the presets shipped with mclnet."""
+    common(quiet=quiet, debug=debug)
     from mclnet_cli.config import list_presets, load_preset_dict, presets_dir
 
     names = list_presets()
@@ -42,11 +48,14 @@ def list_(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 @app.command("show")
 @guard
 def show(
-    name: Annotated[str, typer.Argument(help="Preset name or path to a YAML file.")],
+    name: Annotated[str, typer.Argument(help="Preset name or path to a YAML file.", autocompletion=complete_preset)],
     set_: Annotated[Optional[List[str]], typer.Option("--set", help="Override a.b=value (repeatable).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Show a preset fully resolved (base merged, overrides applied, defaults filled)."""
+    common(quiet=quiet, debug=debug)
     from mclnet_cli.config import load_config
 
     cfg = load_config(name, set_ or ())

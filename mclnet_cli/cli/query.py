@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from mclnet_cli.cli.options import DebugOpt, DeviceOpt, QuietOpt, ThreadsOpt, common, modality_option
 from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar
 
 if TYPE_CHECKING:
@@ -21,11 +22,14 @@ def query(
     probes: Annotated[list[Path], typer.Argument(help="Probe images and/or folders of probe images.", show_default=False)],
     index_dir: Annotated[Path, typer.Option("--index", "-i", help="Index folder made by 'mclnet index'.", show_default=False)],
     modality: Annotated[
-        str, typer.Option("--modality", "-m", help="Spectrum of the probes: infrared or visible.", show_default=False)
+        str, modality_option("Spectrum of the probes: infrared or visible.")
     ],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Results per probe.")] = 10,
     save: Annotated[
-        Optional[Path], typer.Option("--save", help="Write a ranked-list picture (PNG) here.", show_default=False)
+        Optional[Path], typer.Option(
+            "--save", help="Write a ranked-list picture here, in the format its suffix names (.png, .jpg, .webp, ...).",
+            show_default=False,
+        )
     ] = None,
     checkpoint: Annotated[
         Optional[Path],
@@ -40,13 +44,20 @@ def query(
             show_default=False,
         ),
     ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list (a {probe, results} per probe) on stdout.")] = False,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print one JSON list on stdout: per probe its results, the index and the feature searched."),
+    ] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Rank the gallery of an index for each probe (cross-spectrum: infrared probes, visible gallery, or back).
 
     The checkpoint recorded in the index embeds the probes with their own spectrum's stream.
     """
+    common(quiet=quiet, debug=debug, threads=threads, compute=True)
     _run(probes, index_dir, modality, top_k, save, checkpoint, batch_size, device, as_json)
 
 
@@ -64,6 +75,10 @@ def _run(
 ) -> None:
     from mclnet_cli.index.service import search_gallery
 
+    if save is not None:
+        from mclnet_cli.index.picture import image_format
+
+        image_format(save)  # an unknown suffix is refused before any work
     report = search_gallery(
         index_dir,
         probes,
@@ -82,10 +97,12 @@ def _run(
     if save is not None:
         from mclnet_cli.index.picture import MAX_COLUMNS, save_ranked_list
 
-        rows = [(r.probe, r.pid, r.hits) for r in report.results if r.error is None]
-        if any(len(hits) > MAX_COLUMNS for _, _, hits in rows):
+        rows = [(r.probe, r.pid, r.hits, r.cam) for r in report.results if r.error is None]
+        if any(len(row[2]) > MAX_COLUMNS for row in rows):
             err_console.print(f"[yellow]note:[/] the picture shows the first {MAX_COLUMNS} results of each probe", highlight=False)
-        written = save_ranked_list(save, rows, top_k=top_k)
+        written = save_ranked_list(
+            save, rows, top_k=top_k, probe_modality=report.probe_modality, gallery_modality=report.gallery_modality or None
+        )
         err_console.print(f"ranked list saved to {written}", highlight=False)
     if as_json:
         print_json(report.to_json())
@@ -98,8 +115,14 @@ def _known(value: int | None) -> str:
 
 
 def _render(report: "SearchReport") -> None:
+    from rich.markup import escape
     from rich.table import Table
 
+    console.print(
+        f"[dim]{report.probe_modality} probes against the {report.gallery_modality or '?'} gallery of index "
+        f"{escape(str(report.index_dir))}, feature '{report.feature}'[/]",
+        highlight=False,
+    )
     for result in report.results:
         if result.error:
             continue

@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from mclnet_cli.cli.output import err_console, fail, guard
+from mclnet_cli.cli.options import DebugOpt, DeviceOpt, QuietOpt, ThreadsOpt, common
+from mclnet_cli.cli.output import err_console, fail, guard, print_json
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -40,14 +41,21 @@ def serve(
     model_threads: Annotated[
         int, typer.Option("--model-threads", min=1, help="Threads running the model (1 suits a CPU; more for a GPU).")
     ] = 1,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print where it listens as one JSON object on stdout (url, index, images) on start.")
+    ] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Serve search over HTTP: POST /search, GET/POST /gallery, GET /images/N, a page at /, API docs at /docs.
 
     The model and index are loaded once; the index is read again when it changes on disk
     (mclnet index --add), between requests. Stop with Ctrl-C.
     """
-    _run(index_dir, checkpoint, host, port, token, max_upload_mb, max_pixels, uploads, model_threads, device)
+    common(quiet=quiet, debug=debug, threads=threads, compute=True)
+    _run(index_dir, checkpoint, host, port, token, max_upload_mb, max_pixels, uploads, model_threads, device, as_json)
 
 
 @guard
@@ -62,6 +70,7 @@ def _run(
     uploads: Path | None,
     model_threads: int,
     device: str,
+    as_json: bool = False,
 ) -> None:
     try:
         import uvicorn
@@ -89,6 +98,11 @@ def _run(
             highlight=False,
         )
     shown = f"[{host}]" if ":" in host else host
+    if as_json:
+        print_json({
+            "url": f"http://{shown}:{port}/", "index": str(index_dir), "images": len(gallery),
+            "modality": gallery.extra.get("modality"), "token_required": token is not None,
+        })
     err_console.print(
         f"serving {len(gallery)} {gallery.extra.get('modality', '')} images from {index_dir} on http://{shown}:{port} "
         f"(page at /, API docs at /docs{', token required' if token else ''}); Ctrl-C stops",

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from mclnet_cli.cli.options import DIRECTIONS, DRAWS, PROTOCOLS, SYSU_MODES, DebugOpt, QuietOpt, choice_option, common
 from mclnet_cli.cli.output import console, guard, print_json
 
 PROTOCOL_HELP = "sysu, regdb or llcm (default: the prepared dataset's own, else sysu)."
@@ -15,28 +16,40 @@ PROTOCOL_HELP = "sysu, regdb or llcm (default: the prepared dataset's own, else 
 
 def split(
     prepared: Annotated[Path, typer.Argument(help="Prepared dataset folder (from 'mclnet prepare').")],
-    protocol: Annotated[Optional[str], typer.Option("--protocol", help=PROTOCOL_HELP)] = None,
-    mode: Annotated[str, typer.Option("--mode", help="sysu: all or indoor.")] = "all",
-    shots: Annotated[int, typer.Option("--shots", help="Gallery images per (pid, camera): 1 or 10.")] = 1,
+    protocol: Annotated[Optional[str], choice_option("--protocol", values=PROTOCOLS, help=PROTOCOL_HELP)] = None,
+    mode: Annotated[Optional[str], choice_option("--mode", values=SYSU_MODES, help="sysu: all (default) or indoor.")] = None,
+    shots: Annotated[
+        Optional[int], choice_option("--shots", values=("1", "10"), help="sysu/llcm gallery images per (pid, camera): 1 (default) or 10.")
+    ] = None,
     trial: Annotated[int, typer.Option("--trial", min=0, max=9999, help="Trial number (0-based draw seed; regdb has trial 0 only).")] = 0,
     direction: Annotated[
-        str, typer.Option("--direction", help="regdb/llcm: infrared_to_visible or visible_to_infrared.")
-    ] = "infrared_to_visible",
-    draws: Annotated[str, typer.Option("--draws", help="sysu gallery draws: agw (default) or official.")] = "agw",
+        Optional[str],
+        choice_option(
+            "--direction", values=DIRECTIONS[:2], help="regdb/llcm: infrared_to_visible (default) or visible_to_infrared."
+        ),
+    ] = None,
+    draws: Annotated[Optional[str], choice_option("--draws", values=DRAWS, help="sysu gallery draws: agw (default) or official.")] = None,
     perm_file: Annotated[
         Optional[Path], typer.Option("--perm-file", help="rand_perm_cam.mat for --draws official (default: <root>/exp/).")
     ] = None,
     show: Annotated[int, typer.Option("--show", help="Gallery rows to list in the table (0: none).")] = 20,
     json_output: Annotated[bool, typer.Option("--json", help="Print queries and gallery as one JSON document.")] = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
-    """Show the query and gallery images of one protocol trial (summary table, or every image with --json)."""
+    """Show the query and gallery images of one protocol trial (summary table, or every image with --json).
+
+    Options the protocol does not use (--mode/--draws with regdb or llcm, --shots with regdb,
+    --direction with sysu) are refused, not ignored.
+    """
+    common(quiet=quiet, debug=debug)
     _run(prepared, protocol, mode, shots, trial, direction, draws, perm_file, show, json_output)
 
 
 @guard
 def _run(
-    prepared_path: Path, protocol: str | None, mode: str, shots: int, trial_number: int, direction: str,
-    draws: str, perm_file: Path | None, show: int, json_output: bool,
+    prepared_path: Path, protocol: str | None, mode: str | None, shots: int | None, trial_number: int,
+    direction: str | None, draws: str | None, perm_file: Path | None, show: int, json_output: bool,
 ) -> None:
     from mclnet_cli.engine.evaluate import split_trial
 

@@ -57,6 +57,27 @@ NPZ_ARRAYS = ("features", "pids", "cams", "modalities", "paths")
 ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
 
 
+def refuse_inapplicable(protocol: str, given: Mapping[str, Any]) -> None:
+    """One line naming an option the user gave that the protocol would ignore (never silently ignored).
+
+    sysu has one direction (infrared -> visible) and no ``--direction``; regdb has
+    no gallery draw (no ``--mode``, ``--shots``, more than one ``--trials``); llcm
+    has no indoor mode. ``given`` holds only the options set explicitly.
+    """
+    checks: list[tuple[str, bool, str]] = [
+        ("direction", protocol == "sysu" and given.get("direction") not in (None, "infrared_to_visible"),
+         "sysu has one direction (infrared_to_visible); --direction applies to regdb and llcm"),
+        ("mode", protocol != "sysu" and "mode" in given, f"--mode applies to sysu only ({protocol} has no indoor/all search)"),
+        ("shots", protocol == "regdb" and "shots" in given,
+         "--shots applies to sysu and llcm (regdb's gallery is every image of the other spectrum)"),
+        ("trials", protocol == "regdb" and int(given.get("trials") or 1) > 1,
+         "regdb has one trial per direction (its ten trials are ten prepared splits, one model each): drop --trials"),
+    ]
+    for _name, bad, message in checks:
+        if bad:
+            raise ConfigError(f"{message}; --protocol is {protocol}")
+
+
 @dataclass(frozen=True)
 class EvalSettings:
     """The protocol choices of one evaluation run."""
@@ -79,8 +100,10 @@ class EvalSettings:
             "trials": defaults.trials, "direction": defaults.direction, "batch_size": defaults.batch_size,
             "flip": defaults.flip, "rerank": defaults.rerank, "draws": "agw",
         }
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        values.update(given)
         values["protocol"] = check_protocol(values["protocol"], "--protocol")
+        refuse_inapplicable(values["protocol"], given)
         settings = cls(**values)
         settings.check()
         return settings
@@ -164,6 +187,12 @@ def score_trials(
     table: dict[str, list[dict[str, Any]]] = {}
     for trial in trials:
         q, g = trial.query, trial.gallery
+        if rerank:
+            # k-reciprocal neighbour sets break distance ties (duplicate or near-identical images) by position,
+            # and a tie decided differently changes every distance built on those sets. Sample order makes
+            # trials that draw the same images (10-shot groups of <= 10 images, drawn in another order) score
+            # the same. Without rerank the draw order is kept: ranking ties go by column, as in the reference code.
+            q, g = np.sort(q), np.sort(g)
         for name, array in features.items():
             dist = trial_distances(array[rows[q]], array[rows[g]], rerank=rerank)
             result = rank_metrics(dist, pids[q], pids[g], cams[q], cams[g], trial.protocol)
@@ -301,10 +330,10 @@ def split_trial(
     trial: int = 0,
     *,
     protocol: str | None = None,
-    mode: str = "all",
-    shots: int = 1,
-    direction: str = "infrared_to_visible",
-    draws: str = "agw",
+    mode: str | None = None,
+    shots: int | None = None,
+    direction: str | None = None,
+    draws: str | None = None,
     perm_file: Path | str | None = None,
 ) -> SplitView:
     """The queries and gallery of trial ``trial`` of a prepared dataset (what ``mclnet split`` shows).
@@ -313,10 +342,12 @@ def split_trial(
     reader, e.g. synthetic). One trial has one direction: ``both`` is refused.
     """
     prepared = load_prepared(data)
-    name = protocol if protocol is not None else (dataset_protocol(prepared.meta) or "sysu")
+    name = check_protocol(protocol if protocol is not None else (dataset_protocol(prepared.meta) or "sysu"), "--protocol")
+    given = {k: v for k, v in dict(mode=mode, shots=shots, direction=direction).items() if v is not None}
+    refuse_inapplicable(name, given)
     settings = EvalSettings(
-        protocol=check_protocol(name, "--protocol"), mode=mode, shots=shots, trials=1,
-        direction=direction, draws=draws,
+        protocol=name, mode=mode or "all", shots=shots or 1, trials=1,
+        direction=direction or "infrared_to_visible", draws=draws or "agw",
     )
     settings.check()
     if trial < 0:

@@ -148,9 +148,15 @@ class SearchReport:
     probe_modality: str
     checkpoint: str
     notices: list[str] = field(default_factory=list)
+    feature: str = FEATURE
 
     def to_json(self) -> list[dict[str, Any]]:
-        return [r.to_json() for r in self.results]
+        """One ``{probe, results}`` per probe, each also naming the index, feature, checkpoint and spectra searched."""
+        context = {
+            "index": str(self.index_dir), "feature": self.feature, "checkpoint": str(self.checkpoint),
+            "probe_modality": self.probe_modality, "gallery_modality": self.gallery_modality,
+        }
+        return [{**r.to_json(), **context} for r in self.results]
 
 
 # --------------------------------------------------------------------------- files
@@ -643,4 +649,7 @@ def search_gallery(
     with _progress(progress, len(probe_paths)) as advance:
         results, _, _ = engine.rank(probe_paths, modality, top_k, on_progress=advance, workers=workers)
     gallery_modality = str(engine.gallery.extra.get("modality", ""))
-    return SearchReport(results, Path(index_dir), gallery_modality, modality.value, engine.checkpoint_path, notices)
+    feature = str(engine.gallery.extra.get("feature", FEATURE))
+    return SearchReport(
+        results, Path(index_dir), gallery_modality, modality.value, engine.checkpoint_path, notices, feature=feature
+    )

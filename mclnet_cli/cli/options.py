@@ -1,0 +1,142 @@
+"""Options shared by every command, defined once.
+
+Each command takes the same ``--quiet``, ``--json``, ``--debug`` (after the
+command name; the root forms ``mclnet --quiet CMD`` keep working) and, where it
+computes, ``--threads``. Closed choices and preset names complete in the shell
+(``mclnet --install-completion``). Nothing here imports torch at module level.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Iterable, Optional
+
+import typer
+
+from mclnet_cli.cli.output import env_debug, state
+
+THREADS_ENV = "MCLNET_THREADS"
+MODALITIES = ("visible", "infrared")
+SYSU_MODES = ("all", "indoor")
+DIRECTIONS = ("visible_to_infrared", "infrared_to_visible", "both")
+PROTOCOLS = ("sysu", "regdb", "llcm")
+DEVICES = ("auto", "cpu", "cuda")
+DRAWS = ("agw", "official")
+
+
+def _complete(values: Iterable[str]):  # noqa: ANN202 - Typer's autocompletion callable
+    choices = tuple(values)
+
+    def complete(incomplete: str) -> list[str]:
+        return [value for value in choices if value.startswith(incomplete)]
+
+    return complete
+
+
+def complete_preset(incomplete: str) -> list[str]:
+    """Shipped preset names (and YAML files in the working folder) starting with ``incomplete``."""
+    from mclnet_cli.config import list_presets
+
+    names = list(list_presets())
+    if incomplete and ("/" in incomplete or incomplete.endswith((".yaml", ".yml"))):
+        return []  # a path: let the shell complete files
+    return [name for name in names if name.startswith(incomplete)]
+
+
+# --- options every command accepts ---------------------------------------------------------------
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors (also MCLNET_DEBUG=1).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")]
+ThreadsOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--threads",
+        min=1,
+        envvar=THREADS_ENV,
+        show_envvar=True,
+        help="CPU threads for torch (default: 1 when the machine is busy, else up to 2; see docs/benchmarks.md).",
+        show_default=False,
+    ),
+]
+
+# --- options several commands share --------------------------------------------------------------
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.", autocompletion=_complete(DEVICES))]
+ModalityHelp = "visible or infrared"
+PresetOpt = Annotated[
+    Optional[str],
+    typer.Option("--preset", "-p", help="Preset name or YAML path.", autocompletion=complete_preset, show_default=False),
+]
+SetOpt = Annotated[
+    Optional[list[str]], typer.Option("--set", help="Override a config value, e.g. --set train.epochs=10 (repeatable).")
+]
+BatchSizeOpt = Annotated[
+    Optional[int],
+    typer.Option("--batch-size", min=1, help="Images per forward pass (default: from the checkpoint's config).", show_default=False),
+]
+WorkersOpt = Annotated[
+    Optional[int], typer.Option("--workers", min=0, help="Image-decoding worker processes (default: from the config).", show_default=False)
+]
+
+
+def modality_option(help_text: str, *, required: bool = True):  # noqa: ANN201 - an Annotated metadata object
+    """``--modality/-m`` with completion of visible/infrared (aliases such as ir or thermal are accepted too)."""
+    return typer.Option("--modality", "-m", help=help_text, show_default=False, autocompletion=_complete(MODALITIES))
+
+
+def choice_option(*names: str, values: Iterable[str], help: str):  # noqa: A002, ANN201
+    """An option whose closed set of ``values`` completes in the shell (checked by the core)."""
+    return typer.Option(*names, help=help, autocompletion=_complete(values))
+
+
+# --- applying them -------------------------------------------------------------------------------
+def busy_machine() -> bool:
+    """True when the 1-minute load average already fills the cores (other processes are computing)."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return False
+    return load >= (os.cpu_count() or 1) - 0.5
+
+
+def default_threads() -> int:
+    """The thread count used without --threads / MCLNET_THREADS (measured in docs/benchmarks.md).
+
+    Two torch threads on two busy cores collapse (they wait on each other at
+    every parallel region); one thread degrades gracefully. So: 1 on a busy
+    machine, else the core count, at most 2 (more threads rarely pay for a
+    small CPU model and make the collapse worse).
+    """
+    cores = os.cpu_count() or 1
+    return 1 if busy_machine() else max(1, min(cores, 2))
+
+
+def apply_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count (explicit value, else :func:`default_threads`); returns it."""
+    import torch
+
+    count = int(threads) if threads is not None else default_threads()
+    if count < 1:
+        raise typer.BadParameter(f"must be 1 or more, got {count}", param_hint="--threads")
+    torch.set_num_threads(count)
+    state.threads = count
+    return count
+
+
+def common(*, quiet: bool = False, debug: bool = False, threads: int | None = None, compute: bool = False) -> None:
+    """Apply the shared options of one command (root-level ``--quiet``/``--debug`` stay in effect)."""
+    state.quiet = state.quiet or quiet
+    state.debug = state.debug or debug or env_debug()
+    if compute:
+        apply_threads(threads)
+
+
+def threads_from_env() -> int | None:
+    """MCLNET_THREADS as an int, or None when unset/empty (the option reads it too; this serves the API)."""
+    text = os.environ.get(THREADS_ENV, "").strip()
+    return int(text) if text else None
+
+
+__all__ = [
+    "BatchSizeOpt", "DebugOpt", "DeviceOpt", "JsonOpt", "PresetOpt", "QuietOpt", "SetOpt", "ThreadsOpt", "WorkersOpt",
+    "apply_threads", "busy_machine", "choice_option", "common", "complete_preset", "default_threads", "modality_option",
+]
