@@ -28,12 +28,27 @@ COMPUTE = {"train", "evaluate", "index", "query", "export", "serve"}
 
 
 @pytest.fixture
-def torch_threads():
-    """Two torch threads before the test (so that --threads 1 is visible), the original count after."""
+def torch_threads(monkeypatch: pytest.MonkeyPatch):
+    """Two torch threads before the test (so that --threads 1 is visible), the original count after.
+
+    The machine reads as idle, so that the load-aware default would leave the two threads alone.
+    """
+    import torch
+
+    monkeypatch.setattr(options.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+    state.threads = None
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """Commands here set torch's thread count for the whole process: put it back after each test."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
     yield
     torch.set_num_threads(before)
     state.threads = None
@@ -136,6 +151,13 @@ def test_threads_reach_torch_before_the_work(
 
 
 @pytest.mark.usefixtures("torch_threads")
+def test_without_threads_an_idle_machine_keeps_torchs_default(cli_runner: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _capture_threads(monkeypatch, "mclnet_cli.engine.evaluate", "evaluate_checkpoint")
+    result = cli_runner.invoke(app, ["evaluate", "x.pt", "--data", "d"], env={"MCLNET_THREADS": ""})
+    assert "stopped by the test" in result.output and seen == [2]
+
+
+@pytest.mark.usefixtures("torch_threads")
 def test_serve_threads(cli_runner: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("uvicorn")
     seen = _capture_threads(monkeypatch, "mclnet_cli.serve", "create_app")
@@ -148,9 +170,19 @@ def test_default_threads_follow_the_load(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(options.os, "getloadavg", lambda: (7.0, 7.0, 7.0))
     assert options.default_threads() == 1
     monkeypatch.setattr(options.os, "getloadavg", lambda: (0.2, 0.2, 0.2))
-    assert options.default_threads() == 2
+    assert options.default_threads() is None  # torch's own default: one thread per core
     monkeypatch.setattr(options.os, "cpu_count", lambda: 16)
-    assert options.default_threads() == 2
+    monkeypatch.setattr(options.os, "getloadavg", lambda: (15.6, 15.6, 15.6))
+    assert options.default_threads() == 1
+
+
+@pytest.mark.usefixtures("torch_threads")
+def test_a_busy_machine_gets_one_thread_by_default(cli_runner: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(options.os, "getloadavg", lambda: (float(options.os.cpu_count() or 1) + 5, 0.0, 0.0))
+    seen = _capture_threads(monkeypatch, "mclnet_cli.engine.evaluate", "evaluate_checkpoint")
+    result = cli_runner.invoke(app, ["evaluate", "x.pt", "--data", "d"], env={"MCLNET_THREADS": ""})
+    assert "stopped by the test" in result.output and seen == [1]
 
 
 def test_threads_must_be_positive(cli_runner: Any) -> None:
@@ -388,3 +420,27 @@ def test_rerank_scores_trials_with_the_same_gallery_the_same() -> None:
     results = score_trials(samples, {"bn": feats}, np.arange(nq + ng), trials, rerank=True)
     rows = results["bn"].trials
     assert len({(r["mAP"], r["rank1"], r["mINP"]) for r in rows}) == 1
+
+
+def test_serve_json_and_quiet(cli_runner: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    uvicorn = pytest.importorskip("uvicorn")
+    import mclnet_cli.serve as serve_package
+
+    class Gallery(list):
+        extra = {"modality": "visible"}
+
+    fake = SimpleNamespace(state=SimpleNamespace(served=SimpleNamespace(engine=SimpleNamespace(gallery=Gallery([1, 2, 3])))))
+    monkeypatch.setattr(serve_package, "create_app", lambda settings: fake)
+    ran: list[int] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: ran.append(port))
+    loud = cli_runner.invoke(app, ["serve", "-i", "idx", "--port", "8123", "--json", "--threads", "1"])
+    assert loud.exit_code == 0, loud.output
+    assert json.loads(loud.stdout) == {
+        "url": "http://127.0.0.1:8123/", "index": "idx", "images": 3, "modality": "visible", "token_required": False,
+    }
+    assert "serving 3 visible images" in loud.stderr
+    quiet = cli_runner.invoke(app, ["serve", "-i", "idx", "--port", "8123", "--quiet", "--threads", "1"])
+    assert quiet.exit_code == 0 and quiet.stdout == "" and "serving" not in quiet.stderr and ran == [8123, 8123]
+    state.threads = None

@@ -54,14 +54,13 @@ ThreadsOpt = Annotated[
         min=1,
         envvar=THREADS_ENV,
         show_envvar=True,
-        help="CPU threads for torch (default: 1 when the machine is busy, else up to 2; see docs/benchmarks.md).",
+        help="CPU threads for torch (default: 1 when the machine is already busy, else one per core; see docs/benchmarks.md).",
         show_default=False,
     ),
 ]
 
 # --- options several commands share --------------------------------------------------------------
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.", autocompletion=_complete(DEVICES))]
-ModalityHelp = "visible or infrared"
 PresetOpt = Annotated[
     Optional[str],
     typer.Option("--preset", "-p", help="Preset name or YAML path.", autocompletion=complete_preset, show_default=False),
@@ -78,7 +77,7 @@ WorkersOpt = Annotated[
 ]
 
 
-def modality_option(help_text: str, *, required: bool = True):  # noqa: ANN201 - an Annotated metadata object
+def modality_option(help_text: str):  # noqa: ANN201 - an Annotated metadata object
     """``--modality/-m`` with completion of visible/infrared (aliases such as ir or thermal are accepted too)."""
     return typer.Option("--modality", "-m", help=help_text, show_default=False, autocompletion=_complete(MODALITIES))
 
@@ -98,28 +97,27 @@ def busy_machine() -> bool:
     return load >= (os.cpu_count() or 1) - 0.5
 
 
-def default_threads() -> int:
+def default_threads() -> int | None:
     """The thread count used without --threads / MCLNET_THREADS (measured in docs/benchmarks.md).
 
     Two torch threads on two busy cores collapse (they wait on each other at
-    every parallel region); one thread degrades gracefully. So: 1 on a busy
-    machine, else the core count, at most 2 (more threads rarely pay for a
-    small CPU model and make the collapse worse).
+    every parallel region); one thread only shares its core. So: 1 on a busy
+    machine, else None (torch's own default: one thread per core).
     """
-    cores = os.cpu_count() or 1
-    return 1 if busy_machine() else max(1, min(cores, 2))
+    return 1 if busy_machine() else None
 
 
 def apply_threads(threads: int | None) -> int:
-    """Set torch's intra-op thread count (explicit value, else :func:`default_threads`); returns it."""
+    """Set torch's intra-op thread count (explicit value, else :func:`default_threads`); returns the count in use."""
     import torch
 
     count = int(threads) if threads is not None else default_threads()
-    if count < 1:
-        raise typer.BadParameter(f"must be 1 or more, got {count}", param_hint="--threads")
-    torch.set_num_threads(count)
-    state.threads = count
-    return count
+    if count is not None:
+        if count < 1:
+            raise typer.BadParameter(f"must be 1 or more, got {count}", param_hint="--threads")
+        torch.set_num_threads(count)
+    state.threads = torch.get_num_threads()
+    return state.threads
 
 
 def common(*, quiet: bool = False, debug: bool = False, threads: int | None = None, compute: bool = False) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from mclnet_cli.cli.options import DebugOpt, DeviceOpt, QuietOpt, ThreadsOpt, common
-from mclnet_cli.cli.output import err_console, fail, guard, print_json
+from mclnet_cli.cli.output import err_console, fail, guard, print_json, state
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -103,9 +103,10 @@ def _run(
             "url": f"http://{shown}:{port}/", "index": str(index_dir), "images": len(gallery),
             "modality": gallery.extra.get("modality"), "token_required": token is not None,
         })
-    err_console.print(
-        f"serving {len(gallery)} {gallery.extra.get('modality', '')} images from {index_dir} on http://{shown}:{port} "
-        f"(page at /, API docs at /docs{', token required' if token else ''}); Ctrl-C stops",
-        highlight=False,
-    )
+    if not state.quiet:
+        err_console.print(
+            f"serving {len(gallery)} {gallery.extra.get('modality', '')} images from {index_dir} on http://{shown}:{port} "
+            f"(page at /, API docs at /docs{', token required' if token else ''}); Ctrl-C stops",
+            highlight=False,
+        )
     uvicorn.run(app, host=host, port=port, log_level="warning")
