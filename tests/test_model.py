@@ -26,7 +26,7 @@ def tiny_cfg(**changes: object) -> ModelConfig:
 @pytest.fixture(scope="module")
 def tiny() -> MCLNet:
     torch.manual_seed(0)
-    return build_model(tiny_cfg(), num_classes=3)
+    return build_model(tiny_cfg(specific_stages=3), num_classes=3)  # the recipe's split (the tiny preset shares from layer1)
 
 
 def images(n: int, seed: int, h: int = H, w: int = W) -> torch.Tensor:
@@ -118,7 +118,7 @@ def test_rows_are_visible_then_infrared() -> None:
 
 def test_modality_stems_are_separate_parameters() -> None:
     torch.manual_seed(0)
-    model = build_model(tiny_cfg(), 3).train()
+    model = build_model(tiny_cfg(specific_stages=3), 3).train()  # the recipe's split (tiny shares from layer1)
     vis_stem, ir_stem = model.backbone.specific["visible"], model.backbone.specific["infrared"]
     assert len(vis_stem) == len(ir_stem) == 3  # stem, layer1, layer2
     vis_ptrs = {p.data_ptr() for p in vis_stem.parameters()}
@@ -215,7 +215,7 @@ def _saved_resnet18(path, seed: int = 123) -> dict[str, torch.Tensor]:
 def test_pretrained_path_loads_into_both_streams(tmp_path) -> None:
     state = _saved_resnet18(tmp_path / "r18.pth")
     torch.manual_seed(999)  # a different init, so equality can only come from the file
-    model = build_model(tiny_cfg(pretrained=str(tmp_path / "r18.pth")), 3)
+    model = build_model(tiny_cfg(pretrained=str(tmp_path / "r18.pth"), specific_stages=3), 3)
     spec = model.backbone.specific
     for m in ("visible", "infrared"):
         torch.testing.assert_close(spec[m][0][0].weight, state["conv1.weight"], rtol=0, atol=0)
