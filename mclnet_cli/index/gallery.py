@@ -59,6 +59,7 @@ import numpy as np
 
 from mclnet_cli.atomic import atomic_write, atomic_write_text, fsync_dir, storage_error
 from mclnet_cli.errors import IndexStoreError, LockedError
+from mclnet_cli.index.autotune import apply_parameters, auto_index
 from mclnet_cli.locks import LOCK_FILE, folder_lock
 
 FORMAT = "mclnet-index/1"
@@ -71,6 +72,7 @@ OWN_HIDDEN = (LOCK_FILE, JOURNAL_FILE)  # hidden entries of an index folder that
 READ_ATTEMPTS = 50  # a reader racing a writer's swap reads again, this many times at most
 READ_RETRY_S = 0.1
 KINDS = ("flat", "ivf", "hnsw", "ivfpq")
+BUILD_KINDS = (*KINDS, "auto")  # auto: chosen and tuned for a recall target (index/autotune.py)
 METRIC = "inner_product"
 
 # FAISS k-means wants at least this many training points per centroid.
@@ -331,8 +333,8 @@ def recover(directory: Path | str, *, wait: bool = False) -> bool:
 
 
 def _tune(index: faiss.Index, kind: str, params: dict[str, int], top_k: int = 0) -> None:
-    if kind in ("ivf", "ivfpq") and "nprobe" in params:
-        faiss.extract_index_ivf(index).nprobe = int(params["nprobe"])
+    if kind in ("ivf", "ivfpq"):
+        apply_parameters(index, params)  # nprobe, and the quantiser's efSearch / refine factor of auto indices
     elif kind == "hnsw":
         hnsw_index = faiss.downcast_index(index)
         hnsw_index.hnsw.efSearch = max(int(params.get("ef_search", HNSW_EF_SEARCH)), top_k)
@@ -366,8 +368,15 @@ class GalleryIndex:
         hnsw_m: int | None = None,
         pq_m: int | None = None,
         extra: dict[str, Any] | None = None,
+        recall: float = 0.95,
+        memory_bytes: int | None = None,
     ) -> "GalleryIndex":
-        """Index ``features`` [N, D] (re-normalised) with ``records`` in the same order."""
+        """Index ``features`` [N, D] (re-normalised) with ``records`` in the same order.
+
+        ``kind="auto"`` chooses the structure within ``memory_bytes`` and tunes its
+        search so that recall@10 against exact search reaches ``recall`` (see
+        :mod:`mclnet_cli.index.autotune`); the outcome is kept under ``extra["auto"]``.
+        """
         matrix = _as_matrix(features, "build")
         records = list(records)
         if matrix.shape[0] != len(records):
@@ -378,6 +387,14 @@ class GalleryIndex:
         if len(set(paths)) != len(paths):
             raise IndexStoreError("build: the same image path appears twice in the records")
         dim = matrix.shape[1]
+        if kind == "auto":
+            if not 0 < recall <= 1:
+                raise IndexStoreError(f"recall target must be in (0, 1], got {recall}")
+            index, choice = auto_index(matrix, recall, memory_bytes)
+            auto_extra = {**dict(extra or {}), "auto": choice.meta()}
+            gallery = cls(index, records, choice.kind, choice.factory, dict(choice.params), auto_extra, matrix.shape[0])
+            gallery.notices = list(choice.notices)
+            return gallery
         plan = plan_index(kind, matrix.shape[0], dim, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, pq_m=pq_m)
         index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
         if plan.kind == "hnsw":
