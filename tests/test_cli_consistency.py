@@ -444,3 +444,14 @@ def test_serve_json_and_quiet(cli_runner: Any, monkeypatch: pytest.MonkeyPatch) 
     quiet = cli_runner.invoke(app, ["serve", "-i", "idx", "--port", "8123", "--quiet", "--threads", "1"])
     assert quiet.exit_code == 0 and quiet.stdout == "" and "serving" not in quiet.stderr and ran == [8123, 8123]
     state.threads = None
+
+
+def test_ctrl_c_while_torch_loads_exits_130(cli_runner: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    def interrupted(n: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "set_num_threads", interrupted)
+    result = cli_runner.invoke(app, ["evaluate", "x.pt", "--data", "d", "--threads", "1"])
+    assert result.exit_code == 130 and "interrupted:" in result.output and "Aborted" not in result.output

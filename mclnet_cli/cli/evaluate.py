@@ -53,7 +53,8 @@ def evaluate(
     feature (bn, pool) for sysu and by direction/feature (e.g. visible_to_infrared/bn)
     for regdb and llcm; a features file is scored as the feature 'features'.
     """
-    common(quiet=quiet, debug=debug, threads=threads, compute=features is None)  # a features file needs no torch
+    # a features file needs no torch: only an explicit --threads imports it there
+    common(quiet=quiet, debug=debug, threads=threads, compute=features is None or threads is not None)
     options = dict(
         protocol=protocol, mode=mode, shots=shots, trials=trials, direction=direction,
         batch_size=batch_size, flip=flip, rerank=rerank, draws=draws,

@@ -13,7 +13,7 @@ from typing import Annotated, Iterable, Optional
 
 import typer
 
-from mclnet_cli.cli.output import env_debug, state
+from mclnet_cli.cli.output import env_debug, interrupted, state
 
 THREADS_ENV = "MCLNET_THREADS"
 MODALITIES = ("visible", "infrared")
@@ -125,7 +125,12 @@ def common(*, quiet: bool = False, debug: bool = False, threads: int | None = No
     state.quiet = state.quiet or quiet
     state.debug = state.debug or debug or env_debug()
     if compute:
-        apply_threads(threads)
+        try:
+            apply_threads(threads)  # imports torch: seconds, and a Ctrl-C then must still exit 130
+        except KeyboardInterrupt:
+            if state.debug:
+                raise
+            raise interrupted("nothing was started; run the same command again") from None
 
 
 def threads_from_env() -> int | None:
