@@ -455,3 +455,14 @@ def test_ctrl_c_while_torch_loads_exits_130(cli_runner: Any, monkeypatch: pytest
     monkeypatch.setattr(torch, "set_num_threads", interrupted)
     result = cli_runner.invoke(app, ["evaluate", "x.pt", "--data", "d", "--threads", "1"])
     assert result.exit_code == 130 and "interrupted:" in result.output and "Aborted" not in result.output
+
+
+def test_prepare_writes_progress_lines_to_a_log(cli_runner: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MCLNET_PROGRESS_EVERY", "0")
+    args = ["prepare", "synthetic", str(tmp_path / "raw"), "--ids", "10", "--images-per-camera", "1", "--json"]
+    result = cli_runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "drawing identities: 10/10 id" in result.stderr and "\x1b" not in result.stderr
+    assert json.loads(result.stdout)["ids"] == 10  # stdout stays one JSON document
+    quiet = cli_runner.invoke(app, [*args[:2], str(tmp_path / "raw2"), *args[3:], "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stderr == ""
