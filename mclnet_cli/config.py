@@ -137,18 +137,24 @@ class IndexConfig:
     feature dimension up to ``dim / 8``.
     """
 
-    kind: str = "flat"  # flat | ivf | hnsw | ivfpq
+    kind: str = "flat"  # flat | ivf | hnsw | ivfpq | auto
     batch_size: int = 64
     nlist: int | None = None
     nprobe: int | None = None
     hnsw_m: int = 32
     pq_m: int | None = None
+    recall: float = 0.95  # auto: recall@10 target against exact search
+    memory_gb: float | None = None  # auto: memory budget of the index (null: no limit)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "nlist", "nprobe", "hnsw_m", "pq_m"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"index.{name} must be at least 1 (or null for automatic), got {value}")
+        if not 0 < self.recall <= 1:
+            raise ConfigError(f"index.recall must be in (0, 1], got {self.recall}")
+        if self.memory_gb is not None and not (0 < self.memory_gb < float("inf")):
+            raise ConfigError(f"index.memory_gb must be a positive number of GB (or null), got {self.memory_gb}")
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "eval.protocol": ("sysu", "regdb", "llcm"),
     "eval.mode": ("all", "indoor"),
     "eval.direction": ("visible_to_infrared", "infrared_to_visible", "both"),
-    "index.kind": ("flat", "ivf", "hnsw", "ivfpq"),
+    "index.kind": ("flat", "ivf", "hnsw", "ivfpq", "auto"),
 }
 
 

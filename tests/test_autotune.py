@@ -108,3 +108,23 @@ def test_an_unreachable_target_is_reported_not_hidden(tmp_path: Path, monkeypatc
     assert auto["met"] is False and auto["recall_at_10"] < 0.999
     assert any("not reached" in n for n in gallery.notices)
     assert recall_at_10(gallery.index, matrix, tuning_rows(len(matrix))) == pytest.approx(auto["recall_at_10"], abs=1e-3)
+
+
+def test_index_cli_passes_kind_recall_and_memory(tmp_path: Path, prepared_dataset: Path, make_checkpoint, cli_runner) -> None:
+    import json
+
+    from mclnet_cli.cli.app import app
+
+    gallery = prepared_dataset.parent / "img"
+    plain = make_checkpoint(tmp_path / "plain.pt")
+    result = cli_runner.invoke(app, ["index", str(gallery), "-c", str(plain), "-m", "visible", "--out", str(tmp_path / "a"),
+                                     "--kind", "auto", "--recall", "0.9", "--memory", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    auto = json.loads(result.stdout)["auto"]
+    assert auto["target_recall"] == 0.9 and auto["budget_bytes"] == 2**29
+    assert GalleryIndex.load(tmp_path / "a").extra["auto"] == auto  # kept in meta.json
+    # the checkpoint's config supplies kind and target when the options are left out
+    configured = make_checkpoint(tmp_path / "auto.pt", overrides=("index.kind=auto", "index.recall=0.8"))
+    result = cli_runner.invoke(app, ["index", str(gallery), "-c", str(configured), "-m", "visible", "--out", str(tmp_path / "b"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["auto"]["target_recall"] == 0.8

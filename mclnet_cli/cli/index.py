@@ -26,6 +26,7 @@ class IndexKind(str, enum.Enum):
     ivf = "ivf"
     hnsw = "hnsw"
     ivfpq = "ivfpq"
+    auto = "auto"
 
 
 def index(
@@ -44,8 +45,8 @@ def index(
         Optional[IndexKind],
         typer.Option(
             "--kind",
-            help="flat: exact; hnsw, ivf, ivfpq: approximate, for large galleries "
-            "(default: from the checkpoint's config, flat).",
+            help="flat: exact; hnsw, ivf, ivfpq: approximate, for large galleries; auto: the structure and "
+            "search settings that reach --recall within --memory (default: from the checkpoint's config, flat).",
             show_default=False,
         ),
     ] = None,
@@ -69,6 +70,18 @@ def index(
             help="ivf/ivfpq cells searched per query (default: from the checkpoint's config, nlist/8, at least 16).",
             show_default=False,
         ),
+    ] = None,
+    recall: Annotated[
+        Optional[float],
+        typer.Option(
+            "--recall", min=0.01, max=1.0,
+            help="--kind auto: recall@10 target against exact search (default: from the checkpoint's config, 0.95).",
+            show_default=False,
+        ),
+    ] = None,
+    memory: Annotated[
+        Optional[float],
+        typer.Option("--memory", min=0.001, help="--kind auto: memory budget of the index in GB (default: none).", show_default=False),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 0,
     add: Annotated[
@@ -94,7 +107,7 @@ def index(
     common(quiet=quiet, debug=debug, threads=threads, compute=True)
     _run(
         gallery_dir, checkpoint, modality, out, kind.value if kind else None, batch_size, nlist, nprobe, workers, add, device,
-        as_json, force,
+        as_json, force, recall, memory,
     )  # fmt: skip
 
 
@@ -113,6 +126,8 @@ def _run(
     device: str,
     as_json: bool,
     force: bool = False,
+    recall: float | None = None,
+    memory: float | None = None,
 ) -> None:
     from mclnet_cli.errors import IndexStoreError
     from mclnet_cli.index.gallery import is_index_dir
@@ -136,6 +151,8 @@ def _run(
         batch_size=batch_size,
         nlist=nlist,
         nprobe=nprobe,
+        recall=recall,
+        memory_gb=memory,
         workers=workers,
         device=device,
         progress=lambda total: progress_bar("embedding gallery", total),
@@ -176,6 +193,13 @@ def _render(report: "BuildReport") -> None:
         f"({report.count} in total, {report.kind} [{report.factory}], {report.dimension}-d)",
         highlight=False,
     )
+    if report.auto:
+        met = "met" if report.auto.get("met") else "NOT met"
+        console.print(
+            f"auto: recall@10 {report.auto['recall_at_10']} against exact search, target {report.auto['target_recall']} "
+            f"({met}); about {report.auto['memory_bytes'] / 2**20:.1f} MiB",
+            highlight=False,
+        )
     if report.added:
         console.print(f"{report.images_per_s:.1f} img/s over {report.seconds:.1f}s", highlight=False)
     if report.skipped:

@@ -24,7 +24,7 @@ from mclnet_cli.data.images import IMAGE_SUFFIXES, is_image_file
 from mclnet_cli.data.records import Modality
 from mclnet_cli.errors import DataError, IndexStoreError
 from mclnet_cli.index.gallery import (
-    KINDS, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for, writer_lock,
+    BUILD_KINDS, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for, writer_lock,
 )  # fmt: skip
 from mclnet_cli.index.layout import identify
 from mclnet_cli.progress import no_progress
@@ -56,6 +56,8 @@ class IndexSettings:
     nprobe: int | None
     hnsw_m: int | None
     pq_m: int | None
+    recall: float = 0.95
+    memory_gb: float | None = None
 
 
 def resolve_index_settings(
@@ -67,6 +69,8 @@ def resolve_index_settings(
     nprobe: int | None = None,
     hnsw_m: int | None = None,
     pq_m: int | None = None,
+    recall: float | None = None,
+    memory_gb: float | None = None,
 ) -> IndexSettings:
     """Each argument given wins; ``None`` takes the value of ``config`` (a checkpoint's ``index`` section)."""
 
@@ -80,6 +84,8 @@ def resolve_index_settings(
         nprobe=pick(nprobe, config.nprobe),
         hnsw_m=pick(hnsw_m, config.hnsw_m),
         pq_m=pick(pq_m, config.pq_m),
+        recall=float(pick(recall, getattr(config, "recall", 0.95))),
+        memory_gb=pick(memory_gb, getattr(config, "memory_gb", None)),
     )
 
 
@@ -101,6 +107,7 @@ class BuildReport:
     seconds: float = 0.0
     images_per_s: float = 0.0
     appended: bool = False  # True when --add extended an existing index
+    auto: dict[str, Any] | None = None  # --kind auto: target, achieved recall@10, memory
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -118,6 +125,7 @@ class BuildReport:
             "fingerprint": self.fingerprint,
             "seconds": round(self.seconds, 3),
             "images_per_s": round(self.images_per_s, 2),
+            "auto": self.auto,
         }
 
 
@@ -236,6 +244,8 @@ def build_gallery_index(
     nprobe: int | None = None,
     hnsw_m: int | None = None,
     pq_m: int | None = None,
+    recall: float | None = None,
+    memory_gb: float | None = None,
     progress: ProgressFactory | None = None,
     on_wait: Callable[[str], None] | None = None,
 ) -> BuildReport:
@@ -250,9 +260,11 @@ def build_gallery_index(
     the index is re-read and updated under the folder's writer lock (another
     writer's save in progress is waited for; ``on_wait(message)`` is called once).
 
-    ``kind``, ``batch_size``, ``nlist``, ``nprobe``, ``hnsw_m`` and ``pq_m`` left
-    ``None`` come from the checkpoint's config ``index`` section (``flat``, 64 and
-    automatic IVF/PQ parameters unless the training preset says otherwise).
+    ``kind``, ``batch_size``, ``nlist``, ``nprobe``, ``hnsw_m``, ``pq_m``, ``recall``
+    and ``memory_gb`` left ``None`` come from the checkpoint's config ``index``
+    section (``flat``, 64 and automatic IVF/PQ parameters unless the training
+    preset says otherwise). ``kind="auto"`` picks the structure within
+    ``memory_gb`` and tunes it to recall@10 >= ``recall`` (achieved value in meta.json).
 
     Launched by ``torchrun`` (one process per GPU, or gloo on CPU, one or many
     nodes), each rank embeds a contiguous share of the images; rank 0 gathers them
@@ -262,12 +274,12 @@ def build_gallery_index(
 
     modality = Modality.parse(modality)
     _check_batch_size(batch_size)
-    if kind is not None and kind not in KINDS:
-        raise IndexStoreError(f"unknown index kind {kind!r}; choose from: {', '.join(KINDS)}")
+    if kind is not None and kind not in BUILD_KINDS:
+        raise IndexStoreError(f"unknown index kind {kind!r}; choose from: {', '.join(BUILD_KINDS)}")
     info = distributed.env_dist_info()
     options: dict[str, Any] = dict(
         kind=kind, add=add, batch_size=batch_size, workers=workers, device=device, nlist=nlist, nprobe=nprobe,
-        hnsw_m=hnsw_m, pq_m=pq_m, on_wait=on_wait, info=info,
+        hnsw_m=hnsw_m, pq_m=pq_m, recall=recall, memory_gb=memory_gb, on_wait=on_wait, info=info,
     )
     if not info.enabled:
         return _build(checkpoint, gallery_dir, modality, out_dir, progress=progress, **options)
@@ -300,6 +312,8 @@ def _build(
     nprobe: int | None,
     hnsw_m: int | None,
     pq_m: int | None,
+    recall: float | None,
+    memory_gb: float | None,
     progress: ProgressFactory | None,
     on_wait: Callable[[str], None] | None,
     info: Any,
@@ -332,7 +346,8 @@ def _build(
     if existing is not None:
         _check_fingerprint(existing, out_dir, checkpoint_path, loaded.fingerprint)
     settings = resolve_index_settings(
-        loaded.config.index, kind=kind, batch_size=batch_size, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, pq_m=pq_m
+        loaded.config.index, kind=kind, batch_size=batch_size, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, pq_m=pq_m,
+        recall=recall, memory_gb=memory_gb,
     )
 
     todo = images
@@ -394,6 +409,8 @@ def _build(
                 hnsw_m=settings.hnsw_m,
                 pq_m=settings.pq_m,
                 extra=extra,
+                recall=settings.recall,
+                memory_bytes=int(settings.memory_gb * 2**30) if settings.memory_gb else None,
             )
             added = len(records)
         else:
@@ -421,6 +438,7 @@ def _build(
         seconds=seconds,
         images_per_s=(len(todo) / seconds) if seconds > 0 else 0.0,
         appended=existing is not None,
+        auto=gallery.extra.get("auto") if existing is None else None,
     )
 
 
@@ -576,12 +594,19 @@ class SearchEngine:
         """What a caller should be told about searching ``gallery`` with probes of ``modality``."""
         gallery = gallery if gallery is not None else self.gallery
         modality = Modality.parse(modality)
+        notices = []
         if str(gallery.extra.get("modality", "")) == modality.value:
-            return [
+            notices.append(
                 f"probes and gallery are both {modality.value}: same-spectrum search "
                 "(MCLNet is trained for cross-spectrum matching)"
-            ]
-        return []
+            )
+        auto = gallery.extra.get("auto")
+        if isinstance(auto, dict) and gallery.kind != "flat":
+            notices.append(
+                f"approximate {gallery.kind} index ({gallery.factory}, chosen by --kind auto): recall@10 "
+                f"{auto.get('recall_at_10')} against exact search (target {auto.get('target_recall')})"
+            )
+        return notices
 
     def rank(
         self,
