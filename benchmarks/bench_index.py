@@ -92,7 +92,8 @@ def _synthetic(n: int, dim: int, queries: int, seed: int = 0) -> tuple[np.ndarra
     return x, q
 
 
-def _ann(n: int, dim: int, n_queries: int, kinds: list[str], top_k: int = 10) -> list[dict]:
+def _ann(n: int, dim: int, n_queries: int, kinds: list[str], top_k: int = 10, recall: float = 0.95,
+         memory_gb: float | None = None) -> list[dict]:
     from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
 
     x, q = _synthetic(n, dim, n_queries)
@@ -101,7 +102,8 @@ def _ann(n: int, dim: int, n_queries: int, kinds: list[str], top_k: int = 10) ->
     truth: list[set[int]] | None = None
     for kind in ["flat"] + [k for k in kinds if k != "flat"]:
         start = time.perf_counter()
-        gallery = GalleryIndex.build(x, records, kind=kind)
+        auto = {"recall": recall, "memory_bytes": int(memory_gb * 2**30) if memory_gb else None} if kind == "auto" else {}
+        gallery = GalleryIndex.build(x, records, kind=kind, **auto)
         build_s = time.perf_counter() - start
         gallery.search(q[:1], top_k)  # warm-up
         latencies = []
@@ -117,7 +119,7 @@ def _ann(n: int, dim: int, n_queries: int, kinds: list[str], top_k: int = 10) ->
         if kind == "flat":
             truth = found
         assert truth is not None
-        recall = statistics.mean(len(f & t) / top_k for f, t in zip(found, truth))
+        recall_found = statistics.mean(len(f & t) / top_k for f, t in zip(found, truth))
         rows.append(
             {
                 "n": n,
@@ -128,7 +130,8 @@ def _ann(n: int, dim: int, n_queries: int, kinds: list[str], top_k: int = 10) ->
                 "latency_ms_median": round(statistics.median(latencies), 3),
                 "latency_ms_p95": round(float(np.percentile(latencies, 95)), 3),
                 "batch_ms_per_query": round(batch_ms, 3),
-                "recall_at_10": round(recall, 4),
+                "recall_at_10": round(recall_found, 4),
+                "auto": gallery.extra.get("auto"),
             }
         )
         print(f"  n={n} {kind}: {rows[-1]}", file=sys.stderr, flush=True)
@@ -143,6 +146,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000], help="gallery sizes for the ANN benchmark")
     parser.add_argument("--kinds", nargs="*", default=["flat", "hnsw", "ivf", "ivfpq"])
     parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--recall", type=float, default=0.95, help="target of --kinds auto")
+    parser.add_argument("--memory-gb", type=float, default=None, help="memory budget of --kinds auto")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
@@ -168,12 +173,14 @@ def main() -> None:
         print()
     result["ann"] = []
     for n in args.sizes:
-        result["ann"].extend(_ann(n, args.dim, args.queries, args.kinds))
+        result["ann"].extend(_ann(n, args.dim, args.queries, args.kinds, recall=args.recall, memory_gb=args.memory_gb))
     if result["ann"]:
         print("| gallery | kind | factory | params | build (s) | latency median (ms) | p95 (ms) | batched (ms/query) | recall@10 |")
         print("|---|---|---|---|---|---|---|---|---|")
         for r in result["ann"]:
             params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
+            if r.get("auto"):
+                params += f" (auto: target {r['auto']['target_recall']}, tuned {r['auto']['recall_at_10']})"
             print(
                 f"| {r['n']:,} | {r['kind']} | {r['factory']} | {params} | {r['build_s']} | {r['latency_ms_median']} | "
                 f"{r['latency_ms_p95']} | {r['batch_ms_per_query']} | {r['recall_at_10']:.3f} |"
