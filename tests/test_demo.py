@@ -156,3 +156,31 @@ def test_trained_index_finds_the_probe_person_more_often_than_chance(quick_demo)
     # chance of a rank-1 hit: the share of gallery images that belong to the probe's person
     chance = sum(gallery_pids.count(int(Path(p).parent.name)) / len(gallery_pids) for p in probes) / len(probes)
     assert sum(hits) / len(hits) > 1.5 * chance
+
+
+def test_summary_reports_top10_hit_rate_over_all_infrared_probes(quick_demo) -> None:
+    """``probes`` counts every infrared test image, and its hit rate is what a top-10 search of each gives."""
+    from mclnet_cli.data.records import Modality, load_prepared
+    from mclnet_cli.engine.demo import PICTURE_ROWS
+    from mclnet_cli.index.service import search_gallery
+
+    out, summary = quick_demo
+    infrared = sorted(
+        load_prepared(out / "prepared").select("test", Modality.INFRARED), key=lambda s: (s.pid, s.cam, s.path)
+    )
+    probes = summary["probes"]
+    assert probes["count"] == len(infrared) >= 20 and probes["top_k"] == 10
+    report = search_gallery(Path(summary["index"]["dir"]), [s.path for s in infrared], "infrared", top_k=10, device="cpu")
+    found = sum(any(h.pid == s.pid for h in r.hits) for s, r in zip(infrared, report.results))
+    assert probes["found_in_top_k"] == found
+    assert probes["hit_rate"] == pytest.approx(100.0 * found / len(infrared), abs=0.01)
+    assert summary["query"]["probe"] == infrared[0].path  # the first probe in order, not a chosen one
+    # the picture shows the first PICTURE_ROWS probes in order: it has the size of exactly that picture
+    from mclnet_cli.index.picture import render_ranked_list
+
+    shown = min(PICTURE_ROWS, len(infrared))
+    assert probes["picture_rows"] == shown
+    expected = render_ranked_list([(s.path, s.pid, r.hits) for s, r in zip(infrared[:shown], report.results)], top_k=10)
+    assert _png_size(Path(summary["picture"])) == expected.size
+    fewer = render_ranked_list([(s.path, s.pid, r.hits) for s, r in zip(infrared[:shown - 1], report.results)], top_k=10)
+    assert fewer.size[1] < expected.size[1]  # the row count is what sets the height

@@ -74,6 +74,13 @@ def _render(summary: Mapping[str, Any]) -> None:
     first = query["first_match_rank"]
     found = f"first match at rank {first}" if first else f"no match in the top {query['top_k']}"
     console.print(f"query: infrared probe of pid {query['pid']} (cam {query['cam']}): {found}", highlight=False)
+    probes = summary.get("probes")
+    if probes and probes.get("count"):
+        console.print(
+            f"all {probes['count']} infrared test probes: the right person is in the top {probes['top_k']} "
+            f"for {probes['found_in_top_k']} ({probes['hit_rate']:.1f}%)",
+            highlight=False,
+        )
 
     training = summary["training"]
     dataset = summary["dataset"]

@@ -9,7 +9,7 @@
     OUT/untrained.pt        the same model, randomly initialised with the same seed
     OUT/gallery/camN/<pid>/ the test ids' visible images, copied in SYSU layout
     OUT/index/              the FAISS gallery index of OUT/gallery
-    OUT/ranked_list.png     the ranked list of one infrared probe of a test id
+    OUT/ranked_list.png     the ranked lists of the first few infrared test probes, in order
     OUT/demo.json           the summary (also returned)
 
 The untrained model is evaluated under the same protocol so that the summary
@@ -38,6 +38,7 @@ ARTEFACTS = ("synthetic", "prepared", "run", "untrained.pt", "gallery", "index",
 PRESET = "tiny"
 SEED = 0
 TOP_K = 10
+PICTURE_ROWS = 4  # the picture shows this many probes, the first ones in order
 METRICS = ("rank1", "rank5", "mAP", "mINP")
 
 ProgressFactory = Callable[[str, int], ContextManager[Callable[[int], None]]]
@@ -74,13 +75,13 @@ class DemoPlan:
         ]
 
 
-# Overrides on top of the tiny preset that make a short run learn visibly: only the stem is
-# modality-specific (the shared layers see both spectra from the first step), a higher backbone
-# lr, no random erasing. Tuned on this synthetic set (seed 0) so that trained beats untrained.
-DEMO_OVERRIDES = ("model.specific_stages=1", "optim.lr=0.02", "data.erasing_p=0.0")
-FULL = DemoPlan("full", ids=40, images_per_camera=3, epochs=16, steps_per_epoch=25, milestones=(12,), trials=10,
+# The demo trains the tiny preset as it is (its differences from the recipe are named in
+# tiny.yaml and docs/method.md); a plan only sizes the dataset and the schedule. More test
+# identities make the untrained baseline (and chance) lower and the comparison fairer.
+DEMO_OVERRIDES: tuple[str, ...] = ()
+FULL = DemoPlan("full", ids=90, images_per_camera=3, epochs=16, steps_per_epoch=50, milestones=(12,), trials=10,
                 extra=DEMO_OVERRIDES)
-QUICK = DemoPlan("quick", ids=30, images_per_camera=3, epochs=8, steps_per_epoch=25, milestones=(6,), trials=10,
+QUICK = DemoPlan("quick", ids=40, images_per_camera=3, epochs=8, steps_per_epoch=25, milestones=(6,), trials=10,
                  extra=DEMO_OVERRIDES)
 
 
@@ -243,17 +244,20 @@ def run_demo(
     )
     done()
 
-    done = timed("query", 6, "querying it with an infrared probe of a test id")
     infrared = sorted(prepared.select("test", Modality.INFRARED), key=lambda s: (s.pid, s.cam, s.path))
-    probe = infrared[0]
-    search = search_gallery(out / "index", [probe.path], Modality.INFRARED, TOP_K, device=device)
-    hits = search.results[0].hits
+    done = timed("query", 6, f"querying it with every infrared test image ({len(infrared)} probes)")
+    search = search_gallery(out / "index", [s.path for s in infrared], Modality.INFRARED, TOP_K, device=device)
+    hit_lists = [result.hits for result in search.results]
+    found = [any(hit.pid == s.pid for hit in hits) for s, hits in zip(infrared, hit_lists)]
     done()
 
-    done = timed("picture", 7, "drawing the ranked list")
-    picture = save_ranked_list(out / "ranked_list.png", [(probe.path, probe.pid, hits)], top_k=TOP_K)
+    # The picture shows the first PICTURE_ROWS probes in the fixed (pid, cam, path) order: none is picked.
+    done = timed("picture", 7, f"drawing the ranked lists of the first {min(PICTURE_ROWS, len(infrared))} probes")
+    rows = [(s.path, s.pid, hits) for s, hits in zip(infrared[:PICTURE_ROWS], hit_lists[:PICTURE_ROWS])]
+    picture = save_ranked_list(out / "ranked_list.png", rows, top_k=TOP_K)
     done()
 
+    probe, hits = infrared[0], hit_lists[0]
     match_ranks = [hit.rank for hit in hits if hit.pid == probe.pid]
     summary: dict[str, Any] = {
         "out": str(out.resolve()),
@@ -298,6 +302,14 @@ def run_demo(
             "first_match_rank": match_ranks[0] if match_ranks else None,
             "matches_in_top_k": len(match_ranks),
             "results": [hit.to_json() for hit in hits],
+        },
+        "probes": {
+            "count": len(infrared),
+            "top_k": TOP_K,
+            "found_in_top_k": int(sum(found)),
+            "hit_rate": round(100.0 * sum(found) / len(infrared), 2) if infrared else None,
+            "units": "percent of the infrared test images whose person is among the top-k visible gallery images",
+            "picture_rows": len(rows),
         },
         "picture": str(Path(picture).resolve()),
         "stage_times_s": times,
