@@ -137,9 +137,7 @@ def _run(
         raise IndexStoreError("--add appends to the index, --force replaces it: give one of them")
     replaced = _existing_count(out) if is_index_dir(out) and not add else None
     if replaced is not None and not force:
-        raise IndexStoreError(
-            f"{out} already holds an index of {replaced} image(s): --add appends to it, --force replaces it"
-        )
+        raise IndexStoreError(f"{out} already holds an index{_rows(replaced)}: --add appends to it, --force replaces it")
 
     report = build_gallery_index(
         checkpoint,
@@ -163,11 +161,15 @@ def _run(
     if not env_dist_info().is_main:  # torchrun: rank 0 speaks for the job
         return
     if replaced is not None:
-        report.notices.append(f"replaced the previous index of {replaced} image(s) in {out} (--force)")
+        report.notices.append(f"replaced the previous index{_rows(replaced)} in {out} (--force)")
     if as_json:
         print_json({**report.to_json(), "replaced": replaced})
     else:
         _render(report)
+
+
+def _rows(count: int | str) -> str:
+    return f" of {count} image(s)" if isinstance(count, int) else " (its meta.json does not say how many images)"
 
 
 def _existing_count(out: Path) -> int | str:
