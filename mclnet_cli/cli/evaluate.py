@@ -69,6 +69,8 @@ def _run(
 ) -> None:
     from mclnet_cli.errors import ConfigError
 
+    if perm_file is not None and options.get("draws") != "official":
+        raise ConfigError("--perm-file is read only with --draws official")
     if features is not None:
         if checkpoint is not None or data is not None:
             raise ConfigError("--features scores a features file on its own: drop the CHECKPOINT argument and --data")
@@ -77,6 +79,9 @@ def _run(
 
         if options.get("flip"):
             raise ConfigError("--flip needs a checkpoint (the features file is already computed)")
+        given = [name for name, value in (("--batch-size", options.get("batch_size")), ("--workers", workers)) if value is not None]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} apply to embedding images; --features scores features already computed")
         settings = EvalSettings.resolve(EvalConfig(), **options)
         report = evaluate_features_file(features, settings, perm_file=perm_file)
     else:

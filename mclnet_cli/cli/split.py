@@ -52,7 +52,10 @@ def _run(
     direction: str | None, draws: str | None, perm_file: Path | None, show: int, json_output: bool,
 ) -> None:
     from mclnet_cli.engine.evaluate import split_trial
+    from mclnet_cli.errors import ConfigError
 
+    if perm_file is not None and draws != "official":
+        raise ConfigError("--perm-file is read only with --draws official")
     view = split_trial(
         prepared_path, trial_number, protocol=protocol, mode=mode, shots=shots, direction=direction,
         draws=draws, perm_file=perm_file,
