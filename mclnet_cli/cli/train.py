@@ -65,6 +65,7 @@ class RichReporter:
             f"training on {info['dataset']} ({info['num_classes']} ids) from {where}: "
             f"{info['epochs']} epochs x {info['steps_per_epoch']} steps on {info['device']}{threads}{ranks}{amp} -> {info['out_dir']}",
             highlight=False,
+            soft_wrap=True,  # a log file gets whole lines, never cut at 80 columns
         )
         if not self.show_progress:
             return
@@ -133,7 +134,7 @@ class RichReporter:
             f"{_format_lr(row['lr'])} {row['images_per_s']:.0f} img/s {row['epoch_time_s']:.1f}s{val_text}"
         )
         if not state.quiet:
-            self.console.print(line, highlight=False)
+            self.console.print(line, highlight=False, soft_wrap=True)
         self._check_throughput(float(row["images_per_s"]))
 
     def _check_throughput(self, rate: float) -> None:
@@ -152,7 +153,7 @@ class RichReporter:
 
     def note(self, message: str) -> None:
         if not state.quiet:
-            self.console.print(message, highlight=False)
+            self.console.print(message, highlight=False, soft_wrap=True)
 
     def end(self, result: Any) -> None:
         self.close()
