@@ -34,7 +34,7 @@ def _complete(values: Iterable[str]):  # noqa: ANN202 - Typer's autocompletion c
 
 
 def complete_preset(incomplete: str) -> list[str]:
-    """Shipped preset names (and YAML files in the working folder) starting with ``incomplete``."""
+    """Shipped preset names starting with ``incomplete`` (nothing for a path: the shell completes files)."""
     from mclnet_cli.config import list_presets
 
     names = list(list_presets())
@@ -46,6 +46,7 @@ def complete_preset(incomplete: str) -> list[str]:
 # --- options every command accepts ---------------------------------------------------------------
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or progress lines.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors (also MCLNET_DEBUG=1).")]
+# --json is declared by each command with a help line saying what it prints; this is the generic form.
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as one JSON document on stdout.")]
 ThreadsOpt = Annotated[
     Optional[int],
