@@ -109,7 +109,8 @@ def _sweep(kind: str, factory: str, params: dict[str, int]) -> list[dict[str, in
     if kind == "flat":
         return [{}]
     nlist = params["nlist"]
-    probes = sorted({min(nlist, 2**i) for i in range(0, int(math.log2(nlist)) + 2)})
+    # powers of two and the halfway steps between them (1, 2, 3, 4, 6, 8, 12, ...), up to every cell
+    probes = sorted({min(nlist, v) for i in range(0, int(math.log2(nlist)) + 2) for v in (2**i, 3 * 2**i // 2) if v >= 1})
     factors = [1, 2, 4, 8, 16] if "Refine" in factory else [None]
     settings = []
     for nprobe in probes:
