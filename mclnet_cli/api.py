@@ -22,7 +22,7 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 
-from mclnet_cli.data.records import Modality
+from mclnet_cli.types import Modality
 from mclnet_cli.engine.checkpoint import LoadedModel
 
 ImageLike = Union[str, Path, "PIL.Image.Image"]  # noqa: F821 - PIL is imported lazily

@@ -196,8 +196,11 @@ def test_criterion_backward_reaches_every_trainable_parameter() -> None:
 
 
 def test_parameter_groups_are_disjoint_and_complete(tiny: MCLNet) -> None:
-    head = list(tiny.head_parameters())
-    body = list(tiny.backbone_parameters())
+    from mclnet_cli.config import OptimConfig
+    from mclnet_cli.engine.optim import parameter_groups
+
+    head_group, body_group = parameter_groups(tiny, OptimConfig())
+    head, body = head_group["params"], body_group["params"]
     head_ids, body_ids = {id(p) for p in head}, {id(p) for p in body}
     assert head_ids.isdisjoint(body_ids)
     assert head_ids | body_ids == {id(p) for p in tiny.parameters() if p.requires_grad}

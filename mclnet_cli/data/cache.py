@@ -26,12 +26,11 @@ from PIL import Image
 
 from mclnet_cli.atomic import atomic_write_text, storage_error
 from mclnet_cli.data.images import load_rgb
-from mclnet_cli.data.records import Sample
+from mclnet_cli.types import Sample
 from mclnet_cli.errors import DataError, StorageError
 
 CACHE_DIR = "cache"
 CACHE_PREFIX = "train_uint8_"
-DEFAULT_CACHE_SIZE = (288, 144)
 
 
 MAX_CACHE_SIDE = 1024  # pixels; training inputs are a few hundred (288x144, 384x192)

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from mclnet_cli.config import DataConfig
 from mclnet_cli.data.cache import ImageCache, open_prepared_cache
 from mclnet_cli.data.images import load_rgb
-from mclnet_cli.data.records import Modality, PreparedDataset, Sample
+from mclnet_cli.types import Modality, Sample
+from mclnet_cli.data.records import PreparedDataset
 from mclnet_cli.data.sampler import CrossModalityBatchSampler, Key
 from mclnet_cli.data.transforms import train_transform
 from mclnet_cli.data.workers import usable_workers

@@ -18,7 +18,8 @@ from PIL import Image
 
 from mclnet_cli.data.cache import build_cache, remove_cache
 from mclnet_cli.data.images import check_pixels
-from mclnet_cli.data.records import Modality, Sample, count_samples, write_prepared
+from mclnet_cli.types import Modality, Sample
+from mclnet_cli.data.records import count_samples, write_prepared
 from mclnet_cli.data.sources import READERS
 from mclnet_cli.errors import DataError
 from mclnet_cli.progress import no_progress

@@ -1,4 +1,4 @@
-"""Modalities, samples and the prepared-dataset format (a JSONL manifest + meta.json).
+"""The prepared-dataset format (a JSONL manifest + meta.json).
 
 A prepared dataset is a folder with ``manifest.jsonl`` (one sample a line) and
 ``meta.json`` (dataset, root, counts, mclnet version). Only ``prepare`` reads raw
@@ -7,7 +7,6 @@ dataset layouts; everything downstream reads a prepared dataset.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 from collections import defaultdict
@@ -17,64 +16,11 @@ from typing import Any, Iterable, Sequence
 
 from mclnet_cli.atomic import atomic_write_text
 from mclnet_cli.errors import DataError
+from mclnet_cli.types import Modality, Sample  # re-exported: older imports keep working
 
 MANIFEST = "manifest.jsonl"
 META = "meta.json"
 SPLITS = ("train", "val", "test")
-
-
-class Modality(str, enum.Enum):
-    """The two spectra. ``Modality.parse`` accepts the usual aliases."""
-
-    VISIBLE = "visible"
-    INFRARED = "infrared"
-
-    @classmethod
-    def parse(cls, value: "str | Modality") -> "Modality":
-        if isinstance(value, Modality):
-            return value
-        key = str(value).strip().lower()
-        for modality, aliases in _ALIASES.items():
-            if key in aliases:
-                return modality
-        raise DataError(
-            f"unknown modality {value!r}; expected visible (vis, rgb) or infrared (ir, nir, thermal)"
-        )
-
-    @property
-    def index(self) -> int:
-        """0 for visible, 1 for infrared (used in tensors)."""
-        return 0 if self is Modality.VISIBLE else 1
-
-    def other(self) -> "Modality":
-        return Modality.INFRARED if self is Modality.VISIBLE else Modality.VISIBLE
-
-    def __str__(self) -> str:  # plain value in f-strings and tables
-        return self.value
-
-
-_ALIASES = {
-    Modality.VISIBLE: {"visible", "vis", "rgb", "v"},
-    Modality.INFRARED: {"infrared", "ir", "nir", "thermal", "t"},
-}
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image of a dataset: absolute path, person id, camera, modality, split."""
-
-    path: str
-    pid: int
-    cam: int
-    modality: Modality
-    split: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "pid": self.pid, "cam": self.cam, "modality": self.modality.value, "split": self.split}
-
-    @classmethod
-    def from_json(cls, row: dict[str, Any]) -> "Sample":
-        return cls(str(row["path"]), int(row["pid"]), int(row["cam"]), Modality.parse(row["modality"]), str(row["split"]))
 
 
 @dataclass

@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from mclnet_cli.config import DataConfig
-from mclnet_cli.data.records import Modality
+from mclnet_cli.types import Modality
 from mclnet_cli.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager
 
 from mclnet_cli.atomic import atomic_write_text
-from mclnet_cli.data.records import Modality
+from mclnet_cli.types import Modality
 from mclnet_cli.errors import ConfigError, TrainingError
 from mclnet_cli.progress import no_progress
 

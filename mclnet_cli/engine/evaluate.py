@@ -30,7 +30,8 @@ from typing import Any, Callable, ContextManager, Mapping, Sequence
 import numpy as np
 
 from mclnet_cli.config import EvalConfig
-from mclnet_cli.data.records import Modality, Sample, load_prepared
+from mclnet_cli.types import Modality, Sample
+from mclnet_cli.data.records import load_prepared
 from mclnet_cli.errors import ConfigError, DataError
 from mclnet_cli.metrics.protocols import (
     DIRECTIONS,

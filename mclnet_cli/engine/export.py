@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from mclnet_cli.atomic import atomic_write_text
-from mclnet_cli.data.records import Modality
+from mclnet_cli.types import Modality
 from mclnet_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mclnet_cli.errors import MclnetError
 

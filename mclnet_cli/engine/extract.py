@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mclnet_cli.data.images import load_rgb
-from mclnet_cli.data.records import Modality
+from mclnet_cli.types import Modality
 from mclnet_cli.data.transforms import test_transform
 from mclnet_cli.data.workers import usable_workers
 from mclnet_cli.errors import DataError

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from mclnet_cli.config import Config
-from mclnet_cli.data.records import Modality, PreparedDataset, load_prepared
+from mclnet_cli.types import Modality
+from mclnet_cli.data.records import PreparedDataset, load_prepared
 from mclnet_cli.engine import distributed as dist_utils
 from mclnet_cli.engine import runlog
 from mclnet_cli.engine.featstats import feature_stats, nest

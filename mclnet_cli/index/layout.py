@@ -21,11 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePath
 
-from mclnet_cli.data.records import Modality
+from mclnet_cli.types import Modality
 from mclnet_cli.data.sources import llcm, regdb, sysu
-
-SYSU_VISIBLE_CAMS = sysu.VISIBLE_CAMS
-SYSU_INFRARED_CAMS = sysu.INFRARED_CAMS
 
 # LLCM first: its camN/<pid>/ folders would otherwise pass for SYSU's.
 _PARSERS = (("llcm", llcm.parse_path), ("sysu", sysu.parse_path), ("regdb", regdb.parse_path))

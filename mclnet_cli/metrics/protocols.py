@@ -43,14 +43,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mclnet_cli.data.records import Modality, Sample
+from mclnet_cli.types import Modality, Sample
 from mclnet_cli.errors import ConfigError, DataError
 
 PROTOCOLS = ("sysu", "regdb", "llcm")
 DIRECTIONS = ("visible_to_infrared", "infrared_to_visible")
 SYSU_MODES = ("all", "indoor")
 SYSU_GALLERY_CAMS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
-SYSU_QUERY_CAMS = (3, 6)
 LLCM_GALLERY_CAMS = {
     "infrared_to_visible": (1, 2, 3, 4, 5, 6, 7, 8, 9),  # gallery from test_vis
     "visible_to_infrared": (1, 2, 4, 5, 6, 7, 8, 9),  # gallery from test_nir (cam3 is empty)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from mclnet_cli.data.records import Modality
+from mclnet_cli.types import Modality
 
 #: prefixes of the two modality streams in the authors' state dict
 STREAM_PREFIXES = {"visible_module.visible.": Modality.VISIBLE, "thermal_module.thermal.": Modality.INFRARED}

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torchvision import models
 
-from mclnet_cli.data.records import Modality
+from mclnet_cli.types import Modality
 from mclnet_cli.errors import CheckpointError, ConfigError
 
 ARCHS: dict[str, tuple[Any, str]] = {

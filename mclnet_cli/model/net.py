@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mclnet_cli.config import ModelConfig
-from mclnet_cli.data.records import Modality
+from mclnet_cli.types import Modality
 from mclnet_cli.errors import ConfigError
 from mclnet_cli.model.backbone import TwoStreamBackbone, build_resnet
 from mclnet_cli.model.heads import BNNeck, build_pooling, projection_head
@@ -120,11 +120,6 @@ class MCLNet(nn.Module):
     def head_parameters(self) -> Iterator[nn.Parameter]:
         """Trainable BNNeck + classifier parameters (the high-lr group)."""
         return (p for p in self.neck.parameters() if p.requires_grad)
-
-    def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        """Every other trainable parameter: backbone stages and projection heads."""
-        head_ids = {id(p) for p in self.neck.parameters()}
-        return (p for p in self.parameters() if p.requires_grad and id(p) not in head_ids)
 
 
 def build_model(model_cfg: ModelConfig, num_classes: int) -> MCLNet:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from mclnet_cli.data.records import Modality
+from mclnet_cli.types import Modality
 from mclnet_cli.errors import DataError, MclnetError
 from mclnet_cli.index.service import SearchEngine
 from mclnet_cli.serve.state import ServedIndex

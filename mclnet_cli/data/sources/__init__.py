@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from mclnet_cli.data.records import Sample
+from mclnet_cli.types import Sample
 from mclnet_cli.data.sources._common import PathInfo
 from mclnet_cli.data.sources.llcm import read_llcm
 from mclnet_cli.data.sources.regdb import read_regdb

@@ -7,7 +7,7 @@ from pathlib import Path, PurePath
 from typing import NamedTuple
 
 from mclnet_cli.data.images import is_image_file
-from mclnet_cli.data.records import Modality
+from mclnet_cli.types import Modality
 from mclnet_cli.errors import DataError
 
 

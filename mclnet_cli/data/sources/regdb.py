@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePath
 
-from mclnet_cli.data.records import Modality, Sample
+from mclnet_cli.types import Modality, Sample
 from mclnet_cli.data.sources._common import PathInfo, as_number, path_parts, read_path_label_file, require_dir
 from mclnet_cli.errors import DataError
 

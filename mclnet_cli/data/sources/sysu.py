@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path, PurePath
 
-from mclnet_cli.data.records import Modality, Sample
+from mclnet_cli.types import Modality, Sample
 from mclnet_cli.data.sources._common import (
     PathInfo,
     as_number,
