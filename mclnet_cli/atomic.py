@@ -74,8 +74,19 @@ def storage_error(exc: BaseException, path: Path | str) -> StorageError | None:
             break
         if isinstance(seen, OSError) and seen.errno in STORAGE_ERRNOS:
             return StorageError.for_path(path, seen)
+        wrapped = _wrapped_errno(seen)  # torch / FAISS / ONNX wrap the OS error in a RuntimeError's text
+        if wrapped is not None:
+            return StorageError.for_path(path, OSError(wrapped, os.strerror(wrapped)))
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _wrapped_errno(exc: BaseException) -> int | None:
+    """The storage errno a library error's message names (e.g. torch's "No space left on device"), if any."""
+    if isinstance(exc, OSError) or not isinstance(exc, (RuntimeError, ValueError)):
+        return None
+    text = str(exc)
+    return next((code for code in STORAGE_ERRNOS if os.strerror(code) in text), None)
 
 
 def temp_pattern(name: str) -> str:

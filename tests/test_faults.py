@@ -358,6 +358,8 @@ def test_full_disk_while_saving_a_checkpoint_is_one_line_naming_it(prepared_data
     result = runner.invoke(app, _train_args(prepared_dataset, out, "train.epochs=1"))
     line = _one_line_error(result, f"cannot write {out / 'last.pt'}", "No space left on device")
     assert ".tmp" not in line
+    summary = json.loads((out / "summary.json").read_text())  # what happened is recorded (the disk had room for it)
+    assert summary["status"] == "stopped" and "No space left on device" in json.dumps(summary)
     monkeypatch.undo()
     assert _temps(out) == []
     again = runner.invoke(app, _train_args(prepared_dataset, out, "train.epochs=1"))  # space freed: start again
@@ -618,3 +620,30 @@ def test_resume_may_lower_the_learning_rate_with_a_note(prepared_dataset: Path, 
     assert state["config"]["optim"]["lr"] == 0.0005
     refused = runner.invoke(app, [*_train_args(prepared_dataset, out, "train.epochs=3", "optim.name=adam"), "--resume"])
     _one_line_error(refused, "optim.name")
+
+
+def test_export_on_a_full_disk_is_one_line_naming_the_file(tiny_checkpoint, tmp_path, monkeypatch, cli_runner) -> None:
+    """torch wraps ENOSPC in a RuntimeError's text: still one line naming the user's file, and no temp left behind."""
+    import torch
+
+    from mclnet_cli.cli.app import app
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 4096 vs 0: No space left on device")
+
+    monkeypatch.setattr(torch.jit, "save", full_disk)
+    out = tmp_path / "exports" / "visible.pt"
+    result = cli_runner.invoke(app, ["export", str(tiny_checkpoint), "--format", "torchscript", "--modality", "visible", "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert f"cannot write {out}" in lines[0] and "No space left on device" in lines[0]
+    assert list(out.parent.iterdir()) == []  # neither the file nor a temp
+
+
+def test_library_errors_that_name_a_full_disk_become_storage_errors(tmp_path) -> None:
+    from mclnet_cli.atomic import storage_error
+
+    wrapped = storage_error(RuntimeError("write failed: Disk quota exceeded"), tmp_path / "x.faiss")
+    assert wrapped is not None and str(wrapped).startswith(f"cannot write {tmp_path / 'x.faiss'}: Disk quota exceeded")
+    assert storage_error(RuntimeError("shape mismatch"), tmp_path / "x") is None

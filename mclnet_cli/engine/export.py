@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mclnet_cli.atomic import atomic_write_text
+from mclnet_cli.atomic import atomic_write_text, storage_error
 from mclnet_cli.types import Modality
 from mclnet_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mclnet_cli.errors import MclnetError
@@ -229,8 +229,11 @@ def export_model(
             )
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        translated = storage_error(exc, out)  # a full disk names the user's file, never the temp
+        if translated is not None:
+            raise translated from exc
         raise
     dimension = int(getattr(loaded.model, "feature_dim", 0))
     sidecar = sidecar_path(out)

@@ -31,7 +31,7 @@ from mclnet_cli.engine.featstats import feature_stats, nest
 from mclnet_cli.engine.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from mclnet_cli.engine.device import resolve_device
 from mclnet_cli.engine.optim import RESUMABLE_KEYS, build_optimizer, build_scheduler, group_lrs, retune_after_resume
-from mclnet_cli.errors import CheckpointError, ConfigError, TrainingError
+from mclnet_cli.errors import CheckpointError, ConfigError, StorageError, TrainingError
 
 FEATURE_STATEMENT = "bn: L2-normalised BNNeck(f4), cosine distance"
 # Config keys that may change when a run is resumed (everything else must match the run).
@@ -491,7 +491,12 @@ def _fit(
             done = [r for r in runlog.read_metrics(out_dir) if r.get("kind") == "epoch"]
             resumed_row = done[-1] if done else {}
         else:
-            save_last(0)  # a last good checkpoint exists from the very start
+            try:
+                save_last(0)  # a last good checkpoint exists from the very start
+            except StorageError as exc:  # nothing trained yet: record why, then stop (the run can start again)
+                with contextlib.suppress(StorageError):
+                    runlog.write_json(out_dir / runlog.SUMMARY_FILE, {"status": "stopped", "epochs_completed": 0, "message": str(exc)})
+                raise
     dist_utils.barrier()
 
     epochs = config.train.epochs
@@ -604,11 +609,13 @@ def _fit(
             reporter.epoch_end(epoch, last_row)
     except KeyboardInterrupt:
         status = "interrupted"
-    except TrainingError:
+    except (TrainingError, StorageError) as exc:
         status = "stopped"
         if main:
-            _write_summary(out_dir, config, prepared, info, status, completed, last_row, best, session, session_images,
-                           steps, failure)
+            note = failure if isinstance(exc, TrainingError) else str(exc)
+            with contextlib.suppress(StorageError):  # the disk may still be full: the error itself is what matters
+                _write_summary(out_dir, config, prepared, info, status, completed, last_row, best, session,
+                               session_images, steps, note)
         raise
     finally:
         if metrics is not None:
