@@ -40,3 +40,16 @@ class LockedError(MclnetError):
 
 class Interrupted(MclnetError):
     """The user stopped the work (Ctrl-C); the message says what was kept and how to continue. Exit code 130."""
+
+
+def load_failure(exc: BaseException) -> str:
+    """One line on why torch.load refused a file -- never torch's advice to load it unsafely."""
+    text = str(exc).strip()
+    if "weights only load failed" in text.lower() or "weights_only" in text:
+        return (
+            "it holds objects other than tensors and plain containers, which mclnet never writes "
+            "(not loaded: unpickling them could run code)"
+        )
+    if isinstance(exc, (EOFError,)) or "unexpected EOF" in text or "failed finding central directory" in text:
+        return "the file is truncated or not a checkpoint"
+    return text.splitlines()[0] if text else type(exc).__name__

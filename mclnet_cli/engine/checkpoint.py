@@ -20,7 +20,7 @@ import torch
 
 from mclnet_cli.atomic import atomic_write
 from mclnet_cli.config import Config, config_from_dict
-from mclnet_cli.errors import CheckpointError, ConfigError
+from mclnet_cli.errors import CheckpointError, ConfigError, load_failure
 
 FORMAT = "mclnet-checkpoint/1"
 
@@ -54,19 +54,6 @@ def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an mclnet checkpoint (expected format {FORMAT!r})")
     return payload
-
-
-def load_failure(exc: BaseException) -> str:
-    """One line on why torch.load refused a file -- never torch's advice to load it unsafely."""
-    text = str(exc).strip()
-    if "weights only load failed" in text.lower() or "weights_only" in text:
-        return (
-            "it holds objects other than tensors and plain containers, which mclnet never writes "
-            "(not loaded: unpickling them could run code)"
-        )
-    if isinstance(exc, (EOFError,)) or "unexpected EOF" in text or "failed finding central directory" in text:
-        return "the file is truncated or not a checkpoint"
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def checkpoint_payload(

@@ -22,7 +22,7 @@ import torch
 
 from mclnet_cli.config import load_config
 from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
-from mclnet_cli.errors import CheckpointError
+from mclnet_cli.errors import CheckpointError, load_failure
 from mclnet_cli.model import build_model
 from mclnet_cli.model.authors import UNUSED, infer_arch, map_key, specific_stages
 
@@ -82,8 +82,7 @@ def read_authors_checkpoint(path: Path) -> Any:
             f"{path}: refused to load: it holds an object other than tensors, numbers and numpy arrays{what}"
         ) from None
     except Exception as exc:  # torch raises several types for files that are not checkpoints
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({load_failure(exc)[:200]})") from None
 
 
 def _split_payload(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -68,7 +68,7 @@ def _local_state_dict(path: Path) -> dict[str, Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        from mclnet_cli.engine.checkpoint import load_failure  # one line, never torch's weights_only=False advice
+        from mclnet_cli.errors import load_failure  # one line, never torch's weights_only=False advice
 
         raise CheckpointError(f"model.pretrained={path}: cannot read as a torch state dict ({load_failure(exc)})") from exc
     return _unwrap_state_dict(obj, path)
