@@ -22,9 +22,9 @@ from mclnet_cli.errors import ConfigError
 COMMANDS = (
     ["train"], ["evaluate"], ["split"], ["index"], ["query"], ["export"], ["serve"], ["convert"], ["info"],
     ["presets", "list"], ["presets", "show"], ["prepare", "sysu"], ["prepare", "regdb"], ["prepare", "llcm"],
-    ["prepare", "synthetic"],
+    ["prepare", "synthetic"], ["demo"],
 )
-COMPUTE = {"train", "evaluate", "index", "query", "export", "serve"}
+COMPUTE = {"train", "evaluate", "index", "query", "export", "serve", "demo"}
 
 
 @pytest.fixture
@@ -470,3 +470,50 @@ def test_prepare_writes_progress_lines_to_a_log(cli_runner: Any, tmp_path: Path,
     assert json.loads(result.stdout)["ids"] == 10  # stdout stays one JSON document
     quiet = cli_runner.invoke(app, [*args[:2], str(tmp_path / "raw2"), *args[3:], "--quiet"])
     assert quiet.exit_code == 0 and quiet.stderr == ""
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@pytest.mark.usefixtures("torch_threads")
+def test_demo_takes_the_shared_options(cli_runner: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen = _capture_threads(monkeypatch, "mclnet_cli.engine.demo", "run_demo")
+    result = cli_runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--threads", "1", "--quiet"])
+    assert "stopped by the test" in result.output and seen == [1]
+    loud = cli_runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--debug"])
+    assert isinstance(loud.exception, ConfigError)
+
+
+def test_demo_ctrl_c_exits_130_and_says_why_it_cannot_resume(
+    cli_runner: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import mclnet_cli.engine.demo as engine_demo
+
+    def interrupted(*a: Any, **k: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_demo, "run_demo", interrupted)
+    out = tmp_path / "d"
+    result = cli_runner.invoke(app, ["demo", "--out", str(out), "--quick", "--threads", "1"])
+    assert result.exit_code == 130, result.output
+    text = result.output.replace("\n", " ")
+    assert "interrupted:" in text and "error:" not in text and "cannot resume" in text
+    assert f"mclnet demo --out {out} --force --quick" in text
+
+
+def test_demo_interrupted_in_training_exits_130_with_the_command(
+    cli_runner: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    import mclnet_cli.engine.train as engine_train
+
+    monkeypatch.setattr(
+        engine_train, "fit", lambda *a, **k: SimpleNamespace(status="interrupted", epochs_completed=1, epochs=8)
+    )
+    out = tmp_path / "d"
+    result = cli_runner.invoke(app, ["demo", "--out", str(out), "--quick", "--quiet", "--threads", "1"])
+    assert result.exit_code == 130, result.output
+    text = result.output.replace("\n", " ")
+    assert "interrupted:" in text and "error:" not in text and "after 1 of 8 epoch(s)" in text
+    assert "cannot resume" in text and f"mclnet demo --out {out} --force --quick" in text

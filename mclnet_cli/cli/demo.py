@@ -12,6 +12,7 @@ from typing import Annotated, Any, Mapping
 
 import typer
 
+from mclnet_cli.cli.options import DebugOpt, QuietOpt, ThreadsOpt, apply_threads, common
 from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar, state
 from mclnet_cli.cli.train import RichReporter
 
@@ -22,18 +23,24 @@ def demo(
     force: Annotated[bool, typer.Option("--force", help="Overwrite a previous demo output in --out.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
 ) -> None:
     """Draw a synthetic dataset, train the tiny preset, evaluate it against the untrained network,
     index the visible test images, query with an infrared probe and draw the ranked list.
     """
-    _run(out, quick, force, device, as_json)
+    common(quiet=quiet, debug=debug)  # threads after the --out check: a refusal needs no torch
+    _run(out, quick, force, device, as_json, threads)
 
 
 @guard
-def _run(out: Path, quick: bool, force: bool, device: str, as_json: bool) -> None:
+def _run(out: Path, quick: bool, force: bool, device: str, as_json: bool, threads: int | None = None) -> None:
     from mclnet_cli.engine.demo import check_out_dir, run_demo
+    from mclnet_cli.errors import Interrupted
 
     check_out_dir(out, force)  # refuse before anything heavy is imported or drawn
+    apply_threads(threads)
 
     def stage(message: str) -> None:
         if not state.quiet:
@@ -44,6 +51,11 @@ def _run(out: Path, quick: bool, force: bool, device: str, as_json: bool) -> Non
         result = run_demo(
             out, quick=quick, force=force, device=device, on_stage=stage, reporter=reporter, progress=progress_bar
         )
+    except KeyboardInterrupt:
+        raise Interrupted(
+            "the demo cannot resume: it runs its stages in one go and records none as finished; start it over with: "
+            f"mclnet demo --out {out} --force{' --quick' if quick else ''}"
+        ) from None
     finally:
         reporter.close()
     if as_json:
@@ -58,7 +70,8 @@ def _render(summary: Mapping[str, Any]) -> None:
     metrics = summary["metrics"]
     protocol = metrics["protocol"]
     table = Table(
-        title=f"synthetic test split, SYSU protocol ({protocol.get('mode')}-search, {len(protocol.get('trials', []))} trials, percent)",
+        title=f"synthetic test split, SYSU protocol ({protocol.get('mode')}-search, {len(protocol.get('trials', []))} trials, "
+        f"feature {metrics.get('feature', 'bn')}, percent)",
         title_justify="left",
     )
     for column in ("model", "Rank-1", "Rank-5", "mAP", "mINP"):

@@ -28,7 +28,7 @@ from typing import Any, Callable, ContextManager
 
 from mclnet_cli.atomic import atomic_write_text
 from mclnet_cli.types import Modality
-from mclnet_cli.errors import ConfigError, TrainingError
+from mclnet_cli.errors import ConfigError, Interrupted, TrainingError
 from mclnet_cli.progress import no_progress
 
 MARKER = ".mclnet-demo"
@@ -213,9 +213,10 @@ def run_demo(
     done = timed("train", 2, f"training the {PRESET} preset ({plan.epochs} epochs x {plan.steps_per_epoch} steps)")
     trained = fit(config, prepared_dir, run_dir, device=device, reporter=reporter)
     if trained.status != "complete":  # interrupted: the trainer saved what it had and wrote its summary
-        raise TrainingError(
+        raise (Interrupted if trained.status == "interrupted" else TrainingError)(
             f"training was {trained.status} after {trained.epochs_completed} of {trained.epochs} epoch(s) "
-            f"(saved in {run_dir}); the demo stopped before evaluating; run it again with --force to start over"
+            f"(saved in {run_dir}); the demo stopped before evaluating and cannot resume (it runs its stages in one go "
+            f"and records none as finished); start it over with: mclnet demo --out {out} --force{' --quick' if quick else ''}"
         )
     checkpoint = trained.last_checkpoint
     label_map = {int(k): int(v) for k, v in load_checkpoint(checkpoint)["label_map"].items()}
