@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 import yaml
 
@@ -25,12 +25,33 @@ from mclnet_cli.errors import ConfigError
 
 PRESET_SUFFIX = ".yaml"
 
+# The closed choices: each list of names is spelled here once. The schema's
+# fields use these types, CHOICES is derived from them, and every other module
+# (model builders, protocols, index kinds, CLI choices) takes its names from here.
+Dataset = Literal["sysu", "regdb", "llcm", "synthetic"]
+Arch = Literal["resnet18", "resnet34", "resnet50"]
+Pooling = Literal["gem", "avg"]
+ResizeFilter = Literal["bilinear", "lanczos"]
+IdentityDraw = Literal["cycle", "independent"]
+OptimName = Literal["sgd", "adam"]
+Protocol = Literal["sysu", "regdb", "llcm"]
+SysuMode = Literal["all", "indoor"]
+Direction = Literal["visible_to_infrared", "infrared_to_visible", "both"]
+IndexKind = Literal["flat", "ivf", "hnsw", "ivfpq", "auto"]
+Draws = Literal["agw", "official"]  # SYSU-MM01 gallery draw families (a command option, not a config key)
+Device = Literal["auto", "cpu", "cuda"]  # also cuda:N (a command option)
+
+
+def names(choice: Any) -> tuple[str, ...]:
+    """The allowed values of one of the closed-choice types above, in order."""
+    return tuple(typing.get_args(choice))
+
 
 @dataclass(frozen=True)
 class DataConfig:
     """Input pipeline: image size, sampler and augmentation."""
 
-    dataset: str = "synthetic"  # sysu | regdb | llcm | synthetic (informational)
+    dataset: Dataset = "synthetic"  # sysu | regdb | llcm | synthetic (informational)
     height: int = 288
     width: int = 144
     num_ids: int = 4  # P identities per batch
@@ -44,8 +65,8 @@ class DataConfig:
     flip_p: float = 0.5
     erasing_p: float = 0.5
     channel_aug: bool = False  # CAJ channel exchange / random channel erasing
-    resize: str = "bilinear"  # bilinear | lanczos (the authors' code: lanczos)
-    identity_draw: str = "cycle"  # cycle: every id before any repeats | independent: P fresh ids each batch (the code)
+    resize: ResizeFilter = "bilinear"  # bilinear | lanczos (the authors' code: lanczos)
+    identity_draw: IdentityDraw = "cycle"  # cycle: every id before any repeats | independent: P fresh ids each batch (the code)
     instances_with_replacement: bool = False  # K images of an id drawn with replacement even when it has K (the code)
 
 
@@ -53,11 +74,11 @@ class DataConfig:
 class ModelConfig:
     """Two-stream MCLNet network."""
 
-    arch: str = "resnet50"  # resnet18 | resnet34 | resnet50
+    arch: Arch = "resnet50"  # resnet18 | resnet34 | resnet50
     pretrained: str = "imagenet"  # imagenet | none | <path to a state dict>
     specific_stages: int = 3  # stem, layer1, layer2 modality-specific (code: share_net=3)
     last_stride: int = 1
-    pooling: str = "gem"  # gem | avg
+    pooling: Pooling = "gem"  # gem | avg
     gem_p: float = 3.0
 
 
@@ -89,7 +110,7 @@ class LossConfig:
 class OptimConfig:
     """Optimiser, parameter groups and learning-rate schedule."""
 
-    name: str = "sgd"  # sgd | adam
+    name: OptimName = "sgd"  # sgd | adam
     lr: float = 0.01  # backbone, heads
     head_lr: float = 0.1  # BNNeck + classifier
     momentum: float = 0.9
@@ -117,11 +138,11 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation protocol."""
 
-    protocol: str = "sysu"  # sysu | regdb | llcm
-    mode: str = "all"  # sysu: all | indoor
+    protocol: Protocol = "sysu"  # sysu | regdb | llcm
+    mode: SysuMode = "all"  # sysu: all | indoor
     shots: int = 1  # sysu: 1 | 10
     trials: int = 10
-    direction: str = "both"  # regdb/llcm: visible_to_infrared | infrared_to_visible | both
+    direction: Direction = "both"  # regdb/llcm: visible_to_infrared | infrared_to_visible | both
     batch_size: int = 64
     flip: bool = False  # flip test-time augmentation
     rerank: bool = False  # k-reciprocal re-ranking
@@ -137,7 +158,7 @@ class IndexConfig:
     feature dimension up to ``dim / 8``.
     """
 
-    kind: str = "flat"  # flat | ivf | hnsw | ivfpq | auto
+    kind: IndexKind = "flat"  # flat | ivf | hnsw | ivfpq | auto
     batch_size: int = 64
     nlist: int | None = None
     nprobe: int | None = None
@@ -178,18 +199,20 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.dataset": ("sysu", "regdb", "llcm", "synthetic"),
-    "model.arch": ("resnet18", "resnet34", "resnet50"),
-    "model.pooling": ("gem", "avg"),
-    "data.resize": ("bilinear", "lanczos"),
-    "data.identity_draw": ("cycle", "independent"),
-    "optim.name": ("sgd", "adam"),
-    "eval.protocol": ("sysu", "regdb", "llcm"),
-    "eval.mode": ("all", "indoor"),
-    "eval.direction": ("visible_to_infrared", "infrared_to_visible", "both"),
-    "index.kind": ("flat", "ivf", "hnsw", "ivfpq", "auto"),
-}
+def _choices(cls: type, prefix: str = "") -> dict[str, tuple[str, ...]]:
+    hints = typing.get_type_hints(cls)
+    found: dict[str, tuple[str, ...]] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            found.update(_choices(tp, f"{prefix}{f.name}."))
+        elif typing.get_origin(tp) is Literal:
+            found[f"{prefix}{f.name}"] = names(tp)
+    return found
+
+
+#: dotted key -> allowed values, for every closed-choice field of the schema
+CHOICES: dict[str, tuple[str, ...]] = _choices(Config)
 
 
 def _to_plain(value: Any) -> Any:
@@ -327,6 +350,8 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin is Literal:  # a closed choice: a string, checked against CHOICES by the caller
+        return _coerce(value, str, where)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:

@@ -14,19 +14,14 @@ import typer
 
 from mclnet_cli.cli.options import DebugOpt, DeviceOpt, QuietOpt, ThreadsOpt, common, modality_option
 from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar
+from mclnet_cli.config import IndexKind as IndexKindName
+from mclnet_cli.config import names
 
 if TYPE_CHECKING:
     from mclnet_cli.index.service import BuildReport
 
 
-class IndexKind(str, enum.Enum):
-    """FAISS index kinds offered on the command line."""
-
-    flat = "flat"
-    ivf = "ivf"
-    hnsw = "hnsw"
-    ivfpq = "ivfpq"
-    auto = "auto"
+IndexKind = enum.Enum("IndexKind", {k: k for k in names(IndexKindName)}, type=str)  # the config's list of kinds
 
 
 def index(

@@ -14,14 +14,16 @@ from typing import Annotated, Iterable, Optional
 import typer
 
 from mclnet_cli.cli.output import env_debug, interrupted, state
+from mclnet_cli.config import Device, Direction, Draws, Protocol, SysuMode, names
+from mclnet_cli.types import Modality
 
 THREADS_ENV = "MCLNET_THREADS"
-MODALITIES = ("visible", "infrared")
-SYSU_MODES = ("all", "indoor")
-DIRECTIONS = ("visible_to_infrared", "infrared_to_visible", "both")
-PROTOCOLS = ("sysu", "regdb", "llcm")
-DEVICES = ("auto", "cpu", "cuda")
-DRAWS = ("agw", "official")
+MODALITIES = tuple(m.value for m in Modality)
+SYSU_MODES = names(SysuMode)
+DIRECTIONS = names(Direction)
+PROTOCOLS = names(Protocol)
+DEVICES = names(Device)
+DRAWS = names(Draws)
 
 
 def _complete(values: Iterable[str]):  # noqa: ANN202 - Typer's autocompletion callable

@@ -17,6 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from mclnet_cli.config import IdentityDraw, names
 from mclnet_cli.errors import DataError
 
 #: one element of a batch: (visible index, infrared index, label, augmentation seed)
@@ -63,8 +64,8 @@ class CrossModalityBatchSampler:
             )
         self.num_ids = num_ids
         self.num_instances = num_instances
-        if identity_draw not in ("cycle", "independent"):
-            raise DataError(f"data.identity_draw: unknown {identity_draw!r}; choose from: cycle, independent")
+        if identity_draw not in names(IdentityDraw):
+            raise DataError(f"data.identity_draw: unknown {identity_draw!r}; choose from: {', '.join(names(IdentityDraw))}")
         self.identity_draw = identity_draw
         self.with_replacement = with_replacement
         self.seed = seed

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from mclnet_cli.config import Device, names
 from mclnet_cli.errors import ConfigError
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+DEVICE_CHOICES = names(Device)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -58,6 +58,7 @@ import faiss
 import numpy as np
 
 from mclnet_cli.atomic import atomic_write, atomic_write_text, fsync_dir, storage_error
+from mclnet_cli.config import IndexKind, names
 from mclnet_cli.errors import IndexStoreError, LockedError
 from mclnet_cli.index.autotune import apply_parameters, auto_index
 from mclnet_cli.locks import LOCK_FILE, folder_lock
@@ -71,8 +72,8 @@ STAGING_PREFIX = ".staging-"
 OWN_HIDDEN = (LOCK_FILE, JOURNAL_FILE)  # hidden entries of an index folder that do not make it "not empty"
 READ_ATTEMPTS = 50  # a reader racing a writer's swap reads again, this many times at most
 READ_RETRY_S = 0.1
-KINDS = ("flat", "ivf", "hnsw", "ivfpq")
-BUILD_KINDS = (*KINDS, "auto")  # auto: chosen and tuned for a recall target (index/autotune.py)
+BUILD_KINDS = names(IndexKind)  # what `index --kind` takes
+KINDS = tuple(k for k in BUILD_KINDS if k != "auto")  # what an index is (auto picks one of these)
 METRIC = "inner_product"
 
 # FAISS k-means wants at least this many training points per centroid.

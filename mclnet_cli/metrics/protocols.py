@@ -44,18 +44,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mclnet_cli.types import Modality, Sample
+from mclnet_cli.config import Direction, Draws, Protocol, SysuMode, names
 from mclnet_cli.errors import ConfigError, DataError
 
-PROTOCOLS = ("sysu", "regdb", "llcm")
-DIRECTIONS = ("visible_to_infrared", "infrared_to_visible")
-SYSU_MODES = ("all", "indoor")
+PROTOCOLS = names(Protocol)
+DIRECTIONS = tuple(d for d in names(Direction) if d != "both")  # one direction per evaluation
+SYSU_MODES = names(SysuMode)
 SYSU_GALLERY_CAMS = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
 LLCM_GALLERY_CAMS = {
     "infrared_to_visible": (1, 2, 3, 4, 5, 6, 7, 8, 9),  # gallery from test_vis
     "visible_to_infrared": (1, 2, 4, 5, 6, 7, 8, 9),  # gallery from test_nir (cam3 is empty)
 }
 SHOTS = (1, 10)
-DRAWS = ("agw", "official")  # gallery draw families (official: SYSU-MM01 only)
+DRAWS = names(Draws)  # gallery draw families (official: SYSU-MM01 only)
 MAX_TRIALS = 10  # gallery draws of one evaluation (trial numbers 0..9)
 
 

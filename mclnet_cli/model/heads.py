@@ -6,9 +6,10 @@ import math
 
 from torch import Tensor, nn
 
+from mclnet_cli.config import Pooling, names
 from mclnet_cli.errors import ConfigError
 
-POOLINGS = ("gem", "avg")
+POOLINGS = names(Pooling)
 
 
 class GeM(nn.Module):
