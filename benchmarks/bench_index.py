@@ -39,7 +39,7 @@ def _pipeline(n_images: int, batch_size: int, repeats: int = 3) -> dict:
     from mclnet_cli.data.images import load_rgb
     from mclnet_cli.data.transforms import test_transform
     from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
-    from mclnet_cli.index.service import build_gallery_index
+    from mclnet_cli.engine.gallery import build_gallery_index
     from mclnet_cli.model import build_model
 
     cfg = load_config("tiny")

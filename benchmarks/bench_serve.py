@@ -104,7 +104,7 @@ def _paired(index_dir: Path, probe: Path, url: str, requests: int) -> dict:
 
     from mclnet_cli.data.images import load_rgb
     from mclnet_cli.data.transforms import test_transform
-    from mclnet_cli.index.service import SearchEngine
+    from mclnet_cli.engine.gallery import SearchEngine
 
     faiss.omp_set_num_threads(1)  # as the server does (ServeSettings.faiss_threads): same conditions on both sides
     engine = SearchEngine.open(index_dir, device="cpu")

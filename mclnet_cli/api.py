@@ -91,7 +91,7 @@ def build_index(
     ``options`` are those of ``mclnet index``: ``kind``, ``add``, ``batch_size``,
     ``workers``, ``device``, ``nlist``, ``nprobe``, ``hnsw_m``, ``pq_m``.
     """
-    from mclnet_cli.index.service import build_gallery_index
+    from mclnet_cli.engine.gallery import build_gallery_index
 
     return build_gallery_index(checkpoint, gallery_dir, modality, out_dir, **options)
 
@@ -104,7 +104,7 @@ def search(
     ``report.results[i].hits`` are ranked ``Hit``s (rank, score = cosine, path, pid,
     cam); ``report.to_json()`` is what ``mclnet query --json`` prints.
     """
-    from mclnet_cli.index.service import search_gallery
+    from mclnet_cli.engine.gallery import search_gallery
 
     return search_gallery(index_dir, probes, modality, top_k, **options)
 

@@ -130,8 +130,8 @@ def _capture_threads(monkeypatch: pytest.MonkeyPatch, module: str, name: str) ->
     [
         (("mclnet_cli.engine.train", "fit"), ["train", "--data", "d", "--out", "o", "--preset", "tiny"]),
         (("mclnet_cli.engine.evaluate", "evaluate_checkpoint"), ["evaluate", "x.pt", "--data", "d"]),
-        (("mclnet_cli.index.service", "build_gallery_index"), ["index", "g", "-c", "x.pt", "-m", "visible", "-o", "i"]),
-        (("mclnet_cli.index.service", "search_gallery"), ["query", "p.jpg", "-i", "i", "-m", "infrared"]),
+        (("mclnet_cli.engine.gallery", "build_gallery_index"), ["index", "g", "-c", "x.pt", "-m", "visible", "-o", "i"]),
+        (("mclnet_cli.engine.gallery", "search_gallery"), ["query", "p.jpg", "-i", "i", "-m", "infrared"]),
         (("mclnet_cli.engine.export", "export_model"), ["export", "x.pt", "-f", "torchscript", "-m", "visible", "-o", "e.pt"]),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else v[1],
@@ -260,7 +260,7 @@ def test_a_collapse_in_throughput_gets_one_notice(threads: int, hint: bool) -> N
     "target, args",
     [
         (("mclnet_cli.engine.evaluate", "evaluate_checkpoint"), ["evaluate", "x.pt", "--data", "d"]),
-        (("mclnet_cli.index.service", "search_gallery"), ["query", "p.jpg", "-i", "i", "-m", "infrared"]),
+        (("mclnet_cli.engine.gallery", "search_gallery"), ["query", "p.jpg", "-i", "i", "-m", "infrared"]),
         (("mclnet_cli.data.prepare", "prepare_dataset"), ["prepare", "sysu", "root", "-o", "out"]),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else v[1],

@@ -12,7 +12,7 @@ import pytest
 from mclnet_cli.errors import IndexStoreError
 from mclnet_cli.index import gallery as gallery_module
 from mclnet_cli.index.gallery import GalleryIndex, IndexRecord, plan_index
-from mclnet_cli.index.layout import identify
+from mclnet_cli.data.sources.layout import identify
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

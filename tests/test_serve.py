@@ -29,7 +29,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from mclnet_cli.cli.app import app as cli_app  # noqa: E402
 from mclnet_cli.index.gallery import GalleryIndex  # noqa: E402
-from mclnet_cli.index.service import SearchEngine, build_gallery_index  # noqa: E402
+from mclnet_cli.engine.gallery import SearchEngine, build_gallery_index  # noqa: E402
 from mclnet_cli.serve import ServeSettings, create_app  # noqa: E402
 
 TOKEN = "s3cret-token"

@@ -180,7 +180,7 @@ def run_demo(
     from mclnet_cli.engine.evaluate import evaluate_checkpoint
     from mclnet_cli.engine.train import fit
     from mclnet_cli.index.picture import save_ranked_list
-    from mclnet_cli.index.service import build_gallery_index, search_gallery
+    from mclnet_cli.engine.gallery import build_gallery_index, search_gallery
 
     plan = plan or (QUICK if quick else FULL)
     stage = on_stage or (lambda message: None)

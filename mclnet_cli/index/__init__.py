@@ -1,4 +1,4 @@
-"""Gallery index: FAISS index + JSON sidecar (build, add, search, save, load) and search services.
+"""Gallery index: FAISS index + JSON sidecar (build, add, search, save, load), auto-tuning and the ranked-list picture.
 
 Names are imported lazily so that importing this package does not load FAISS or torch.
 """
@@ -13,10 +13,6 @@ _EXPORTS = {
     "Hit": "mclnet_cli.index.gallery",
     "IndexRecord": "mclnet_cli.index.gallery",
     "plan_index": "mclnet_cli.index.gallery",
-    "identify": "mclnet_cli.index.layout",
-    "PathIdentity": "mclnet_cli.index.layout",
-    "build_gallery_index": "mclnet_cli.index.service",
-    "search_gallery": "mclnet_cli.index.service",
     "save_ranked_list": "mclnet_cli.index.picture",
 }
 

@@ -695,7 +695,7 @@ def read_meta(directory: Path | str) -> dict[str, Any]:
 
 def records_for(paths: Iterable[str], modality: str | None) -> list[IndexRecord]:
     """Records for image paths, pid/cam filled in from their dataset layout when it is known."""
-    from mclnet_cli.index.layout import identify
+    from mclnet_cli.data.sources.layout import identify
 
     out = []
     for path in paths:

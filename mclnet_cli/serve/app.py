@@ -5,7 +5,7 @@ Routes: ``POST /search``, ``GET``/``POST /gallery``, ``GET /images/{record}``,
 Every error is one line of JSON, ``{"error": "..."}``, with status 400 (bad
 input), 401 (token), 404, 413 (too large), 422 (a bad field)
 or 500 (never with a traceback). Search goes through
-:class:`mclnet_cli.index.service.SearchEngine`, the code behind ``mclnet query``.
+:class:`mclnet_cli.engine.gallery.SearchEngine`, the code behind ``mclnet query``.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 from mclnet_cli.types import Modality
 from mclnet_cli.errors import DataError, MclnetError
-from mclnet_cli.index.service import SearchEngine
+from mclnet_cli.engine.gallery import SearchEngine
 from mclnet_cli.serve.state import ServedIndex
 
 try:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 from mclnet_cli.errors import DataError, IndexStoreError, MclnetError
 from mclnet_cli.index.gallery import META_FILE, GalleryIndex, records_for, writer_lock
-from mclnet_cli.index.service import SearchEngine
+from mclnet_cli.engine.gallery import SearchEngine
 
 Signature = tuple[int, int, int, int]
 

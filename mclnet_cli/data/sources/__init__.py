@@ -2,7 +2,7 @@
 
 Each module also has ``parse_path(path) -> PathInfo | None``, which reads pid,
 camera and spectrum back from one image path by the same rules as its reader
-(used by :mod:`mclnet_cli.index.layout` for gallery folders).
+(used by :mod:`mclnet_cli.data.sources.layout` for gallery folders).
 """
 
 from __future__ import annotations

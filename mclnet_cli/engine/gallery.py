@@ -26,7 +26,7 @@ from mclnet_cli.errors import DataError, IndexStoreError
 from mclnet_cli.index.gallery import (
     BUILD_KINDS, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for, writer_lock,
 )  # fmt: skip
-from mclnet_cli.index.layout import identify
+from mclnet_cli.data.sources.layout import identify
 from mclnet_cli.progress import no_progress
 
 if TYPE_CHECKING:
