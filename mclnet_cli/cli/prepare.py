@@ -12,6 +12,7 @@ import typer
 
 from mclnet_cli.cli.options import DebugOpt, QuietOpt, common
 from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar
+from mclnet_cli.config import DataConfig
 
 if TYPE_CHECKING:
     from mclnet_cli.data.prepare import PrepareReport
@@ -22,6 +23,7 @@ RootArg = Annotated[Path, typer.Argument(help="Dataset root folder (the publishe
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder to write the prepared dataset to.", show_default=False)]
 SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Drop images that do not decode instead of failing.")]
 CacheOpt = Annotated[bool, typer.Option("--cache", help="Also store the training images pre-resized as a uint8 memmap.")]
+RECIPE_SIZE = f"{DataConfig.height}x{DataConfig.width}"  # the recipe's input size, from the schema
 CacheSizeOpt = Annotated[str, typer.Option("--cache-size", help="Cache image size HEIGHTxWIDTH (match data.height/width).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Threads for image checks (default: 4 per core, at most 16).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
@@ -70,7 +72,7 @@ def _render(report: "PrepareReport", as_json: bool, extra: dict[str, Any] | None
 
 @app.command("sysu")
 @guard
-def sysu(root: RootArg, out: OutOpt, skip_bad: SkipBadOpt = False, cache: CacheOpt = False, cache_size: CacheSizeOpt = "288x144", workers: WorkersOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+def sysu(root: RootArg, out: OutOpt, skip_bad: SkipBadOpt = False, cache: CacheOpt = False, cache_size: CacheSizeOpt = RECIPE_SIZE, workers: WorkersOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """SYSU-MM01: cam1..cam6/<pid>/<index>.jpg with exp/{train,val,test}_id.txt."""
     common(quiet=quiet, debug=debug)
     _run("sysu", root, out, trial=None, skip_bad=skip_bad, cache=cache, cache_size=cache_size, workers=workers, as_json=as_json)
@@ -84,7 +86,7 @@ def regdb(
     trial: Annotated[int, typer.Option("--trial", min=1, max=10, help="Identity split 1..10 (one model per trial).")] = 1,
     skip_bad: SkipBadOpt = False,
     cache: CacheOpt = False,
-    cache_size: CacheSizeOpt = "288x144",
+    cache_size: CacheSizeOpt = RECIPE_SIZE,
     workers: WorkersOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -97,7 +99,7 @@ def regdb(
 
 @app.command("llcm")
 @guard
-def llcm(root: RootArg, out: OutOpt, skip_bad: SkipBadOpt = False, cache: CacheOpt = False, cache_size: CacheSizeOpt = "288x144", workers: WorkersOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
+def llcm(root: RootArg, out: OutOpt, skip_bad: SkipBadOpt = False, cache: CacheOpt = False, cache_size: CacheSizeOpt = RECIPE_SIZE, workers: WorkersOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
     """LLCM: training via idx/train_{vis,nir}.txt, test via test_vis|test_nir/camN/<pid>/."""
     common(quiet=quiet, debug=debug)
     _run("llcm", root, out, trial=None, skip_bad=skip_bad, cache=cache, cache_size=cache_size, workers=workers, as_json=as_json)
