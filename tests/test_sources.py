@@ -209,6 +209,13 @@ def test_sysu_id_in_two_splits(tmp_path: Path) -> None:
         read_sysu(root)
 
 
+def test_sysu_listed_id_without_images_is_refused_naming_the_split_file(tmp_path: Path) -> None:
+    root = make_sysu(tmp_path / "SYSU", splits={"train": [1, 2, 3, 7], "val": [4], "test": [5, 6]})
+    with pytest.raises(DataError) as info:
+        read_sysu(root)
+    assert "train_id.txt" in str(info.value) and "id 7 has no images" in str(info.value)
+
+
 def test_regdb_trials_and_modalities(tmp_path: Path) -> None:
     root = make_regdb(tmp_path / "RegDB")
     one, two = read_regdb(root, trial=1), read_regdb(root, trial=2)

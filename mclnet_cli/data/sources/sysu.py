@@ -80,4 +80,10 @@ def read_sysu(root: Path | str) -> list[Sample]:
                 samples.extend(Sample(str(p), pid, cam, modality, split) for p in list_images(folder))
     if not samples:
         raise DataError(f"{root}: no images found for the listed ids under cam1..cam6/<pid>/")
+    seen = {s.pid for s in samples}
+    empty = [(split, pid) for split, ids in splits.items() for pid in sorted(ids) if pid not in seen]
+    if empty:  # a listed identity without a single image is a broken tree, not something to drop silently
+        split, pid = empty[0]
+        more = f" ({len(empty) - 1} more listed ids without images)" if len(empty) > 1 else ""
+        raise DataError(f"{root / 'exp' / f'{split}_id.txt'}: id {pid} has no images under cam1..cam6/{pid:04d}/{more}")
     return samples
