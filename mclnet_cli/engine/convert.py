@@ -29,9 +29,10 @@ from mclnet_cli.model.authors import UNUSED, infer_arch, map_key, specific_stage
 PRESET = "official-code"
 _MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")  # numpy 2 and numpy 1 pickles
 #: the only non-tensor globals an authors' checkpoint needs: numpy arrays and scalars
+_multiarray = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core to numpy._core
 NUMPY_GLOBALS: list[Any] = [
-    *((np._core.multiarray._reconstruct, f"{m}._reconstruct") for m in _MULTIARRAY),
-    *((np._core.multiarray.scalar, f"{m}.scalar") for m in _MULTIARRAY),
+    *((_multiarray.multiarray._reconstruct, f"{m}._reconstruct") for m in _MULTIARRAY),
+    *((_multiarray.multiarray.scalar, f"{m}.scalar") for m in _MULTIARRAY),
     np.ndarray,
     np.dtype,
     *(type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")),
