@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from mclnet_cli.cli.options import DebugOpt, QuietOpt, common
+from mclnet_cli.cli.options import DebugOpt, JsonOpt, QuietOpt, common
 from mclnet_cli.cli.output import console, guard, print_json
 
 
@@ -18,7 +18,7 @@ def convert(
         Optional[list[str]],
         typer.Option("--set", help="Override a value of the official-code config, e.g. --set eval.protocol=regdb."),
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the mapping report as one JSON document.")] = False,
+    json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:

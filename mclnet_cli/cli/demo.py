@@ -12,7 +12,7 @@ from typing import Annotated, Any, Mapping
 
 import typer
 
-from mclnet_cli.cli.options import DebugOpt, QuietOpt, ThreadsOpt, apply_threads, common
+from mclnet_cli.cli.options import DebugOpt, JsonOpt, QuietOpt, ThreadsOpt, apply_threads, common
 from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar, state
 from mclnet_cli.cli.train import RichReporter
 
@@ -22,7 +22,7 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster version (about a minute on a 2-core CPU; the full one takes a few).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite a previous demo output in --out.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
+    as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from mclnet_cli.cli.options import (
-    DIRECTIONS, DRAWS, PROTOCOLS, SYSU_MODES, BatchSizeOpt, DebugOpt, DeviceOpt, QuietOpt, ThreadsOpt, WorkersOpt,
-    choice_option, common,
+    DIRECTIONS, DRAWS, PROTOCOLS, SYSU_MODES, BatchSizeOpt, DebugOpt, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt,
+    WorkersOpt, choice_option, common,
 )
 from mclnet_cli.cli.output import console, guard, print_json, progress_bar
 
@@ -43,7 +43,7 @@ def evaluate(
     perm_file: Annotated[
         Optional[Path], typer.Option("--perm-file", help="rand_perm_cam.mat for --draws official (default: <root>/exp/).")
     ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the report as one JSON document (percent).")] = False,
+    json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from mclnet_cli.cli.options import DebugOpt, QuietOpt, ThreadsOpt, common, modality_option
+from mclnet_cli.cli.options import DebugOpt, JsonOpt, QuietOpt, ThreadsOpt, common, modality_option
 from mclnet_cli.cli.output import console, guard, print_json
 
 
@@ -29,7 +29,7 @@ def export(
         str, modality_option("Which stream to export: visible or infrared.")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to write; its description goes to OUT.json.", show_default=False)],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+    as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,

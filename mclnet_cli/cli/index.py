@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from mclnet_cli.cli.options import DebugOpt, DeviceOpt, QuietOpt, ThreadsOpt, common, modality_option
+from mclnet_cli.cli.options import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt, common, modality_option
 from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar
 from mclnet_cli.config import IndexKind as IndexKindName
 from mclnet_cli.config import names
@@ -87,7 +87,7 @@ def index(
     ] = False,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")] = False,
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-import typer
-
-from mclnet_cli.cli.options import DebugOpt, QuietOpt, common
+from mclnet_cli.cli.options import DebugOpt, JsonOpt, QuietOpt, common
 from mclnet_cli.cli.output import console, guard, print_json
 
 
 @guard
 def info(
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:

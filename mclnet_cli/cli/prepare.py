@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from mclnet_cli.cli.options import DebugOpt, QuietOpt, common
+from mclnet_cli.cli.options import DebugOpt, JsonOpt, QuietOpt, common
 from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar
 from mclnet_cli.config import DataConfig
 
@@ -26,7 +26,7 @@ CacheOpt = Annotated[bool, typer.Option("--cache", help="Also store the training
 RECIPE_SIZE = f"{DataConfig.height}x{DataConfig.width}"  # the recipe's input size, from the schema
 CacheSizeOpt = Annotated[str, typer.Option("--cache-size", help="Cache image size HEIGHTxWIDTH (match data.height/width).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Threads for image checks (default: 4 per core, at most 16).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout instead of tables.")]
+JsonOpt = JsonOpt
 
 
 def _run(dataset: str, root: Path, out: Path, *, trial: int | None, skip_bad: bool, cache: bool, cache_size: str, workers: int | None, as_json: bool, label: str | None = None) -> None:

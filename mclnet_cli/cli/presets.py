@@ -6,7 +6,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from mclnet_cli.cli.options import DebugOpt, QuietOpt, common, complete_preset
+from mclnet_cli.cli.options import DebugOpt, JsonOpt, QuietOpt, common, complete_preset
 from mclnet_cli.cli.output import console, guard, print_json
 
 app = typer.Typer(help="List and show the shipped configuration presets.", no_args_is_help=True)
@@ -15,7 +15,7 @@ app = typer.Typer(help="List and show the shipped configuration presets.", no_ar
 @app.command("list")
 @guard
 def list_(
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -50,7 +50,7 @@ def list_(
 def show(
     name: Annotated[str, typer.Argument(help="Preset name or path to a YAML file.", autocompletion=complete_preset)],
     set_: Annotated[Optional[List[str]], typer.Option("--set", help="Override a.b=value (repeatable).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+    json_out: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mclnet_cli.cli.options import DIRECTIONS, DRAWS, PROTOCOLS, SYSU_MODES, DebugOpt, QuietOpt, choice_option, common
+from mclnet_cli.cli.options import DIRECTIONS, DRAWS, DebugOpt, JsonOpt, PROTOCOLS, QuietOpt, SYSU_MODES, choice_option, common
 from mclnet_cli.cli.output import console, guard, print_json
 
 PROTOCOL_HELP = "sysu, regdb or llcm (default: the prepared dataset's own, else sysu)."
@@ -33,7 +33,7 @@ def split(
         Optional[Path], typer.Option("--perm-file", help="rand_perm_cam.mat for --draws official (default: <root>/exp/).")
     ] = None,
     show: Annotated[int, typer.Option("--show", help="Gallery rows to list in the table (0: none).")] = 20,
-    json_output: Annotated[bool, typer.Option("--json", help="Print queries and gallery as one JSON document.")] = False,
+    json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:

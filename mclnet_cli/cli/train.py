@@ -7,7 +7,7 @@ from typing import Annotated, Any, Mapping, Optional
 
 import typer
 
-from mclnet_cli.cli.options import DebugOpt, DeviceOpt, QuietOpt, SetOpt, ThreadsOpt, common, complete_preset
+from mclnet_cli.cli.options import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, SetOpt, ThreadsOpt, common, complete_preset
 from mclnet_cli.cli.output import console, err_console, fail, guard, print_json, state
 
 
@@ -179,7 +179,7 @@ def train(
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON document.")] = False,
+    json_output: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Train MCLNet from a preset; writes config, metrics, checkpoints and a summary to --out.
