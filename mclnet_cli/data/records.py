@@ -12,12 +12,13 @@ import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 from mclnet_cli.atomic import atomic_write_text
-from mclnet_cli.errors import DataError
+from mclnet_cli.errors import DataError, MclnetError
 from mclnet_cli.types import Modality, Sample  # re-exported: older imports keep working
 
+T = TypeVar("T")
 MANIFEST = "manifest.jsonl"
 META = "meta.json"
 SPLITS = ("train", "val", "test")
@@ -100,11 +101,20 @@ def load_prepared(path: Path | str) -> PreparedDataset:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DataError(f"{manifest}: not UTF-8 text ({exc.reason})") from exc
-    for lineno, line in enumerate(text.split("\n"), 1):
+    samples = parse_jsonl(text.split("\n"), manifest, Sample.from_json, DataError, "manifest line")
+    return PreparedDataset(root=root, samples=samples, meta=meta)
+
+
+def parse_jsonl(
+    lines: Iterable[str], where: Path | str, parse: Callable[[dict[str, Any]], T], error: type[MclnetError], what: str
+) -> list[T]:
+    """One object per non-blank line through ``parse``; a bad line raises ``error`` naming ``where:line``."""
+    rows: list[T] = []
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            samples.append(Sample.from_json(json.loads(line)))
+            rows.append(parse(json.loads(line)))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"{manifest}:{lineno}: malformed manifest line ({exc})") from exc
-    return PreparedDataset(root=root, samples=samples, meta=meta)
+            raise error(f"{where}:{lineno}: malformed {what} ({exc})") from exc
+    return rows

@@ -59,6 +59,7 @@ import numpy as np
 
 from mclnet_cli.atomic import atomic_write, atomic_write_text, fsync_dir, storage_error
 from mclnet_cli.config import IndexKind, names
+from mclnet_cli.data.records import parse_jsonl
 from mclnet_cli.errors import IndexStoreError, LockedError
 from mclnet_cli.index.autotune import apply_parameters, auto_index
 from mclnet_cli.locks import LOCK_FILE, folder_lock
@@ -669,16 +670,8 @@ def _validate_meta(meta_path: Path, meta: dict[str, Any], index: faiss.Index) ->
 
 
 def _read_records(path: Path) -> list[IndexRecord]:
-    records: list[IndexRecord] = []
     with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(IndexRecord.from_json(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                raise IndexStoreError(f"{path}:{lineno}: malformed record ({exc})") from exc
-    return records
+        return parse_jsonl(handle, path, IndexRecord.from_json, IndexStoreError, "record")
 
 
 def read_meta(directory: Path | str) -> dict[str, Any]:
