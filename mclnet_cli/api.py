@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
+from PIL import Image
 
 from mclnet_cli.types import Modality
 from mclnet_cli.engine.checkpoint import LoadedModel
 
-ImageLike = Union[str, Path, "PIL.Image.Image"]  # noqa: F821 - PIL is imported lazily
+ImageLike = Union[str, Path, Image.Image]
 
 __all__ = ["load", "embed", "build_index", "search", "evaluate", "LoadedModel", "Modality"]
 
