@@ -215,6 +215,18 @@ def _choices(cls: type, prefix: str = "") -> dict[str, tuple[str, ...]]:
 CHOICES: dict[str, tuple[str, ...]] = _choices(Config)
 
 
+def flatten(data: Mapping[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> one level of ``a.b.c`` keys (``sep`` between parts; tuples as lists)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, sep, f"{name}{sep}"))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
 def _to_plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}

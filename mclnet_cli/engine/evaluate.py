@@ -10,8 +10,8 @@ Two entry points build an :class:`EvaluationReport` (values in percent):
   0 visible / 1 infrared) and ``paths``; scored as the feature ``features``.
 
 :func:`split_trial` gives the queries and gallery of one trial without a model
-(``mclnet split``); training's validation reuses :func:`embed_samples` and
-:func:`score_trials`. Protocol names and checks come from ``metrics.protocols``.
+(``mclnet split``); training's validation (:func:`validate`, at the end) reuses
+:func:`embed_samples` and :func:`score_trials`. Protocol names and checks come from ``metrics.protocols``.
 
 Result keys: SYSU-MM01 has one direction (infrared -> visible), so results are
 keyed by feature name (``bn``, ``pool``); RegDB and LLCM always key them
@@ -29,9 +29,9 @@ from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 
-from mclnet_cli.config import EvalConfig
+from mclnet_cli.config import Config, EvalConfig
 from mclnet_cli.types import Modality, Sample
-from mclnet_cli.data.records import load_prepared
+from mclnet_cli.data.records import PreparedDataset, load_prepared
 from mclnet_cli.errors import ConfigError, DataError
 from mclnet_cli.metrics.protocols import (
     DIRECTIONS,
@@ -511,3 +511,69 @@ def evaluate_checkpoint(
         **extra,
     )
     return EvaluationReport(protocol_info, results)
+
+
+# ----------------------------------------------------------------------------
+# Validation during training (held-out ids, never the test set)
+
+FEATURE_STATEMENT = "bn: L2-normalised BNNeck(f4), cosine distance"
+
+
+def check_validation(prepared: PreparedDataset, config: Config, train_pids: set[int]) -> None:
+    """Periodic validation needs a val split whose ids are not trained on (never the test set)."""
+    if config.train.eval_every <= 0:
+        return
+    val = prepared.select("val")
+    if not val:
+        raise ConfigError(
+            f"train.eval_every={config.train.eval_every} but {prepared.root} has no val split "
+            "(validation never uses the test set); set train.eval_every=0"
+        )
+    vis = {s.pid for s in val if s.modality is Modality.VISIBLE}
+    ir = {s.pid for s in val if s.modality is Modality.INFRARED}
+    if not vis or not ir:
+        raise ConfigError(f"{prepared.root}: the val split needs both visible and infrared images for validation")
+    if (vis | ir) & train_pids:
+        raise ConfigError(
+            "train.eval_every > 0 but the val ids are also trained on; set data.train_on_val=false "
+            "to hold them out, or train.eval_every=0"
+        )
+
+
+def validation_statement(config: Config) -> str:
+    """What a validation number means (written to summary.json and best.pt)."""
+    return (
+        f"validation split (held-out ids, not the test set): queries = all val infrared images, "
+        f"gallery = all val visible images, {config.eval.protocol} exclusions and CMC, "
+        f"feature {FEATURE_STATEMENT}; best.pt picked by val mAP"
+    )
+
+
+def validate(model: Any, prepared: PreparedDataset, config: Config, device: Any) -> dict[str, Any]:
+    """mAP / Rank-1 / Rank-5 / mINP (percent) of val infrared queries against all val visible images.
+
+    :func:`embed_samples` and :func:`score_trials`, on one trial whose queries and
+    gallery are the whole val split (no draws), under ``config.eval.protocol``'s
+    exclusions and CMC. The model's train/eval mode is restored afterwards.
+    """
+    samples = prepared.select("val")
+    query = [i for i, s in enumerate(samples) if s.modality is Modality.INFRARED]
+    gallery = [i for i, s in enumerate(samples) if s.modality is Modality.VISIBLE]
+    was_training = model.training
+    try:
+        features, rows = embed_samples(
+            model, samples, gallery + query, height=config.data.height, width=config.data.width, resize=config.data.resize,
+            batch_size=config.eval.batch_size, device=device, features=("bn",),
+        )
+    finally:
+        model.train(was_training)
+    trial = Trial(
+        config.eval.protocol, 0, "infrared_to_visible",
+        np.asarray(query, dtype=np.int64), np.asarray(gallery, dtype=np.int64), draws="none",
+    )
+    (result,) = score_trials(samples, features, rows, [trial]).values()
+    row = result.trials[0]
+    return {
+        "mAP": row["mAP"], "rank1": row["rank1"], "rank5": row["rank5"], "mINP": row["mINP"],
+        "queries": row["valid_queries"], "gallery": row["gallery"],
+    }

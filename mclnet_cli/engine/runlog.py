@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from mclnet_cli.config import Config
+from mclnet_cli.config import Config, flatten
 from mclnet_cli.atomic import atomic_write_text, remove_orphan_temps
 from mclnet_cli.errors import ConfigError
 from mclnet_cli.locks import LOCK_FILE, folder_lock
@@ -226,7 +226,7 @@ class MetricsLog:
         if self._tb is not None:
             step = int(row.get("global_step", 0))
             prefix = "epoch" if row.get("kind") == "epoch" else "train"
-            for key, value in _flatten(row).items():
+            for key, value in flatten(row, "/").items():
                 if key not in ("epoch", "step", "global_step") and isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{prefix}/{key}", value, step)
 
@@ -242,17 +242,6 @@ def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def _flatten(row: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in row.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{name}/"))
-        else:
-            flat[name] = value
-    return flat
 
 
 def _tensorboard_writer(path: Path) -> Any:
