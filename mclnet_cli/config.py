@@ -14,6 +14,7 @@ import difflib
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Iterable, Literal, Mapping
 
 import yaml
 
-from mclnet_cli.errors import ConfigError
+from mclnet_cli.errors import ConfigError, MclnetDeprecationWarning
 
 PRESET_SUFFIX = ".yaml"
 
@@ -58,7 +59,7 @@ class DataConfig:
     num_instances: int = 4  # K images per identity and modality
     workers: int = 2
     train_on_val: bool = True  # SYSU: train on train+val ids (standard practice)
-    trial: int = 1  # RegDB split 1..10
+    regdb_split: int = 1  # RegDB identity split 1..10 (its idx files; `prepare regdb --trial`); was data.trial
     use_cache: bool = True  # use the prepared uint8 cache when present
     pad: int = 10
     grayscale_p: float = 0.5  # visible only
@@ -278,10 +279,19 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _read_preset(path: Path) -> dict[str, Any]:
+    """A preset file with renamed keys under their new names (a warning for each old one in a user's file)."""
+    data, messages = upgrade_keys(_read_yaml(path), str(path))
+    if path.resolve().parent != presets_dir().resolve():  # shipped presets move to the new names on their own
+        for message in messages:
+            warnings.warn(message, MclnetDeprecationWarning, stacklevel=3)
+    return data
+
+
 def load_preset_dict(preset: str | Path) -> dict[str, Any]:
     """Raw preset as a nested dict, its ``base:`` merged in (one level only)."""
     path = _preset_path(preset)
-    data = _read_yaml(path)
+    data = _read_preset(path)
     base = data.pop("base", None)
     if base is None:
         return data
@@ -291,7 +301,7 @@ def load_preset_dict(preset: str | Path) -> dict[str, Any]:
         base_path = _preset_path(path.parent / base)
     else:
         base_path = _preset_path(base)
-    base_data = _read_yaml(base_path)
+    base_data = _read_preset(base_path)
     if "base" in base_data:
         raise ConfigError(f"{path}: base preset {base!r} has a base of its own; only one 'base:' level is allowed")
     return _deep_merge(base_data, data)
@@ -305,6 +315,56 @@ def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+# ----------------------------------------------------------------------------
+# Renamed keys: the old name is still read, with a deprecation message, for one release
+
+#: old dotted key -> its new name
+RENAMED_KEYS: dict[str, str] = {
+    "data.trial": "data.regdb_split",  # 0.x: "trial" now means only the gallery-draw trial of evaluation
+}
+
+
+def _renamed_message(where: str, old: str) -> str:
+    return f"{where}: {old} is deprecated, use {RENAMED_KEYS[old]} (the old name stops working in the next release)"
+
+
+def upgrade_keys(data: Mapping[str, Any], where: str = "config") -> tuple[dict[str, Any], list[str]]:
+    """``data`` (a nested dict) with renamed keys under their new names, and one message per old key found.
+
+    Giving both the old and the new name of a key in one place is a ConfigError.
+    """
+    result = _copy_tree(data)
+    messages: list[str] = []
+    for old, new in RENAMED_KEYS.items():
+        *old_parents, old_leaf = old.split(".")
+        *new_parents, new_leaf = new.split(".")
+        node = _node(result, old_parents)
+        if node is None or old_leaf not in node:
+            continue
+        target = _node(result, new_parents, create=True)
+        assert target is not None
+        if new_leaf in target:
+            raise ConfigError(f"{where}: both {old} and {new} are given; keep {new} ({old} is its old name)")
+        target[new_leaf] = node.pop(old_leaf)
+        messages.append(_renamed_message(where, old))
+    return result, messages
+
+
+def _copy_tree(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _copy_tree(value) if isinstance(value, Mapping) else value for key, value in data.items()}
+
+
+def _node(data: dict[str, Any], keys: list[str], create: bool = False) -> dict[str, Any] | None:
+    for key in keys:
+        child = data.get(key)
+        if not isinstance(child, dict):
+            if not create:
+                return None
+            child = data[key] = {}
+        data = child
+    return data
 
 
 # ----------------------------------------------------------------------------
@@ -325,9 +385,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """``data`` with each ``a.b=value`` set (an old key name is set under its new one, with a warning)."""
     result = _deep_merge({}, data)
     for text in overrides:
         keys, value = parse_override(text)
+        new = RENAMED_KEYS.get(".".join(keys))
+        if new is not None:
+            warnings.warn(_renamed_message(f"--set {text}", ".".join(keys)), MclnetDeprecationWarning, stacklevel=2)
+            keys = new.split(".")
         node = result
         for key in keys[:-1]:
             child = node.get(key)
@@ -441,7 +506,7 @@ def _validate(cfg: Config) -> None:
         (cfg.data.workers >= 0, "data.workers must be 0 or more"),
         (cfg.data.num_ids >= 2, "data.num_ids must be at least 2 (contrastive losses need negatives)"),
         (cfg.data.num_instances >= 1, "data.num_instances must be at least 1"),
-        (1 <= cfg.data.trial <= 10, "data.trial must be between 1 and 10"),
+        (1 <= cfg.data.regdb_split <= 10, "data.regdb_split must be between 1 and 10"),
         (1 <= cfg.model.specific_stages <= 4, "model.specific_stages must be between 1 and 4"),
         (cfg.model.last_stride in (1, 2), "model.last_stride must be 1 or 2"),
         (cfg.eval.shots in (1, 10), "eval.shots must be 1 or 10"),
@@ -457,8 +522,12 @@ def _validate(cfg: Config) -> None:
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
-    """Typed, validated :class:`Config` from a nested dict (missing keys take defaults)."""
-    cfg = _build(Config, data, "")
+    """Typed, validated :class:`Config` from a nested dict (missing keys take defaults).
+
+    Renamed keys are read under their new names without a message: this is how the
+    configs saved in older checkpoints and run directories load.
+    """
+    cfg = _build(Config, upgrade_keys(data)[0], "")
     _validate(cfg)
     return cfg
 

@@ -53,3 +53,7 @@ def load_failure(exc: BaseException) -> str:
     if isinstance(exc, (EOFError,)) or "unexpected EOF" in text or "failed finding central directory" in text:
         return "the file is truncated or not a checkpoint"
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class MclnetDeprecationWarning(FutureWarning):
+    """A config key or option that still works under an old name for one more release (the CLI shows one line)."""

@@ -1,6 +1,7 @@
 """Presets, overrides and their errors."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -12,7 +13,7 @@ from mclnet_cli.config import (
     load_preset_dict,
     parse_override,
 )
-from mclnet_cli.errors import ConfigError
+from mclnet_cli.errors import ConfigError, MclnetDeprecationWarning
 
 EXPECTED_PRESETS = {"base", "sysu", "regdb", "llcm", "tiny", "official-code"}
 
@@ -81,7 +82,8 @@ def test_overrides_are_typed_through_yaml():
         ("model.pooling=gme", "did you mean 'gem'"),
         ("model.arch=resnet101", "choose from: resnet18, resnet34, resnet50"),
         ("optim.lr", "not of the form key.path=value"),
-        ("data.trial=11", "data.trial must be between 1 and 10"),
+        ("data.regdb_split=11", "data.regdb_split must be between 1 and 10"),
+        ("data.trial=11", "data.regdb_split must be between 1 and 10"),  # the old name of the key
         ("train.amp=maybe", "train.amp: expected true or false"),
     ],
 )
@@ -113,3 +115,61 @@ def test_preset_yaml_on_is_not_silently_a_boolean(tmp_path):
     with pytest.raises(ConfigError, match="quote the value"):
         load_config(path)
     assert load_preset_dict(path)["model"]["pooling"] is True  # what YAML itself does
+
+
+# ----------------------------------------------------------------------------
+# data.trial -> data.regdb_split: the old name still works for one release
+
+
+def test_regdb_split_is_the_key_and_the_regdb_preset_sets_it_without_a_warning(recwarn):
+    assert "regdb_split" in {f.name for f in dataclasses.fields(Config().data)}
+    assert "trial" not in {f.name for f in dataclasses.fields(Config().data)}
+    assert load_config("regdb").data.regdb_split == 1
+    assert load_config("tiny", ["data.regdb_split=4"]).data.regdb_split == 4
+    assert not [w for w in recwarn if issubclass(w.category, MclnetDeprecationWarning)]
+
+
+def test_old_key_on_the_command_line_works_with_one_deprecation_message():
+    with pytest.warns(MclnetDeprecationWarning) as caught:
+        cfg = load_config("tiny", ["data.trial=3"])
+    assert cfg.data.regdb_split == 3
+    (message,) = [str(w.message) for w in caught]
+    assert "data.trial is deprecated, use data.regdb_split" in message and "\n" not in message
+
+
+def test_old_key_in_a_users_yaml_works_with_a_deprecation_message(tmp_path):
+    own = tmp_path / "mine.yaml"
+    own.write_text("base: base\ndata:\n  trial: 7\n")
+    with pytest.warns(MclnetDeprecationWarning, match=r"mine.yaml: data.trial is deprecated"):
+        assert load_config(own).data.regdb_split == 7
+    # a later --set of the new name wins over the file's old one
+    with pytest.warns(MclnetDeprecationWarning):
+        assert load_config(own, ["data.regdb_split=2"]).data.regdb_split == 2
+
+
+def test_old_and_new_key_in_one_file_is_refused(tmp_path):
+    own = tmp_path / "both.yaml"
+    own.write_text("data:\n  trial: 3\n  regdb_split: 4\n")
+    with pytest.raises(ConfigError, match="both data.trial and data.regdb_split"):
+        load_config(own)
+
+
+def test_saved_configs_with_the_old_key_load_silently(recwarn):
+    saved = load_config("regdb", ["data.regdb_split=5"]).to_dict()
+    saved["data"]["trial"] = saved["data"].pop("regdb_split")
+    before = json.dumps(saved, sort_keys=True)
+    cfg = config_from_dict(saved)
+    assert cfg.data.regdb_split == 5
+    assert json.dumps(saved, sort_keys=True) == before  # the caller's dict is left as it was
+    assert not [w for w in recwarn if issubclass(w.category, MclnetDeprecationWarning)]
+
+
+def test_old_key_through_the_cli_is_one_warning_line(cli_runner):
+    from mclnet_cli.cli.app import app
+
+    result = cli_runner.invoke(app, ["presets", "show", "tiny", "--set", "data.trial=2", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["data"]["regdb_split"] == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == ["warning: --set data.trial=2: data.trial is deprecated, use data.regdb_split "
+                     "(the old name stops working in the next release)"]

@@ -145,7 +145,7 @@ def test_loader_regdb_trial_mismatch(tmp_path: Path, data_cfg) -> None:
 
     prepared = tiny_prepared(tmp_path)
     prepared.meta["trial"] = 4
-    with pytest.raises(DataError, match="trial 4 but data.trial is 1"):
+    with pytest.raises(DataError, match=r"trial 4 .*but data.regdb_split is 1; pass --set data.regdb_split=4"):
         build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=1)
 
 

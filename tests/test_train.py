@@ -453,3 +453,32 @@ def test_ctrl_c_outside_the_epoch_loop_never_escapes_fit(prepared_dataset: Path,
         result = fit_(_config("train.epochs=2", *ONE_STEP), prepared_dataset, out, resume=True, device="cpu")
     assert result.status == "interrupted" and result.epochs_completed == 2
     assert load_checkpoint(out / "last.pt")["epoch"] == 2
+
+
+def test_a_run_saved_with_the_old_data_trial_key_loads_and_resumes(prepared_dataset: Path, tmp_path: Path) -> None:
+    """Run directories and checkpoints written before data.trial became data.regdb_split still work."""
+    import yaml
+
+    from mclnet_cli.engine.checkpoint import save_checkpoint
+    from mclnet_cli.engine.state import resume_conflicts
+
+    out = tmp_path / "run"
+    fit(_config("train.epochs=1", *ONE_STEP), prepared_dataset, out, device="cpu")
+    # make the run look like one of the previous release: the key under its old name everywhere
+    payload = load_checkpoint(out / "last.pt")
+    payload["config"]["data"]["trial"] = payload["config"]["data"].pop("regdb_split")
+    save_checkpoint(out / "last.pt", payload)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    saved["data"]["trial"] = saved["data"].pop("regdb_split")
+    (out / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+
+    assert load_model(out / "last.pt").config.data.regdb_split == 1
+    assert resume_conflicts(payload["config"], _config("train.epochs=2", *ONE_STEP).to_dict()) == []
+    # --resume without --preset reads the old config.yaml: one warning line, then the run goes on
+    again = ["train", "--data", str(prepared_dataset), "--out", str(out), "--resume", "--set", "train.epochs=2", "--json", "-q"]
+    result = runner.invoke(app, again)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["epochs_completed"] == 2
+    assert "data.trial is deprecated, use data.regdb_split" in result.stderr
+    assert load_config(out / "config.yaml").data.regdb_split == 1  # rewritten under the new name
+    assert "trial" not in yaml.safe_load((out / "config.yaml").read_text())["data"]

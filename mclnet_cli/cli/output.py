@@ -6,13 +6,14 @@ import functools
 import json
 import os
 import sys
+import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
 
 import typer
 from rich.console import Console
 
-from mclnet_cli.errors import Interrupted, MclnetError
+from mclnet_cli.errors import Interrupted, MclnetDeprecationWarning, MclnetError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -57,13 +58,34 @@ def interrupted(message: str) -> typer.Exit:
     return typer.Exit(130)
 
 
+def warn(message: str) -> None:
+    """Print one yellow ``warning:`` line on stderr."""
+    from rich.markup import escape
+
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """The core's deprecation messages as one ``warning:`` line; any other warning as Python shows it."""
+    if issubclass(category, MclnetDeprecationWarning):
+        warn(str(message))
+    else:
+        _default_showwarning(message, category, *args, **kwargs)
+
+
 def guard(func: F) -> F:
     """Turn core errors into one clear line and exit code 1 (traceback with --debug)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():  # restores the default display when the command ends
+                warnings.showwarning = _show_warning
+                warnings.simplefilter("always", MclnetDeprecationWarning)
+                return func(*args, **kwargs)
         except Interrupted as exc:
             if state.debug:
                 raise

@@ -45,10 +45,10 @@ class TrainBatch:
 def training_samples(prepared: PreparedDataset, data_cfg: DataConfig) -> list[Sample]:
     """Split "train", plus "val" when ``data.train_on_val`` (SYSU practice: 395 classes)."""
     trial = prepared.meta.get("trial")
-    if trial is not None and int(trial) != data_cfg.trial:
+    if trial is not None and int(trial) != data_cfg.regdb_split:
         raise DataError(
-            f"{prepared.root} was prepared for RegDB trial {trial} but data.trial is {data_cfg.trial}; "
-            f"pass --set data.trial={trial} or prepare trial {data_cfg.trial}"
+            f"{prepared.root} was prepared for RegDB trial {trial} (prepare regdb --trial) but data.regdb_split "
+            f"is {data_cfg.regdb_split}; pass --set data.regdb_split={trial} or prepare regdb --trial {data_cfg.regdb_split}"
         )
     splits = {"train", "val"} if data_cfg.train_on_val else {"train"}
     samples = [s for s in prepared.samples if s.split in splits]

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from mclnet_cli.config import Config, flatten
+from mclnet_cli.config import Config, flatten, upgrade_keys
 from mclnet_cli.engine.optim import RESUMABLE_KEYS
 from mclnet_cli.errors import CheckpointError, ConfigError
 
@@ -62,8 +62,11 @@ def seed_everything(seed: int) -> None:
 
 
 def resume_conflicts(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Config keys that differ between a run and its resume and may not change (e.g. model.arch)."""
-    old, new = flatten(stored), flatten(current)
+    """Config keys that differ between a run and its resume and may not change (e.g. model.arch).
+
+    Keys renamed since the run was saved are compared under their new names.
+    """
+    old, new = flatten(upgrade_keys(stored)[0]), flatten(upgrade_keys(current)[0])
     changed = []
     for key in sorted(set(old) | set(new)):
         if key.startswith(RESUME_MUTABLE) or key in RESUME_MUTABLE:
