@@ -1,15 +1,18 @@
 """The do-nothing progress reporter that core code uses when its caller passes none.
 
-Core functions never print: they take an optional progress factory (the CLI
-passes :func:`mclnet_cli.cli.output.progress_bar`) and fall back to
-:func:`no_progress`. Its signature fits both factory shapes in use,
-``progress(description, total)`` and ``progress(total=...)``.
+Core functions never print: they take an optional :data:`ProgressFactory`,
+``progress(description, total)``, a context manager yielding ``advance(n)``
+(the CLI passes :func:`mclnet_cli.cli.output.progress_bar`), and fall back to
+:func:`no_progress`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, ContextManager, Iterator
+
+#: ``progress(description, total)`` -> a context manager yielding ``advance(n)``; the one progress signature
+ProgressFactory = Callable[[str, int], ContextManager[Callable[[int], None]]]
 
 
 def _ignore(n: int = 1) -> None:

@@ -93,7 +93,7 @@ def _run(
 
         report = evaluate_checkpoint(
             checkpoint, data, device=device, workers=workers, perm_file=perm_file,
-            progress=lambda total: progress_bar("embedding test images", total),
+            progress=progress_bar,
             **options,
         )
     payload = report.to_json()

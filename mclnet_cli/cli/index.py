@@ -148,7 +148,7 @@ def _run(
         memory_gb=memory,
         workers=workers,
         device=device,
-        progress=lambda total: progress_bar("embedding gallery", total),
+        progress=progress_bar,
         on_wait=lambda message: err_console.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True),
     )
     from mclnet_cli.engine.distributed import env_dist_info

@@ -123,12 +123,17 @@ def synthetic(
     """Draw a small cross-spectrum person dataset (SYSU-MM01 layout) and prepare it."""
     common(quiet=quiet, debug=debug)
     from mclnet_cli.data.cache import parse_size
-    from mclnet_cli.data.prepare import prepare_dataset
-    from mclnet_cli.data.synthetic import generate_synthetic
+    from mclnet_cli.data.prepare import prepare_synthetic
 
     size = parse_size(cache_size) if cache else None
-    with progress_bar("drawing identities", ids, unit="id") as advance:
-        summary = generate_synthetic(directory, ids=ids, seed=seed, images_per_camera=images_per_camera, on_progress=advance)
     target = out if out is not None else directory / "prepared"
-    report = prepare_dataset("sysu", directory, target, cache_size=size, workers=workers, progress=progress_bar, label="synthetic")
+    report, summary = prepare_synthetic(
+        directory, target, ids=ids, seed=seed, images_per_camera=images_per_camera, cache_size=size, workers=workers,
+        progress=_count_identities,
+    )
     _render(report, as_json, {"seed": seed, "ids": ids, "raw": summary["root"]})
+
+
+def _count_identities(description: str, total: int) -> Any:
+    """The progress bar, counting identities while they are drawn and images after."""
+    return progress_bar(description, total, unit="id" if description == "drawing identities" else "img")

@@ -87,7 +87,7 @@ def _run(
         checkpoint=checkpoint,
         batch_size=batch_size,
         device=device,
-        progress=lambda total: progress_bar("embedding probes", total, enabled=total > (batch_size or 64)),
+        progress=lambda description, total: progress_bar(description, total, enabled=total > (batch_size or 64)),
     )
     for note in report.notices:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)

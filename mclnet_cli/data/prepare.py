@@ -12,7 +12,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 
@@ -22,9 +22,8 @@ from mclnet_cli.types import Modality, Sample
 from mclnet_cli.data.records import count_samples, write_prepared
 from mclnet_cli.data.sources import READERS
 from mclnet_cli.errors import DataError
-from mclnet_cli.progress import no_progress
+from mclnet_cli.progress import ProgressFactory, no_progress
 
-ProgressFactory = Callable[[str, int], ContextManager[Callable[[int], None]]]
 TRAINING_SPLITS = ("train", "val")
 SHOW_BAD = 3
 
@@ -185,3 +184,28 @@ def prepare_dataset(
         trial=meta.get("trial"),
         cache=cache_info,
     )
+
+
+def prepare_synthetic(
+    directory: Path | str,
+    out: Path | str,
+    *,
+    ids: int,
+    seed: int = 0,
+    images_per_camera: int = 4,
+    cache_size: tuple[int, int] | None = None,
+    workers: int | None = None,
+    progress: ProgressFactory = no_progress,
+) -> tuple[PrepareReport, dict[str, Any]]:
+    """Draw the synthetic dataset into ``directory`` (SYSU-MM01 layout) and prepare it into ``out``.
+
+    Returns the prepare report (recorded as dataset "synthetic") and the generator's summary.
+    """
+    from mclnet_cli.data.synthetic import generate_synthetic
+
+    with progress("drawing identities", ids) as advance:
+        summary = generate_synthetic(directory, ids=ids, seed=seed, images_per_camera=images_per_camera, on_progress=advance)
+    report = prepare_dataset(
+        "sysu", directory, out, cache_size=cache_size, workers=workers, progress=progress, label="synthetic"
+    )
+    return report, summary

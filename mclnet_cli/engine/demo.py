@@ -22,14 +22,15 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, Callable, Iterator
 
 from mclnet_cli.atomic import atomic_write_text
 from mclnet_cli.types import Modality
 from mclnet_cli.errors import ConfigError, Interrupted, TrainingError
-from mclnet_cli.progress import no_progress
+from mclnet_cli.progress import ProgressFactory, no_progress
 
 MARKER = ".mclnet-demo"
 SUMMARY = "demo.json"
@@ -41,7 +42,6 @@ TOP_K = 10
 PICTURE_ROWS = 4  # the picture shows this many probes, the first ones in order
 METRICS = ("rank1", "rank5", "mAP", "mINP")
 
-ProgressFactory = Callable[[str, int], ContextManager[Callable[[int], None]]]
 StageCallback = Callable[[str], None]
 
 
@@ -137,7 +137,7 @@ def _metrics(report: Any) -> dict[str, Any]:
 def save_untrained(config: Any, label_map: dict[int, int], path: Path) -> Path:
     """The same architecture randomly initialised with the config's seed, saved as a checkpoint."""
     from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
-    from mclnet_cli.engine.train import seed_everything
+    from mclnet_cli.engine.state import seed_everything
     from mclnet_cli.model import build_model
 
     seed_everything(config.seed)
@@ -173,148 +173,184 @@ def run_demo(
     ``plan`` overrides the size chosen by ``quick`` (for tuning and benchmarks).
     """
     from mclnet_cli.config import load_config
-    from mclnet_cli.data.prepare import prepare_dataset
+    from mclnet_cli.data.prepare import prepare_synthetic
     from mclnet_cli.data.records import load_prepared
-    from mclnet_cli.data.synthetic import generate_synthetic
-    from mclnet_cli.engine.checkpoint import load_checkpoint
     from mclnet_cli.engine.evaluate import evaluate_checkpoint
-    from mclnet_cli.engine.train import fit
     from mclnet_cli.index.picture import save_ranked_list
-    from mclnet_cli.engine.gallery import build_gallery_index, search_gallery
 
     plan = plan or (QUICK if quick else FULL)
-    stage = on_stage or (lambda message: None)
     progress = progress or no_progress
     out = Path(out)
     check_out_dir(out, force)
-    started = time.perf_counter()
-    times: dict[str, float] = {}
-    steps = 7
-
-    def timed(name: str, number: int, message: str) -> Callable[[], None]:
-        stage(f"[{number}/{steps}] {message}")
-        begin = time.perf_counter()
-        return lambda: times.__setitem__(name, round(time.perf_counter() - begin, 2))
-
+    stages = _Stages(on_stage or (lambda message: None), total=7)
     config = load_config(PRESET, plan.overrides())
+    _start_out_dir(out, plan)
+    raw, prepared_dir, run_dir = out / "synthetic", out / "prepared", out / "run"
+
+    with stages.stage("dataset", f"drawing a synthetic dataset of {plan.ids} ids and preparing it"):
+        report, _ = prepare_synthetic(
+            raw, prepared_dir, ids=plan.ids, seed=SEED, images_per_camera=plan.images_per_camera, progress=progress
+        )
+        prepared = load_prepared(prepared_dir)
+    with stages.stage("train", f"training the {PRESET} preset ({plan.epochs} epochs x {plan.steps_per_epoch} steps)"):
+        trained, label_map = _train(config, prepared_dir, run_dir, device, reporter, restart=_restart_command(out, quick))
+    checkpoint = trained.last_checkpoint
+
+    def evaluate(path: Path, what: str) -> Any:
+        return evaluate_checkpoint(
+            path, prepared_dir, device=device,
+            progress=lambda description, total: progress(f"{description} ({what})", total),
+        )
+
+    with stages.stage("evaluate", f"evaluating the trained model (SYSU protocol, all-search, {plan.trials} trials)"):
+        trained_report = evaluate(checkpoint, "trained")
+    with stages.stage("evaluate_untrained", "evaluating the untrained model (same config and seed)"):
+        untrained = save_untrained(config, label_map, out / "untrained.pt")
+        untrained_report = evaluate(untrained, "untrained")
+    with stages.stage("index", "indexing the visible gallery of the test ids"):
+        built = _index_gallery(prepared, checkpoint, out, device, progress)
+    infrared = sorted(prepared.select("test", Modality.INFRARED), key=lambda s: (s.pid, s.cam, s.path))
+    with stages.stage("query", f"querying it with every infrared test image ({len(infrared)} probes)"):
+        hit_lists = _query(out / "index", infrared, device)
+    # The picture shows the first PICTURE_ROWS probes in the fixed (pid, cam, path) order: none is picked.
+    with stages.stage("picture", f"drawing the ranked lists of the first {min(PICTURE_ROWS, len(infrared))} probes"):
+        rows = [(s.path, s.pid, hits) for s, hits in zip(infrared[:PICTURE_ROWS], hit_lists[:PICTURE_ROWS])]
+        picture = save_ranked_list(out / "ranked_list.png", rows, top_k=TOP_K)
+
+    summary: dict[str, Any] = {
+        "out": str(out.resolve()),
+        "mode": plan.name,
+        "dataset": {
+            "name": report.dataset, "raw": str(raw.resolve()), "prepared": report.out, "ids": plan.ids,
+            "images_per_camera": plan.images_per_camera, "counts": report.counts,
+        },
+        "run_dir": str(run_dir.resolve()),
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "untrained_checkpoint": str(untrained.resolve()),
+        "training": _training_summary(plan, trained),
+        "metrics": _metrics_summary(trained_report, untrained_report),
+        "index": {
+            "dir": str(built.index_dir.resolve()), "gallery": str((out / "gallery").resolve()), "count": built.count,
+            "kind": built.kind, "dimension": built.dimension,
+        },
+        "query": _first_probe(infrared[0], hit_lists[0]),
+        "probes": _probe_summary(infrared, hit_lists, len(rows)),
+        "picture": str(Path(picture).resolve()),
+        "stage_times_s": stages.times,
+        "time_s": round(time.perf_counter() - stages.started, 2),
+    }
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
+    return DemoResult(out, summary)
+
+
+class _Stages:
+    """Numbered stage messages (``[n/total] message``) and the seconds each stage took."""
+
+    def __init__(self, on_stage: StageCallback, total: int) -> None:
+        self.on_stage, self.total, self.number = on_stage, total, 0
+        self.times: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str, message: str) -> Iterator[None]:
+        """Announce the next stage; its time is recorded when it finishes (not when it fails)."""
+        self.number += 1
+        self.on_stage(f"[{self.number}/{self.total}] {message}")
+        begin = time.perf_counter()
+        yield
+        self.times[name] = round(time.perf_counter() - begin, 2)
+
+
+def _start_out_dir(out: Path, plan: DemoPlan) -> None:
+    """Create ``out``, remove a previous demo's artefacts and write the marker."""
     out.mkdir(parents=True, exist_ok=True)
     if is_demo_dir(out):
         _clear_previous(out)
     atomic_write_text(out / MARKER, json.dumps({"demo": plan.name, "seed": SEED}) + "\n")
 
-    raw, prepared_dir, run_dir = out / "synthetic", out / "prepared", out / "run"
-    done = timed("dataset", 1, f"drawing a synthetic dataset of {plan.ids} ids and preparing it")
-    with progress("drawing identities", plan.ids) as advance:
-        generate_synthetic(raw, ids=plan.ids, seed=SEED, images_per_camera=plan.images_per_camera, on_progress=advance)
-    report = prepare_dataset("sysu", raw, prepared_dir, progress=progress, label="synthetic")
-    prepared = load_prepared(prepared_dir)
-    done()
 
-    done = timed("train", 2, f"training the {PRESET} preset ({plan.epochs} epochs x {plan.steps_per_epoch} steps)")
+def _restart_command(out: Path, quick: bool) -> str:
+    return f"mclnet demo --out {out} --force{' --quick' if quick else ''}"
+
+
+def _train(
+    config: Any, prepared_dir: Path, run_dir: Path, device: str, reporter: Any, *, restart: str
+) -> tuple[Any, dict[int, int]]:
+    """Train into ``run_dir``: (the training result, the checkpoint's label map); a run that did not finish stops the demo."""
+    from mclnet_cli.engine.checkpoint import load_checkpoint
+    from mclnet_cli.engine.train import fit
+
     trained = fit(config, prepared_dir, run_dir, device=device, reporter=reporter)
     if trained.status != "complete":  # interrupted: the trainer saved what it had and wrote its summary
         raise (Interrupted if trained.status == "interrupted" else TrainingError)(
             f"training was {trained.status} after {trained.epochs_completed} of {trained.epochs} epoch(s) "
             f"(saved in {run_dir}); the demo stopped before evaluating and cannot resume (it runs its stages in one go "
-            f"and records none as finished); start it over with: mclnet demo --out {out} --force{' --quick' if quick else ''}"
+            f"and records none as finished); start it over with: {restart}"
         )
-    checkpoint = trained.last_checkpoint
-    label_map = {int(k): int(v) for k, v in load_checkpoint(checkpoint)["label_map"].items()}
-    done()
+    label_map = {int(k): int(v) for k, v in load_checkpoint(trained.last_checkpoint)["label_map"].items()}
+    return trained, label_map
 
-    def evaluate(path: Path, what: str) -> Any:
-        return evaluate_checkpoint(
-            path, prepared_dir, device=device, progress=lambda total: progress(f"embedding test images ({what})", total)
-        )
 
-    done = timed("evaluate", 3, f"evaluating the trained model (SYSU protocol, all-search, {plan.trials} trials)")
-    trained_report = evaluate(checkpoint, "trained")
-    done()
-    done = timed("evaluate_untrained", 4, "evaluating the untrained model (same config and seed)")
-    untrained = save_untrained(config, label_map, out / "untrained.pt")
-    untrained_report = evaluate(untrained, "untrained")
-    done()
+def _index_gallery(prepared: Any, checkpoint: Path, out: Path, device: str, progress: ProgressFactory) -> Any:
+    """Copy the test ids' visible images to ``out/gallery`` and index them into ``out/index``."""
+    from mclnet_cli.engine.gallery import build_gallery_index
 
-    done = timed("index", 5, "indexing the visible gallery of the test ids")
     visible = sorted(prepared.select("test", Modality.VISIBLE), key=lambda s: (s.pid, s.cam, s.path))
-    gallery = out / "gallery"
-    copy_gallery(visible, gallery)
-    built = build_gallery_index(
-        checkpoint, gallery, Modality.VISIBLE, out / "index", device=device,
-        progress=lambda total: progress("embedding gallery", total),
-    )
-    done()
+    copy_gallery(visible, out / "gallery")
+    return build_gallery_index(checkpoint, out / "gallery", Modality.VISIBLE, out / "index", device=device, progress=progress)
 
-    infrared = sorted(prepared.select("test", Modality.INFRARED), key=lambda s: (s.pid, s.cam, s.path))
-    done = timed("query", 6, f"querying it with every infrared test image ({len(infrared)} probes)")
-    search = search_gallery(out / "index", [s.path for s in infrared], Modality.INFRARED, TOP_K, device=device)
-    hit_lists = [result.hits for result in search.results]
-    found = [any(hit.pid == s.pid for hit in hits) for s, hits in zip(infrared, hit_lists)]
-    done()
 
-    # The picture shows the first PICTURE_ROWS probes in the fixed (pid, cam, path) order: none is picked.
-    done = timed("picture", 7, f"drawing the ranked lists of the first {min(PICTURE_ROWS, len(infrared))} probes")
-    rows = [(s.path, s.pid, hits) for s, hits in zip(infrared[:PICTURE_ROWS], hit_lists[:PICTURE_ROWS])]
-    picture = save_ranked_list(out / "ranked_list.png", rows, top_k=TOP_K)
-    done()
+def _query(index_dir: Path, probes: list[Any], device: str) -> list[list[Any]]:
+    """The top-``TOP_K`` hits of each probe."""
+    from mclnet_cli.engine.gallery import search_gallery
 
-    probe, hits = infrared[0], hit_lists[0]
-    match_ranks = [hit.rank for hit in hits if hit.pid == probe.pid]
-    summary: dict[str, Any] = {
-        "out": str(out.resolve()),
-        "mode": plan.name,
-        "dataset": {
-            "name": report.dataset,
-            "raw": str(raw.resolve()),
-            "prepared": report.out,
-            "ids": plan.ids,
-            "images_per_camera": plan.images_per_camera,
-            "counts": report.counts,
-        },
-        "run_dir": str(run_dir.resolve()),
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "untrained_checkpoint": str(untrained.resolve()),
-        "training": {
-            "preset": PRESET,
-            "overrides": plan.overrides(),
-            "epochs": trained.epochs_completed,
-            "steps_per_epoch": plan.steps_per_epoch,
-            "final_losses": {k: round(float(v), 4) for k, v in trained.final_losses.items()},
-            "time_s": round(trained.time_s, 2),
-        },
-        "metrics": {
-            "trained": _metrics(trained_report),
-            "untrained": _metrics(untrained_report),
-            "units": "percent",
-            "protocol": {k: v for k, v in trained_report.protocol.items() if k not in ("checkpoint", "fingerprint")},
-        },
-        "index": {
-            "dir": str(built.index_dir.resolve()),
-            "gallery": str(gallery.resolve()),
-            "count": built.count,
-            "kind": built.kind,
-            "dimension": built.dimension,
-        },
-        "query": {
-            "probe": probe.path,
-            "pid": probe.pid,
-            "cam": probe.cam,
-            "top_k": TOP_K,
-            "first_match_rank": match_ranks[0] if match_ranks else None,
-            "matches_in_top_k": len(match_ranks),
-            "results": [hit.to_json() for hit in hits],
-        },
-        "probes": {
-            "count": len(infrared),
-            "top_k": TOP_K,
-            "found_in_top_k": int(sum(found)),
-            "hit_rate": round(100.0 * sum(found) / len(infrared), 2) if infrared else None,
-            "units": "percent of the infrared test images whose person is among the top-k visible gallery images",
-            "picture_rows": len(rows),
-        },
-        "picture": str(Path(picture).resolve()),
-        "stage_times_s": times,
-        "time_s": round(time.perf_counter() - started, 2),
+    search = search_gallery(index_dir, [s.path for s in probes], Modality.INFRARED, TOP_K, device=device)
+    return [result.hits for result in search.results]
+
+
+def _training_summary(plan: DemoPlan, trained: Any) -> dict[str, Any]:
+    return {
+        "preset": PRESET,
+        "overrides": plan.overrides(),
+        "epochs": trained.epochs_completed,
+        "steps_per_epoch": plan.steps_per_epoch,
+        "final_losses": {k: round(float(v), 4) for k, v in trained.final_losses.items()},
+        "time_s": round(trained.time_s, 2),
     }
-    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
-    return DemoResult(out, summary)
+
+
+def _metrics_summary(trained: Any, untrained: Any) -> dict[str, Any]:
+    """The trained and untrained models' numbers under the same protocol."""
+    return {
+        "trained": _metrics(trained),
+        "untrained": _metrics(untrained),
+        "units": "percent",
+        "protocol": {k: v for k, v in trained.protocol.items() if k not in ("checkpoint", "fingerprint")},
+    }
+
+
+def _first_probe(probe: Any, hits: list[Any]) -> dict[str, Any]:
+    """The first probe's ranked list (the one the text summary shows)."""
+    match_ranks = [hit.rank for hit in hits if hit.pid == probe.pid]
+    return {
+        "probe": probe.path,
+        "pid": probe.pid,
+        "cam": probe.cam,
+        "top_k": TOP_K,
+        "first_match_rank": match_ranks[0] if match_ranks else None,
+        "matches_in_top_k": len(match_ranks),
+        "results": [hit.to_json() for hit in hits],
+    }
+
+
+def _probe_summary(probes: list[Any], hit_lists: list[list[Any]], picture_rows: int) -> dict[str, Any]:
+    """How many probes found their person among the top-k gallery images."""
+    found = sum(any(hit.pid == s.pid for hit in hits) for s, hits in zip(probes, hit_lists))
+    return {
+        "count": len(probes),
+        "top_k": TOP_K,
+        "found_in_top_k": int(found),
+        "hit_rate": round(100.0 * found / len(probes), 2) if probes else None,
+        "units": "percent of the infrared test images whose person is among the top-k visible gallery images",
+        "picture_rows": picture_rows,
+    }

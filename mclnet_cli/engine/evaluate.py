@@ -22,10 +22,10 @@ or k-reciprocal re-ranked distances with ``rerank``.
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -53,9 +53,9 @@ from mclnet_cli.metrics.protocols import (
 )
 from mclnet_cli.metrics.ranking import cmc_kind, rank_metrics
 from mclnet_cli.metrics.report import METRIC_KEYS, as_percent, mean_std
+from mclnet_cli.progress import ProgressFactory, no_progress
 
 NPZ_ARRAYS = ("features", "pids", "cams", "modalities", "paths")
-ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
 
 
 def refuse_inapplicable(protocol: str, given: Mapping[str, Any]) -> None:
@@ -80,27 +80,15 @@ def refuse_inapplicable(protocol: str, given: Mapping[str, Any]) -> None:
 
 
 @dataclass(frozen=True)
-class EvalSettings:
-    """The protocol choices of one evaluation run."""
+class EvalSettings(EvalConfig):
+    """The protocol choices of one evaluation run: a config ``eval`` section plus the gallery-draw family."""
 
-    protocol: str = "sysu"
-    mode: str = "all"
-    shots: int = 1
-    trials: int = 10
-    direction: str = "both"
-    batch_size: int = 64
-    flip: bool = False
-    rerank: bool = False
-    draws: str = "agw"
+    draws: str = "agw"  # a command option, not a config key
 
     @classmethod
     def resolve(cls, defaults: EvalConfig, **overrides: Any) -> "EvalSettings":
         """Config ``eval`` section, with every non-None override on top; values checked."""
-        values = {
-            "protocol": defaults.protocol, "mode": defaults.mode, "shots": defaults.shots,
-            "trials": defaults.trials, "direction": defaults.direction, "batch_size": defaults.batch_size,
-            "flip": defaults.flip, "rerank": defaults.rerank, "draws": "agw",
-        }
+        values: dict[str, Any] = dataclasses.asdict(defaults)
         given = {k: v for k, v in overrides.items() if v is not None}
         values.update(given)
         values["protocol"] = check_protocol(values["protocol"], "--protocol")
@@ -471,7 +459,7 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on a prepared dataset's test split; None options take the checkpoint's ``eval`` config.
 
     Only the test images some trial uses are embedded (each once, through its own
-    modality's stream); ``progress(total)`` is entered around the embedding.
+    modality's stream); ``progress("embedding test images", total)`` is entered around the embedding.
     """
     from mclnet_cli.engine.checkpoint import load_model
     from mclnet_cli.engine.device import resolve_device
@@ -490,8 +478,7 @@ def evaluate_checkpoint(
     trial_list = _trials(samples, settings, _official(settings, perm_file, prepared.meta.get("root")))
 
     used = np.unique(np.concatenate([np.concatenate([t.query, t.gallery]) for t in trial_list]))
-    context = progress(len(used)) if progress is not None else contextlib.nullcontext(None)
-    with context as advance:
+    with (progress or no_progress)("embedding test images", len(used)) as advance:
         features, rows = embed_samples(
             loaded.model, samples, used, height=config.data.height, width=config.data.width, resize=config.data.resize,
             batch_size=settings.batch_size, device=torch_device,

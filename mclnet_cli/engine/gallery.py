@@ -7,14 +7,15 @@ Applications embed search through these two functions without the CLI:
 - :func:`search_gallery`: embed probes with their own modality's stream and rank
   the gallery, refusing a checkpoint that is not the one that built the index.
 
-Neither prints: progress goes through an optional ``progress(total)`` factory that
-returns a context manager yielding ``advance(n)`` (default:
+Neither prints: progress goes through an optional ``progress(description, total)``
+factory that returns a context manager yielding ``advance(n)`` (default:
 :func:`mclnet_cli.progress.no_progress`); notices come back in the report.
 Index parameters not given come from the checkpoint's config ``index`` section.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +28,17 @@ from mclnet_cli.index.gallery import (
     BUILD_KINDS, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for, writer_lock,
 )  # fmt: skip
 from mclnet_cli.data.sources.layout import identify
-from mclnet_cli.progress import no_progress
+from mclnet_cli.progress import ProgressFactory, no_progress
 
 if TYPE_CHECKING:
     from mclnet_cli.config import IndexConfig
 
-ProgressFactory = Callable[[int], ContextManager[Callable[[int], None]]]
 FEATURE = "bn"  # BNNeck output: the method's retrieval feature
 MAX_TOP_K = 10_000  # results per probe; FAISS allocates probes x k scores up front
 
 
-def _progress(progress: ProgressFactory | None, total: int) -> ContextManager[Callable[[int], None]]:
-    return progress(total) if progress is not None else no_progress(total=total)
+def _progress(progress: ProgressFactory | None, description: str, total: int) -> ContextManager[Callable[[int], None]]:
+    return (progress or no_progress)(description, total)
 
 
 def _check_batch_size(batch_size: int | None) -> None:
@@ -46,47 +46,12 @@ def _check_batch_size(batch_size: int | None) -> None:
         raise DataError(f"batch size must be at least 1, got {batch_size}")
 
 
-@dataclass(frozen=True)
-class IndexSettings:
-    """Index parameters after filling what the caller left out from the checkpoint's ``index`` config."""
+def resolve_index_settings(config: "IndexConfig", **given: Any) -> "IndexConfig":
+    """``config`` (a checkpoint's ``index`` section) with each argument given (not ``None``) in its place.
 
-    kind: str
-    batch_size: int
-    nlist: int | None
-    nprobe: int | None
-    hnsw_m: int | None
-    pq_m: int | None
-    recall: float = 0.95
-    memory_gb: float | None = None
-
-
-def resolve_index_settings(
-    config: "IndexConfig",
-    *,
-    kind: str | None = None,
-    batch_size: int | None = None,
-    nlist: int | None = None,
-    nprobe: int | None = None,
-    hnsw_m: int | None = None,
-    pq_m: int | None = None,
-    recall: float | None = None,
-    memory_gb: float | None = None,
-) -> IndexSettings:
-    """Each argument given wins; ``None`` takes the value of ``config`` (a checkpoint's ``index`` section)."""
-
-    def pick(given: Any, default: Any) -> Any:
-        return default if given is None else given
-
-    return IndexSettings(
-        kind=str(pick(kind, config.kind)),
-        batch_size=int(pick(batch_size, config.batch_size)),
-        nlist=pick(nlist, config.nlist),
-        nprobe=pick(nprobe, config.nprobe),
-        hnsw_m=pick(hnsw_m, config.hnsw_m),
-        pq_m=pick(pq_m, config.pq_m),
-        recall=float(pick(recall, getattr(config, "recall", 0.95))),
-        memory_gb=pick(memory_gb, getattr(config, "memory_gb", None)),
-    )
+    Keywords: ``kind``, ``batch_size``, ``nlist``, ``nprobe``, ``hnsw_m``, ``pq_m``, ``recall``, ``memory_gb``.
+    """
+    return dataclasses.replace(config, **{key: value for key, value in given.items() if value is not None})
 
 
 @dataclass
@@ -322,21 +287,12 @@ def _build(
     from mclnet_cli.engine import distributed
     from mclnet_cli.engine.checkpoint import load_model
     from mclnet_cli.engine.device import resolve_device
-    from mclnet_cli.engine.extract import extract_features
 
     out_dir = check_target(Path(out_dir))
     gallery_root = Path(gallery_dir)
     images, skipped = list_gallery(gallery_root, exclude=out_dir)
     notices: list[str] = []
-
-    existing: GalleryIndex | None = None
-    if add:
-        if is_index_dir(out_dir):
-            existing = GalleryIndex.load(out_dir)
-            _check_modality(existing, out_dir, modality)
-        else:
-            notices.append(f"no index in {out_dir} yet: building a new one")
-
+    existing = _existing_index(out_dir, modality, notices) if add else None
     if not images and existing is None:
         raise DataError(f"no image files under {gallery_root} ({', '.join(IMAGE_SUFFIXES)})")
 
@@ -349,42 +305,21 @@ def _build(
         loaded.config.index, kind=kind, batch_size=batch_size, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, pq_m=pq_m,
         recall=recall, memory_gb=memory_gb,
     )
-
-    todo = images
-    if existing is not None:
-        known = existing.paths()
-        todo = [p for p in images if p not in known]
-    data_cfg = loaded.config.data
+    known = existing.paths() if existing is not None else set()
+    todo = [p for p in images if p not in known]
     started = time.perf_counter()
-    shard = distributed.shard_bounds(len(todo), info)
-    with _progress(progress, shard[1] - shard[0]) as advance:
-        extracted = extract_features(
-            loaded.model,
-            todo[shard[0] : shard[1]],
-            modality,
-            height=data_cfg.height,
-            width=data_cfg.width,
-            resize=data_cfg.resize,
-            batch_size=settings.batch_size,
-            device=torch_device,
-            workers=workers,
-            feature=FEATURE,
-            skip_bad=True,
-            on_progress=advance,
-        )
-    if info.enabled:  # rank order is list order: the same rows, in the same order, as one process
-        extracted = _gather_extracted(extracted, distributed)
-        if not info.is_main:
-            return None  # type: ignore[return-value]  # rank 0's report is broadcast by the caller
+    extracted = _embed_shard(loaded, todo, modality, settings.batch_size, workers, torch_device, info, progress)
+    if extracted is None:
+        return None  # type: ignore[return-value]  # not rank 0: rank 0's report is broadcast by the caller
     seconds = time.perf_counter() - started
     skipped = skipped + [(p, r) for p, r in extracted.failed]
     records = records_for(extracted.paths, modality.value)
     notices.extend(_layout_notice(extracted.paths, modality))
-
     if existing is None and not records:
         first = f" (e.g. {extracted.failed[0][1]})" if extracted.failed else ""
         raise DataError(f"none of the {len(todo)} image files under {gallery_root} could be decoded{first}")
 
+    data_cfg = loaded.config.data
     extra = {
         "modality": modality.value,
         "checkpoint": {"path": checkpoint_path, "fingerprint": loaded.fingerprint},
@@ -399,47 +334,83 @@ def _build(
             existing = GalleryIndex.load(out_dir)
             _check_modality(existing, out_dir, modality)
             _check_fingerprint(existing, out_dir, checkpoint_path, loaded.fingerprint)
-        if existing is None:
-            gallery = GalleryIndex.build(
-                extracted.features,
-                records,
-                settings.kind,
-                nlist=settings.nlist,
-                nprobe=settings.nprobe,
-                hnsw_m=settings.hnsw_m,
-                pq_m=settings.pq_m,
-                extra=extra,
-                recall=settings.recall,
-                memory_bytes=int(settings.memory_gb * 2**30) if settings.memory_gb else None,
-            )
-            added = len(records)
-        else:
-            gallery = existing
-            if kind is not None and kind != gallery.kind:
-                notices.append(f"--kind {kind} ignored: adding to the existing {gallery.kind} index")
-            added = gallery.add(extracted.features, records) if records else 0
-        notices.extend(gallery.notices)
-        if added:
-            gallery.save(out_dir, locked=True)
-        elif existing is not None:
-            notices.append("nothing new to add: the index is unchanged")
+        gallery, added = _write_index(out_dir, existing, extracted.features, records, settings, kind, extra, notices)
     return BuildReport(
-        index_dir=out_dir,
-        modality=modality.value,
-        kind=gallery.kind,
-        factory=gallery.factory,
-        dimension=gallery.dimension,
-        count=len(gallery),
-        added=added,
-        skipped=skipped,
-        notices=notices,
-        checkpoint=checkpoint_path,
-        fingerprint=loaded.fingerprint,
-        seconds=seconds,
-        images_per_s=(len(todo) / seconds) if seconds > 0 else 0.0,
-        appended=existing is not None,
+        index_dir=out_dir, modality=modality.value, kind=gallery.kind, factory=gallery.factory,
+        dimension=gallery.dimension, count=len(gallery), added=added, skipped=skipped, notices=notices,
+        checkpoint=checkpoint_path, fingerprint=loaded.fingerprint, seconds=seconds,
+        images_per_s=(len(todo) / seconds) if seconds > 0 else 0.0, appended=existing is not None,
         auto=gallery.extra.get("auto") if existing is None else None,
     )
+
+
+def _existing_index(out_dir: Path, modality: Modality, notices: list[str]) -> GalleryIndex | None:
+    """``--add``: the index already at ``out_dir`` (checked to hold ``modality``), or None with a notice."""
+    if not is_index_dir(out_dir):
+        notices.append(f"no index in {out_dir} yet: building a new one")
+        return None
+    existing = GalleryIndex.load(out_dir)
+    _check_modality(existing, out_dir, modality)
+    return existing
+
+
+def _embed_shard(
+    loaded: Any,
+    todo: list[str],
+    modality: Modality,
+    batch_size: int,
+    workers: int,
+    device: Any,
+    info: Any,
+    progress: ProgressFactory | None,
+) -> Any:
+    """This rank's share of ``todo`` embedded; under torchrun, rank 0 gets every rank's rows (others get None)."""
+    from mclnet_cli.engine import distributed
+    from mclnet_cli.engine.extract import extract_features
+
+    data_cfg = loaded.config.data
+    start, stop = distributed.shard_bounds(len(todo), info)
+    with _progress(progress, "embedding gallery", stop - start) as advance:
+        extracted = extract_features(
+            loaded.model, todo[start:stop], modality, height=data_cfg.height, width=data_cfg.width,
+            resize=data_cfg.resize, batch_size=batch_size, device=device, workers=workers, feature=FEATURE,
+            skip_bad=True, on_progress=advance,
+        )
+    if not info.enabled:
+        return extracted
+    extracted = _gather_extracted(extracted, distributed)  # rank order is list order: the rows of one process
+    return extracted if info.is_main else None
+
+
+def _write_index(
+    out_dir: Path,
+    existing: GalleryIndex | None,
+    features: Any,
+    records: list[Any],
+    settings: "IndexConfig",
+    kind: str | None,
+    extra: dict[str, Any],
+    notices: list[str],
+) -> tuple[GalleryIndex, int]:
+    """Build a new index (or add to ``existing``) and save it when rows were added: (index, rows added)."""
+    if existing is None:
+        gallery = GalleryIndex.build(
+            features, records, settings.kind, nlist=settings.nlist, nprobe=settings.nprobe, hnsw_m=settings.hnsw_m,
+            pq_m=settings.pq_m, extra=extra, recall=settings.recall,
+            memory_bytes=int(settings.memory_gb * 2**30) if settings.memory_gb else None,
+        )
+        added = len(records)
+    else:
+        gallery = existing
+        if kind is not None and kind != gallery.kind:
+            notices.append(f"--kind {kind} ignored: adding to the existing {gallery.kind} index")
+        added = gallery.add(features, records) if records else 0
+    notices.extend(gallery.notices)
+    if added:
+        gallery.save(out_dir, locked=True)
+    elif existing is not None:
+        notices.append("nothing new to add: the index is unchanged")
+    return gallery, added
 
 
 def _gather_extracted(extracted: Any, distributed: Any) -> Any:
@@ -671,7 +642,7 @@ def search_gallery(
     probe_paths = expand_probes(probes)
     engine = SearchEngine.open(index_dir, checkpoint=checkpoint, batch_size=batch_size, device=device)
     notices = engine.notices_for(modality)
-    with _progress(progress, len(probe_paths)) as advance:
+    with _progress(progress, "embedding probes", len(probe_paths)) as advance:
         results, _, _ = engine.rank(probe_paths, modality, top_k, on_progress=advance, workers=workers)
     gallery_modality = str(engine.gallery.extra.get("modality", ""))
     feature = str(engine.gallery.extra.get("feature", FEATURE))
