@@ -213,6 +213,35 @@ def export_model(
     height, width = int(data.height), int(data.width)
     net = RetrievalNet(loaded.model, spectrum).eval()
     example = random_inputs(TRACE_BATCH, height, width, seed=1234)
+    diff = _write_checked(net, example, out, fmt, height, width, tolerance)
+    dimension = int(getattr(loaded.model, "feature_dim", 0))
+    sidecar = sidecar_path(out)
+    description = _describe(checkpoint, out, fmt, spectrum, loaded, dimension, diff, tolerance)
+    atomic_write_text(sidecar, json.dumps(description, indent=2) + "\n")
+    return ExportReport(
+        path=out,
+        sidecar=sidecar,
+        format=fmt,
+        modality=spectrum.value,
+        feature=FEATURE,
+        input_size=(height, width),
+        dimension=dimension,
+        max_abs_diff=diff,
+        tolerance=tolerance,
+        batch_sizes=PARITY_BATCHES,
+        checkpoint=str(Path(checkpoint).resolve()),
+        fingerprint=loaded.fingerprint,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _write_checked(
+    net: RetrievalNet, example: torch.Tensor, out: Path, fmt: str, height: int, width: int, tolerance: float
+) -> float:
+    """Export to a temp file beside ``out``, check parity, rename into place; returns the max difference.
+
+    Nothing is left behind on failure; a full disk names ``out``, never the temp.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
@@ -235,9 +264,17 @@ def export_model(
         if translated is not None:
             raise translated from exc
         raise
-    dimension = int(getattr(loaded.model, "feature_dim", 0))
-    sidecar = sidecar_path(out)
-    description = {
+    return diff
+
+
+def _describe(
+    checkpoint: Path | str, out: Path, fmt: str, spectrum: Modality, loaded: Any, dimension: int, diff: float,
+    tolerance: float,
+) -> dict[str, Any]:
+    """The sidecar JSON: how to feed the exported model and what it returns."""
+    data = loaded.config.data
+    height, width = int(data.height), int(data.width)
+    return {
         "format": SIDECAR_FORMAT,
         "file": out.name,
         "model_format": fmt,
@@ -260,22 +297,6 @@ def export_model(
         "opset": OPSET if fmt == "onnx" else None,
         "mclnet_version": _version(),
     }
-    atomic_write_text(sidecar, json.dumps(description, indent=2) + "\n")
-    return ExportReport(
-        path=out,
-        sidecar=sidecar,
-        format=fmt,
-        modality=spectrum.value,
-        feature=FEATURE,
-        input_size=(height, width),
-        dimension=dimension,
-        max_abs_diff=diff,
-        tolerance=tolerance,
-        batch_sizes=PARITY_BATCHES,
-        checkpoint=str(Path(checkpoint).resolve()),
-        fingerprint=loaded.fingerprint,
-        seconds=time.perf_counter() - started,
-    )
 
 
 def _umask() -> int:

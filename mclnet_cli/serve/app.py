@@ -172,6 +172,15 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
     app.state.settings = settings
 
     app.add_middleware(BodyLimit, limit=max_request)
+    _add_guard(app, settings, max_request)
+    _add_error_handlers(app)
+    _add_index_routes(app, settings, served, engine, model_runner, uploads)
+    _add_search_route(app, settings, served, engine, model_runner)
+    return app
+
+
+def _add_guard(app: FastAPI, settings: ServeSettings, max_request: int) -> None:
+    """The token check, then the request size from Content-Length (before the body is parsed)."""
 
     @app.middleware("http")
     async def guard(request: Request, call_next):  # token, then body size
@@ -187,6 +196,10 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
             if int(length) > max_request:
                 return _error(413, f"request body of {length} bytes is over the limit of {max_request} bytes")
         return await call_next(request)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as one line of JSON with its status (never a traceback)."""
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -212,24 +225,34 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         return _error(500, f"internal error ({type(exc).__name__}); see the server log")
 
-    def read_uploads(files: list[UploadFile], what: str) -> list[tuple[str, bytes, str]]:
-        if not files:
-            raise ApiError(422, f"{what}: no image given")
-        if len(files) > settings.max_files:
-            raise ApiError(413, f"{what}: {len(files)} images is over the limit of {settings.max_files} per request")
-        out = []
-        for i, upload in enumerate(files):
-            name = _one_line(upload.filename or f"{what}[{i}]")[:120]
-            data = upload.file.read(settings.max_upload_bytes + 1)
-            suffix = check_image(data, name, settings)
-            out.append((name, data, suffix))
-        return out
 
-    def parse_modality(value: str) -> Modality:
-        try:
-            return Modality.parse(value)
-        except (MclnetError, ValueError):
-            raise ApiError(422, f"modality: {value!r} is not a spectrum; use infrared or visible") from None
+def read_uploads(files: list[UploadFile], what: str, settings: ServeSettings) -> list[tuple[str, bytes, str]]:
+    """Read and check the uploaded images of one field: (name, bytes, suffix) each."""
+    if not files:
+        raise ApiError(422, f"{what}: no image given")
+    if len(files) > settings.max_files:
+        raise ApiError(413, f"{what}: {len(files)} images is over the limit of {settings.max_files} per request")
+    out = []
+    for i, upload in enumerate(files):
+        name = _one_line(upload.filename or f"{what}[{i}]")[:120]
+        data = upload.file.read(settings.max_upload_bytes + 1)
+        suffix = check_image(data, name, settings)
+        out.append((name, data, suffix))
+    return out
+
+def parse_modality(value: str) -> Modality:
+    """A form's spectrum name, or a 422."""
+    try:
+        return Modality.parse(value)
+    except (MclnetError, ValueError):
+        raise ApiError(422, f"modality: {value!r} is not a spectrum; use infrared or visible") from None
+
+
+def _add_index_routes(
+    app: FastAPI, settings: ServeSettings, served: ServedIndex, engine: SearchEngine, model_runner: ThreadPoolExecutor,
+    uploads: Path,
+) -> None:
+    """``/healthz``, the page, ``GET``/``POST /gallery`` and ``/images/{record}``."""
 
     @app.get("/healthz", summary="Liveness: no token needed")
     def healthz() -> dict[str, Any]:
@@ -257,7 +280,7 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
 
     @app.post("/gallery", summary="Add images to the index (atomic; visible to the next search)")
     def gallery_add(images: list[UploadFile] = File(..., description="Gallery images, in the index's spectrum")) -> dict[str, Any]:
-        checked = read_uploads(images, "images")
+        checked = read_uploads(images, "images", settings)
         uploads.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
         paths: list[str] = []
@@ -279,6 +302,32 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
         for record in result.records:
             record["upload"] = names.get(record["path"])
         return {"added": result.added, "count": result.count, "records": result.records}
+
+    @app.get("/images/{record}", summary="A thumbnail of one indexed image (by its row in the index)")
+    def image(record: str) -> Response:
+        from PIL import Image
+
+        from mclnet_cli.data.images import load_rgb
+
+        gallery = served.current()
+        # Only a row number of the index names an image: never a path, never "1.0" or "-1".
+        if not (record.isascii() and record.isdigit() and len(record) <= 12 and int(record) < len(gallery.records)):
+            raise ApiError(404, f"no record {_one_line(record)[:40]!r} in the index (rows 0..{len(gallery.records) - 1})")
+        row = int(record)
+        try:
+            picture = load_rgb(gallery.records[row].path)
+        except DataError:
+            raise ApiError(404, f"the image of record {row} is no longer readable") from None
+        picture.thumbnail(THUMBNAIL, Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
+
+
+def _add_search_route(
+    app: FastAPI, settings: ServeSettings, served: ServedIndex, engine: SearchEngine, model_runner: ThreadPoolExecutor
+) -> None:
+    """``POST /search``: uploads read on the event loop, everything else on the model thread."""
 
     @app.post("/search", summary="Rank the gallery for one or more probe images (same JSON as 'mclnet query --json')")
     async def search(
@@ -335,28 +384,6 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
             "embed_ms": round(1000 * embed_s, 3),
             "search_ms": round(1000 * search_s, 3),
         }
-
-    @app.get("/images/{record}", summary="A thumbnail of one indexed image (by its row in the index)")
-    def image(record: str) -> Response:
-        from PIL import Image
-
-        from mclnet_cli.data.images import load_rgb
-
-        gallery = served.current()
-        # Only a row number of the index names an image: never a path, never "1.0" or "-1".
-        if not (record.isascii() and record.isdigit() and len(record) <= 12 and int(record) < len(gallery.records)):
-            raise ApiError(404, f"no record {_one_line(record)[:40]!r} in the index (rows 0..{len(gallery.records) - 1})")
-        row = int(record)
-        try:
-            picture = load_rgb(gallery.records[row].path)
-        except DataError:
-            raise ApiError(404, f"the image of record {row} is no longer readable") from None
-        picture.thumbnail(THUMBNAIL, Image.Resampling.BILINEAR)
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG")
-        return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
-
-    return app
 
 
 def _limit_faiss_threads(threads: int | None) -> None:
