@@ -83,7 +83,7 @@ def sysu(root: RootArg, out: OutOpt, skip_bad: SkipBadOpt = False, cache: CacheO
 def regdb(
     root: RootArg,
     out: OutOpt,
-    trial: Annotated[int, typer.Option("--trial", min=1, max=10, help="Identity split 1..10 (one model per trial).")] = 1,
+    trial: Annotated[int, typer.Option("--trial", min=1, max=10, help="RegDB identity split 1..10 (one model per split; train it with --set data.regdb_split=N).")] = 1,
     skip_bad: SkipBadOpt = False,
     cache: CacheOpt = False,
     cache_size: CacheSizeOpt = RECIPE_SIZE,
