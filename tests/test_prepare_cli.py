@@ -223,3 +223,63 @@ def test_re_prepare_replaces_or_removes_the_cache(tmp_path: Path) -> None:
     (out / "cache" / "notes.txt").unlink()
     assert invoke("prepare", "sysu", root, "--out", out).exit_code == 0
     assert not (out / "cache").exists()
+
+
+def test_one_sub_command_per_entry_of_the_dataset_table() -> None:
+    from mclnet_cli.config import Dataset, names
+    from mclnet_cli.data.sources import SOURCES
+
+    assert (*SOURCES, "synthetic") == names(Dataset)
+    import typer
+
+    commands = typer.main.get_command(app).commands["prepare"].commands
+    assert list(commands) == [*SOURCES, "synthetic"]
+    for source in SOURCES.values():
+        assert commands[source.name].help == source.layout
+
+
+@pytest.mark.parametrize("dataset", ["sysu", "llcm"])
+def test_an_option_of_another_dataset_is_refused(tmp_path: Path, dataset: str) -> None:
+    from mclnet_cli.data.prepare import prepare_dataset
+    from mclnet_cli.errors import DataError
+
+    result = invoke("prepare", dataset, tmp_path, "--out", tmp_path / "p", "--trial", "2")
+    assert result.exit_code == 2 and "No such option: --trial" in result.output
+    with pytest.raises(DataError, match=f"--trial does not apply to {dataset}"):
+        prepare_dataset(dataset, tmp_path, tmp_path / "p", options={"trial": 2})
+    assert not (tmp_path / "p").exists()
+
+
+def test_regdb_without_trial_records_the_table_default(tmp_path: Path) -> None:
+    from mclnet_cli.data.prepare import prepare_dataset
+
+    report = prepare_dataset("regdb", make_regdb(tmp_path / "RegDB"), tmp_path / "p", workers=1)
+    assert report.options == {"trial": 1} and report.to_json()["trial"] == 1
+    assert json.loads((tmp_path / "p" / "meta.json").read_text())["trial"] == 1
+
+
+def test_a_new_table_entry_becomes_a_command_with_its_own_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the table says is all a new dataset needs on the CLI side: its command, layout line and option."""
+    import typer
+
+    from mclnet_cli.cli import prepare as cli_prepare
+    from mclnet_cli.data.sources import SOURCES, Source, SourceOption
+
+    seen: dict[str, object] = {}
+
+    def fake_prepare(dataset: str, root: Path, out: Path, **kwargs: object) -> None:
+        seen.update(dataset=dataset, root=root, out=out, **kwargs)
+        raise KeyboardInterrupt  # stop before rendering: the call is what is checked
+
+    monkeypatch.setattr("mclnet_cli.data.prepare.prepare_dataset", fake_prepare)
+    source = Source("newset", "NewSet: a/<pid>/*.png.", (SourceOption("fold", 2, 1, 5, "Fold 1..5."),))
+    monkeypatch.setitem(SOURCES, "newset", source)
+    group = typer.Typer()
+    group.command("newset")(cli_prepare.source_command(source))
+    group.command("other")(cli_prepare.source_command(SOURCES["sysu"]))  # two commands: keep the group shape
+    shown = runner.invoke(group, ["newset", "--help"], terminal_width=200)
+    assert "NewSet: a/<pid>/*.png." in shown.stdout and "--fold" in shown.stdout and "--skip-bad" in shown.stdout
+    result = runner.invoke(group, ["newset", str(tmp_path), "-o", str(tmp_path / "p"), "--fold", "4", "--quiet"])
+    assert result.exit_code == 130, result.output
+    assert seen["dataset"] == "newset" and seen["options"] == {"fold": 4} and seen["skip_bad"] is False
+    assert runner.invoke(group, ["newset", str(tmp_path), "-o", "p", "--fold", "9"]).exit_code == 2

@@ -1,18 +1,24 @@
 """``mclnet prepare``: read a dataset in its published layout, validate it, write a prepared dataset.
 
-Thin layer: parse options, call :mod:`mclnet_cli.data.prepare` lazily, render.
+Thin layer: one sub-command per entry of the dataset table
+(:data:`mclnet_cli.data.sources.SOURCES`), each built by :func:`source_command`
+from the shared parameters of :func:`prepare_source` plus the entry's own options
+(RegDB's ``--trial``), so an option of one dataset is never offered by another.
+``prepare synthetic`` draws a dataset first and has options of its own.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
 from mclnet_cli.cli.options import DebugOpt, JsonOpt, QuietOpt, common
 from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar
 from mclnet_cli.config import DataConfig
+from mclnet_cli.data.sources import SOURCES, Source, SourceOption
 
 if TYPE_CHECKING:
     from mclnet_cli.data.prepare import PrepareReport
@@ -26,18 +32,58 @@ CacheOpt = Annotated[bool, typer.Option("--cache", help="Also store the training
 RECIPE_SIZE = f"{DataConfig.height}x{DataConfig.width}"  # the recipe's input size, from the schema
 CacheSizeOpt = Annotated[str, typer.Option("--cache-size", help="Cache image size HEIGHTxWIDTH (match data.height/width).")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Threads for image checks (default: 4 per core, at most 16).")]
-JsonOpt = JsonOpt
 
 
-def _run(dataset: str, root: Path, out: Path, *, trial: int | None, skip_bad: bool, cache: bool, cache_size: str, workers: int | None, as_json: bool, label: str | None = None) -> None:
+def prepare_source(
+    source: Source,
+    root: RootArg,
+    out: OutOpt,
+    skip_bad: SkipBadOpt = False,
+    cache: CacheOpt = False,
+    cache_size: CacheSizeOpt = RECIPE_SIZE,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+    **options: int,
+) -> None:
+    """Prepare one dataset of the table; ``options`` are the entry's own (RegDB: trial)."""
+    common(quiet=quiet, debug=debug)
     from mclnet_cli.data.cache import parse_size
     from mclnet_cli.data.prepare import prepare_dataset
 
     size = parse_size(cache_size) if cache else None
     report = prepare_dataset(
-        dataset, root, out, trial=trial, skip_bad=skip_bad, cache_size=size, workers=workers, progress=progress_bar, label=label
+        source.name, root, out, options=options, skip_bad=skip_bad, cache_size=size, workers=workers, progress=progress_bar
     )
     _render(report, as_json)
+
+
+def _own_parameter(option: SourceOption) -> inspect.Parameter:
+    flag = typer.Option(f"--{option.name}", min=option.low, max=option.high, help=option.help)
+    return inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=option.default, annotation=Annotated[int, flag])
+
+
+def source_command(source: Source) -> Callable[..., None]:
+    """The ``prepare NAME`` command of one table entry: ROOT, --out, the entry's own options, then the shared ones."""
+    shared = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+        for p in inspect.signature(prepare_source, eval_str=True).parameters.values()
+        if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.name != "source"
+    ]
+    own = [_own_parameter(option) for option in source.options]
+
+    def command(**values: Any) -> None:
+        prepare_source(source, **values)
+
+    command.__name__ = command.__qualname__ = source.name
+    command.__doc__ = source.layout
+    command.__signature__ = inspect.Signature([*shared[:2], *own, *shared[2:]], return_annotation=None)  # type: ignore[attr-defined]
+    return guard(command)
+
+
+for _source in SOURCES.values():
+    app.command(_source.name)(source_command(_source))
 
 
 def _render(report: "PrepareReport", as_json: bool, extra: dict[str, Any] | None = None) -> None:
@@ -46,7 +92,8 @@ def _render(report: "PrepareReport", as_json: bool, extra: dict[str, Any] | None
         return
     from rich.table import Table
 
-    title = f"{report.dataset}" + (f" (trial {report.trial})" if report.trial is not None else "")
+    own = ", ".join(f"{name} {value}" for name, value in report.options.items())
+    title = report.dataset + (f" ({own})" if own else "")
     table = Table(title=f"prepared {title}", title_justify="left")
     for column in ("split", "modality", "ids", "images"):
         table.add_column(column, justify="left" if column in ("split", "modality") else "right")
@@ -68,41 +115,6 @@ def _render(report: "PrepareReport", as_json: bool, extra: dict[str, Any] | None
     if report.cache:
         console.print(f"cache: {report.cache['images']} images at {report.cache['height']}x{report.cache['width']} in {report.cache['path']}", highlight=False)
     console.print(f"wrote {report.out}", highlight=False, soft_wrap=True)
-
-
-@app.command("sysu")
-@guard
-def sysu(root: RootArg, out: OutOpt, skip_bad: SkipBadOpt = False, cache: CacheOpt = False, cache_size: CacheSizeOpt = RECIPE_SIZE, workers: WorkersOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """SYSU-MM01: cam1..cam6/<pid>/<index>.jpg with exp/{train,val,test}_id.txt."""
-    common(quiet=quiet, debug=debug)
-    _run("sysu", root, out, trial=None, skip_bad=skip_bad, cache=cache, cache_size=cache_size, workers=workers, as_json=as_json)
-
-
-@app.command("regdb")
-@guard
-def regdb(
-    root: RootArg,
-    out: OutOpt,
-    trial: Annotated[int, typer.Option("--trial", min=1, max=10, help="RegDB identity split 1..10 (one model per split; train it with --set data.regdb_split=N).")] = 1,
-    skip_bad: SkipBadOpt = False,
-    cache: CacheOpt = False,
-    cache_size: CacheSizeOpt = RECIPE_SIZE,
-    workers: WorkersOpt = None,
-    as_json: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """RegDB: Visible|Thermal/<pid>/*.bmp through idx/{train,test}_{visible,thermal}_T.txt."""
-    common(quiet=quiet, debug=debug)
-    _run("regdb", root, out, trial=trial, skip_bad=skip_bad, cache=cache, cache_size=cache_size, workers=workers, as_json=as_json)
-
-
-@app.command("llcm")
-@guard
-def llcm(root: RootArg, out: OutOpt, skip_bad: SkipBadOpt = False, cache: CacheOpt = False, cache_size: CacheSizeOpt = RECIPE_SIZE, workers: WorkersOpt = None, as_json: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False) -> None:
-    """LLCM: training via idx/train_{vis,nir}.txt, test via test_vis|test_nir/camN/<pid>/."""
-    common(quiet=quiet, debug=debug)
-    _run("llcm", root, out, trial=None, skip_bad=skip_bad, cache=cache, cache_size=cache_size, workers=workers, as_json=as_json)
 
 
 @app.command("synthetic")

@@ -12,7 +12,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from PIL import Image
 
@@ -20,7 +20,7 @@ from mclnet_cli.data.cache import build_cache, remove_cache
 from mclnet_cli.data.images import check_pixels
 from mclnet_cli.types import Modality, Sample
 from mclnet_cli.data.records import count_samples, write_prepared
-from mclnet_cli.data.sources import READERS
+from mclnet_cli.data.sources import SOURCES
 from mclnet_cli.errors import DataError
 from mclnet_cli.progress import ProgressFactory, no_progress
 
@@ -89,7 +89,7 @@ class PrepareReport:
     skipped: list[str] = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)
     single_modality_ids: list[int] = field(default_factory=list)
-    trial: int | None = None
+    options: dict[str, int] = field(default_factory=dict)  # the reader's own options (RegDB: trial)
     cache: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -103,9 +103,7 @@ class PrepareReport:
             "single_modality_ids": self.single_modality_ids,
             "cache": self.cache,
         }
-        if self.trial is not None:
-            payload["trial"] = self.trial
-        return payload
+        return {**payload, **self.options}
 
 
 def describe_bad(bad: Sequence[tuple[str, str]]) -> str:
@@ -114,16 +112,25 @@ def describe_bad(bad: Sequence[tuple[str, str]]) -> str:
     return f"{len(bad)} image(s) do not decode: {shown}{more} (fix them, or pass --skip-bad to drop them)"
 
 
-def read_source(dataset: str, root: Path | str, *, trial: int | None = None) -> list[Sample]:
-    """Samples of a raw dataset tree via its reader."""
-    reader = READERS.get(dataset)
-    if reader is None:
-        raise DataError(f"unknown dataset {dataset!r}; choose from: {', '.join(READERS)}")
+def source_options(dataset: str, given: Mapping[str, int] | None = None) -> dict[str, int]:
+    """The options the reader of ``dataset`` takes, ``given`` over their defaults; an option it does not take is an error."""
+    source = SOURCES.get(dataset)
+    if source is None:
+        raise DataError(f"unknown dataset {dataset!r}; choose from: {', '.join(SOURCES)}")
+    own = {option.name: option.default for option in source.options}
+    extra = sorted(set(given or {}) - set(own))
+    if extra:
+        takes = f"only --{', --'.join(own)}" if own else "no option"
+        raise DataError(f"--{extra[0]} does not apply to {dataset} (prepare {dataset} takes {takes} of its own)")
+    return {**own, **(given or {})}
+
+
+def read_source(dataset: str, root: Path | str, options: Mapping[str, int] | None = None) -> list[Sample]:
+    """Samples of a raw dataset tree via its reader in the dataset table."""
+    chosen = source_options(dataset, options)
     if not Path(root).exists():
         raise DataError(f"dataset root not found: {root}")
-    if dataset == "regdb":
-        return reader(root, trial=trial or 1)
-    return reader(root)
+    return SOURCES[dataset].read(root, **chosen)
 
 
 def prepare_dataset(
@@ -131,7 +138,7 @@ def prepare_dataset(
     root: Path | str,
     out: Path | str,
     *,
-    trial: int | None = None,
+    options: Mapping[str, int] | None = None,
     skip_bad: bool = False,
     cache_size: tuple[int, int] | None = None,
     workers: int | None = None,
@@ -141,13 +148,15 @@ def prepare_dataset(
     """Read ``root`` in the layout of ``dataset``, verify images, write the prepared dataset to ``out``.
 
     ``label`` overrides the dataset name written to meta.json (the synthetic set
-    is read with the SYSU reader but recorded as "synthetic"). ``cache_size``
+    is read with the SYSU reader but recorded as "synthetic"). ``options`` are the
+    reader's own (RegDB: ``{"trial": N}``), recorded in meta.json. ``cache_size``
     (height, width) also writes the uint8 training-image cache; any cache of an
     earlier prepare in ``out`` is removed either way.
     """
     if Path(out).exists() and not Path(out).is_dir():  # before decoding every image, not after
         raise DataError(f"--out {out} exists and is not a folder; choose a folder for the prepared dataset")
-    samples = read_source(dataset, root, trial=trial)
+    chosen = source_options(dataset, options)
+    samples = read_source(dataset, root, chosen)
     paths = [s.path for s in samples]
     with progress("checking images", len(paths)) as advance:
         bad = check_images(paths, workers=workers, on_progress=advance)
@@ -159,9 +168,7 @@ def prepare_dataset(
         raise DataError(f"{root}: no usable images left after dropping {len(bad)} bad one(s)")
     name = label or dataset
     out_dir = Path(out).resolve()
-    meta: dict[str, Any] = {"dataset": name, "root": str(Path(root).resolve()), "reader": dataset}
-    if dataset == "regdb":
-        meta["trial"] = trial or 1
+    meta: dict[str, Any] = {"dataset": name, "root": str(Path(root).resolve()), "reader": dataset, **chosen}
     if bad:
         meta["skipped"] = sorted(bad_paths)
     cache_info = None
@@ -181,7 +188,7 @@ def prepare_dataset(
         skipped=sorted(bad_paths),
         bad=list(bad),
         single_modality_ids=single_modality_ids(kept),
-        trial=meta.get("trial"),
+        options=chosen,
         cache=cache_info,
     )
 

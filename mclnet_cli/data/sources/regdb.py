@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path, PurePath
 
+from mclnet_cli.data.sources import REGDB_SPLIT
 from mclnet_cli.types import Modality, Sample
 from mclnet_cli.data.sources._common import PathInfo, as_number, path_parts, read_path_label_file, require_dir
 from mclnet_cli.errors import DataError
 
-TRIALS = range(1, 11)
+TRIALS = range(REGDB_SPLIT.low, REGDB_SPLIT.high + 1)  # the table's --trial range
 MODALITY_FOLDERS = {Modality.VISIBLE: ("Visible", "visible", 1), Modality.INFRARED: ("Thermal", "thermal", 2)}
 _BY_TOP = {top: (modality, cam) for modality, (top, _, cam) in MODALITY_FOLDERS.items()}
 
@@ -69,7 +70,7 @@ def pid_from_relpath(rel: str, idx_file: Path, top: str) -> int:
 def read_regdb(root: Path | str, trial: int = 1) -> list[Sample]:
     """Train and test images of one trial (1..10), ordered as in the idx files."""
     if trial not in TRIALS:
-        raise DataError(f"RegDB trial must be between 1 and 10, got {trial}")
+        raise DataError(f"RegDB trial must be between {TRIALS[0]} and {TRIALS[-1]}, got {trial}")
     root = Path(root).resolve()
     require_dir(root, "RegDB root with Visible/, Thermal/ and idx/")
     idx = require_dir(root / "idx", "RegDB idx files train_visible_T.txt ... test_thermal_T.txt")
