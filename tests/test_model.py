@@ -14,7 +14,7 @@ from mclnet_cli.config import ModelConfig, load_config
 from mclnet_cli.data.records import Modality
 from mclnet_cli.errors import CheckpointError, ConfigError, MclnetError
 from mclnet_cli.losses import Criterion
-from mclnet_cli.model import SCALES, MCLNet, ModelOutput, build_model
+from mclnet_cli.model import OUTPUTS, SCALES, MCLNet, ModelOutput, build_model
 
 H, W = 64, 32
 
@@ -193,6 +193,33 @@ def test_criterion_backward_reaches_every_trainable_parameter() -> None:
     assert missing == []
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert model.neck.bn.bias.grad is None  # BNNeck bias frozen
+
+
+@pytest.mark.parametrize("specific_stages", [1, 3])
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        ("features.layer1",),
+        ("features.layer2", "bn_feature"),
+        ("features.layer4",),
+        ("logits",),
+        ("features.layer1", "features.layer2", "features.layer3", "logits"),
+        OUTPUTS,
+    ],
+    ids=",".join,
+)
+def test_parameters_unused_by_are_those_without_a_gradient(specific_stages: int, outputs: tuple[str, ...]) -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(specific_stages=specific_stages), num_classes=2).train()
+    out = model(visible=images(2, 21), infrared=images(2, 22))
+    named = {**{f"features.{s}": out.features[s] for s in SCALES}, "bn_feature": out.bn_feature, "logits": out.logits}
+    sum(named[o].sum() for o in outputs).backward()
+    no_grad = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in model.parameters_unused_by(outputs)} == no_grad
+    assert MCLNet.uses_every_parameter(outputs) == (not no_grad)
+    with pytest.raises(ConfigError, match="unknown model output 'features.layer5'"):
+        model.parameters_unused_by(["features.layer5"])
 
 
 def test_parameter_groups_are_disjoint_and_complete(tiny: MCLNet) -> None:

@@ -373,6 +373,16 @@ def test_unused_parameters_expected_matches_the_gradients(weights) -> None:
     assert train_mod.unused_parameters_expected({**{"id": 1.0, "supcon": 5.0, "hks": 5.0}, **weights}) == bool(unused)
 
 
+def test_every_loss_term_says_which_model_outputs_it_reads() -> None:
+    from mclnet_cli.losses.criterion import TERMS
+    from mclnet_cli.model import OUTPUTS
+
+    assert set(train_mod.TERM_OUTPUTS) == set(TERMS)
+    assert train_mod.outputs_read({"supcon": 1.0, "id": 0.0}) == {o for o in OUTPUTS if o.startswith("features.")}
+    assert train_mod.outputs_read({"id": 1.0, "mmd": 0.5}) == {"logits", "features.layer4"}
+    assert train_mod.outputs_read({"a_new_term": 1.0}) == set(OUTPUTS)  # unlisted: nothing frozen on its account
+
+
 def test_epoch_row_is_written_before_last_checkpoint(prepared_dataset: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "run"
     fit(_config("train.epochs=1", *ONE_STEP), prepared_dataset, out, device="cpu")

@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
@@ -40,10 +40,13 @@ from mclnet_cli.engine.state import (  # noqa: F401  (RESUME_MUTABLE, resume_con
 )
 from mclnet_cli.errors import CheckpointError, StorageError, TrainingError
 
+if TYPE_CHECKING:
+    from mclnet_cli.model.net import MCLNet
+
 __all__ = [
     "FEATURE_STATEMENT", "Reporter", "TrainResult", "fit", "train_one_epoch", "rng_state", "set_rng_state",
     "seed_everything", "resume_conflicts", "check_validation", "validate", "validation_statement",
-    "unused_parameters", "unused_parameters_expected",
+    "outputs_read", "unused_parameters", "unused_parameters_expected",
 ]
 
 
@@ -91,25 +94,41 @@ class TrainResult:
 # Parameters the loss never reaches
 
 
+#: loss term -> the model outputs it reads (as losses/criterion.py's ``Criterion._term``); "features.*": every
+#: scale. A term not listed counts as reading every output, so nothing is frozen on its account.
+TERM_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "id": ("logits",),
+    "supcon": ("features.*",),
+    "hks": ("features.*",),
+    "mmd": ("features.layer4",),
+    "triplet": ("features.layer4",),
+}
+
+
 def _weights(weights: Any) -> dict[str, float]:
     raw = dataclasses.asdict(weights) if dataclasses.is_dataclass(weights) else dict(weights)
     return {name: float(value) for name, value in raw.items()}
 
 
+def outputs_read(weights: Any) -> set[str]:
+    """The model outputs the terms with a weight above 0 read. ``weights``: a ``LossWeights``
+    dataclass or a mapping of term -> weight (a missing term counts as 0)."""
+    from mclnet_cli.model.net import OUTPUTS
+
+    terms = [term for term, weight in _weights(weights).items() if weight != 0.0]
+    read = {output for term in terms for output in TERM_OUTPUTS.get(term, OUTPUTS)}
+    every_scale = {o for o in OUTPUTS if o.startswith("features.")} if "features.*" in read else set()
+    return (read - {"features.*"}) | every_scale
+
+
 def unused_parameters_expected(weights: Any) -> bool:
-    """Whether some trainable parameters get no gradient under these loss weights.
+    """Whether some trainable parameters get no gradient under these loss weights (the model says which)."""
+    from mclnet_cli.model.net import MCLNet
 
-    The projection heads (layer1..layer3) only feed ``supcon`` and ``hks``; the BNNeck
-    (its BN weight and the classifier) only feeds ``id``. ``weights``: a ``LossWeights``
-    dataclass or a mapping of term -> weight (a missing term counts as 0).
-    """
-    w = _weights(weights)
-    heads_unused = w.get("supcon", 0.0) == 0.0 and w.get("hks", 0.0) == 0.0
-    neck_unused = w.get("id", 0.0) == 0.0
-    return heads_unused or neck_unused
+    return not MCLNet.uses_every_parameter(outputs_read(weights))
 
 
-def unused_parameters(model: torch.nn.Module, weights: Any) -> list[torch.nn.Parameter]:
+def unused_parameters(model: "MCLNet", weights: Any) -> list[torch.nn.Parameter]:
     """The trainable parameters of an MCLNet that the loss never reaches under these weights.
 
     Under DistributedDataParallel they must not require gradients, or DDP's second step
@@ -120,13 +139,7 @@ def unused_parameters(model: torch.nn.Module, weights: Any) -> list[torch.nn.Par
     """
     if not unused_parameters_expected(weights):
         return []
-    w = _weights(weights)
-    params: list[torch.nn.Parameter] = []
-    if w.get("supcon", 0.0) == 0.0 and w.get("hks", 0.0) == 0.0:
-        params += [*model.specific_heads.parameters(), *model.shared_heads.parameters()]
-    if w.get("id", 0.0) == 0.0:
-        params += list(model.neck.parameters())
-    return [p for p in params if p.requires_grad]
+    return model.parameters_unused_by(outputs_read(weights))
 
 
 # ----------------------------------------------------------------------------

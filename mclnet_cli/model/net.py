@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,8 @@ from mclnet_cli.model.heads import BNNeck, build_pooling, projection_head
 
 SCALES = ("layer1", "layer2", "layer3", "layer4")
 FEATURES = ("bn", "pool")
+#: what a forward returns, by name: ``features.<scale>`` (ModelOutput.features), ``bn_feature``, ``logits``
+OUTPUTS = (*(f"features.{scale}" for scale in SCALES), "bn_feature", "logits")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,13 @@ class ModelOutput:
     features: dict[str, Tensor]
     bn_feature: Tensor
     logits: Tensor
+
+
+def output_depth(output: str) -> int:
+    """The last backbone stage ``output`` passes through (0 the stem .. 4 layer4)."""
+    if output not in OUTPUTS:
+        raise ConfigError(f"unknown model output {output!r}; choose from: {', '.join(OUTPUTS)}")
+    return SCALES.index(output.removeprefix("features.")) + 1 if output.startswith("features.") else len(SCALES)
 
 
 def _stage_scale(stage: int) -> str | None:
@@ -120,6 +129,42 @@ class MCLNet(nn.Module):
     def head_parameters(self) -> Iterator[nn.Parameter]:
         """Trainable BNNeck + classifier parameters (the high-lr group)."""
         return (p for p in self.neck.parameters() if p.requires_grad)
+
+    # ------------------------------------------------- which parameters feed which outputs
+
+    @staticmethod
+    def uses_every_parameter(outputs: Iterable[str]) -> bool:
+        """Whether a loss reading ``outputs`` (names of :data:`OUTPUTS`) reaches every trainable parameter.
+
+        True for any stage split: every projection head's scale (layer1..layer3) and
+        the logits (which pass layer4 and the whole BNNeck) must be read.
+        """
+        read = set(outputs)
+        for output in read:
+            output_depth(output)  # an unknown name is an error, not "unused"
+        return {f"features.{scale}" for scale in SCALES[:-1]} | {"logits"} <= read
+
+    def parameters_unused_by(self, outputs: Iterable[str]) -> list[nn.Parameter]:
+        """The trainable parameters none of ``outputs`` depends on: a loss reading only those never reaches them.
+
+        A backbone stage feeds every output at its depth or deeper; a projection head
+        only its scale's feature; the BNNeck's BN feeds ``bn_feature`` and ``logits``,
+        its classifier only ``logits``.
+        """
+        read = set(outputs)
+        deepest = max((output_depth(o) for o in read), default=-1)
+        k = self.backbone.specific_stages
+        unused: list[nn.Module] = [
+            stage for streams in self.backbone.specific.values() for depth, stage in enumerate(streams) if depth > deepest
+        ]
+        unused += [stage for depth, stage in enumerate(self.backbone.shared, start=k) if depth > deepest]
+        heads = [*self.specific_heads.values(), self.shared_heads]
+        unused += [head for group in heads for scale, head in group.items() if f"features.{scale}" not in read]
+        if not read & {"bn_feature", "logits"}:
+            unused.append(self.neck.bn)
+        if "logits" not in read:
+            unused.append(self.neck.classifier)
+        return [p for module in unused for p in module.parameters() if p.requires_grad]
 
 
 def build_model(model_cfg: ModelConfig, num_classes: int) -> MCLNet:
