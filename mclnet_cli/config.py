@@ -280,11 +280,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _read_preset(path: Path) -> dict[str, Any]:
-    """A preset file with renamed keys under their new names (a warning for each old one in a user's file)."""
+    """A preset file with renamed keys under their new names, and a warning for each old one (shipped or not)."""
     data, messages = upgrade_keys(_read_yaml(path), str(path))
-    if path.resolve().parent != presets_dir().resolve():  # shipped presets move to the new names on their own
-        for message in messages:
-            warnings.warn(message, MclnetDeprecationWarning, stacklevel=3)
+    for message in messages:
+        warnings.warn(message, MclnetDeprecationWarning, stacklevel=3)
     return data
 
 

@@ -129,6 +129,30 @@ def test_regdb_split_is_the_key_and_the_regdb_preset_sets_it_without_a_warning(r
     assert not [w for w in recwarn if issubclass(w.category, MclnetDeprecationWarning)]
 
 
+def test_shipped_presets_use_no_renamed_key() -> None:
+    """Shipped presets are read like a user's file: an old key in one would warn on every use."""
+    from mclnet_cli.config import RENAMED_KEYS, list_presets, presets_dir, upgrade_keys
+    import yaml
+
+    for name in list_presets():
+        data = yaml.safe_load((presets_dir() / f"{name}.yaml").read_text(encoding="utf-8"))
+        assert upgrade_keys(data, name)[1] == [], name
+    assert "data.trial" in RENAMED_KEYS  # the conversion itself stays for users' files
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["presets", "show", "regdb"], ["presets", "show", "regdb", "--json"], ["train", "--preset", "regdb", "--data", "nowhere"]],
+    ids=" ".join,
+)
+def test_the_regdb_preset_gives_no_deprecation_warning(cli_runner, tmp_path, args) -> None:
+    from mclnet_cli.cli.app import app
+
+    result = cli_runner.invoke(app, [*args, "--out", str(tmp_path / "run")] if args[0] == "train" else args)
+    assert "deprecated" not in result.output and "warning:" not in result.stderr, result.output
+    assert result.exit_code == (1 if args[0] == "train" else 0), result.output  # train stops at the missing data
+
+
 def test_old_key_on_the_command_line_works_with_one_deprecation_message():
     with pytest.warns(MclnetDeprecationWarning) as caught:
         cfg = load_config("tiny", ["data.trial=3"])
