@@ -5,6 +5,12 @@ dataclasses; a preset is a YAML file that fills part of it, optionally on top of
 one ``base:`` preset. Values are type-checked strictly, so YAML 1.1 surprises
 (``on`` read as ``True`` for a string option) are refused instead of silently
 changing behaviour.
+
+``data.dataset`` is informational: nothing reads it to choose behaviour (the
+prepared dataset's meta.json says which reader wrote it, and ``eval.protocol``
+picks the test protocol). It names what a preset or run was meant for, is kept
+in saved configs and checkpoints (older ones carry it), and is still checked
+against the dataset names (``Dataset``).
 """
 
 from __future__ import annotations
