@@ -72,6 +72,7 @@ class DataConfig:
     flip_p: float = 0.5
     erasing_p: float = 0.5
     channel_aug: bool = False  # CAJ channel exchange / random channel erasing
+    spectrum_p: float = 0.0  # random signed channel mix, both modalities (transforms.RandomSpectrum); not in the method
     resize: ResizeFilter = "bilinear"  # bilinear | lanczos (the authors' code: lanczos)
     identity_draw: IdentityDraw = "cycle"  # cycle: every id before any repeats | independent: P fresh ids each batch (the code)
     instances_with_replacement: bool = False  # K images of an id drawn with replacement even when it has K (the code)

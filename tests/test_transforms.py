@@ -15,6 +15,7 @@ from mclnet_cli.data.transforms import (
     IMAGENET_STD,
     ChannelExchange,
     ChannelRandomErasing,
+    RandomSpectrum,
     test_transform as make_test_transform,
     train_transform,
 )
@@ -121,3 +122,40 @@ def test_channel_aug_option(modality: str) -> None:
     off = repr(train_transform(PLAIN, modality))
     assert "ChannelRandomErasing" in on and "ChannelRandomErasing" not in off
     assert ("ChannelExchange" in on) == (modality == "visible")
+
+
+def test_random_spectrum_is_a_signed_channel_mix_rescaled_to_unit_range() -> None:
+    image = torch.rand(3, 6, 4)
+    torch.manual_seed(3)
+    out = RandomSpectrum(1.0)(image)
+    torch.manual_seed(3)
+    torch.rand(1)  # the p draw
+    w = torch.rand(3) * 2 - 1
+    gray = (w.view(3, 1, 1) * image).sum(0)
+    expected = (gray - gray.min()) / (gray.max() - gray.min())
+    for c in range(3):
+        assert torch.allclose(out[c], expected, atol=1e-6)
+    assert torch.equal(RandomSpectrum(0.0)(image), image)
+
+
+def test_random_spectrum_on_a_gray_image_keeps_or_inverts_it() -> None:
+    gray = torch.rand(1, 6, 4).expand(3, 6, 4)
+    unit = (gray - gray.min()) / (gray.max() - gray.min())
+    seen = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out = RandomSpectrum(1.0)(gray)
+        same, inverted = torch.allclose(out, unit, atol=1e-5), torch.allclose(out, 1 - unit, atol=1e-5)
+        assert same or inverted
+        seen.add(same)
+    assert seen == {True, False}
+
+
+@pytest.mark.parametrize("modality", ["visible", "infrared"])
+def test_spectrum_option_reaches_both_modalities(modality: str) -> None:
+    cfg = dataclasses.replace(PLAIN, spectrum_p=1.0)
+    assert "RandomSpectrum" in repr(train_transform(cfg, modality))
+    assert "RandomSpectrum" not in repr(train_transform(PLAIN, modality))
+    out = unnormalise(train_transform(cfg, modality)(colour_image()))
+    assert torch.allclose(out[0], out[1], atol=1e-5) and torch.allclose(out[1], out[2], atol=1e-5)
+    assert out.min() > -1e-5 and out.max() < 1 + 1e-5

@@ -91,6 +91,35 @@ class ChannelRandomErasing:
         return f"ChannelRandomErasing(p={self.p})"
 
 
+class RandomSpectrum:
+    """With probability ``p``, view a [3, H, W] image (values in [0, 1]) through a random
+    spectral response: gray = sum_c w_c x_c with w_c ~ U(-1, 1), rescaled to [0, 1] and
+    repeated on the three channels.
+
+    Why: across spectra, material boundaries stay where they are but the brightness of
+    each material changes arbitrarily (and an infrared camera may be white- or
+    black-hot). A random signed mix of the channels keeps the layout of regions and
+    scrambles their intensities, so the network is pushed towards cues both spectra
+    share. Applied to both modalities (on an infrared image, whose channels are equal,
+    it is a random polarity).
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if torch.rand(1).item() >= self.p:
+            return image
+        w = torch.rand(image.shape[0]) * 2 - 1
+        g = (w.view(-1, 1, 1) * image).sum(0, keepdim=True)
+        lo, hi = g.min(), g.max()
+        g = (g - lo) / (hi - lo).clamp(min=1e-6)
+        return g.expand_as(image).clone()
+
+    def __repr__(self) -> str:
+        return f"RandomSpectrum(p={self.p})"
+
+
 def train_transform(data_cfg: DataConfig, modality: Modality | str) -> Callable[[Image.Image], torch.Tensor]:
     """The training augmentation of one modality: a PIL RGB image -> normalised [3, H, W] tensor."""
     modality = Modality.parse(modality)
@@ -102,6 +131,8 @@ def train_transform(data_cfg: DataConfig, modality: Modality | str) -> Callable[
     if modality is Modality.VISIBLE and data_cfg.grayscale_p > 0:
         steps.append(T.RandomGrayscale(data_cfg.grayscale_p))
     steps.append(T.ToTensor())
+    if data_cfg.spectrum_p > 0:
+        steps.append(RandomSpectrum(data_cfg.spectrum_p))
     if data_cfg.channel_aug:
         if modality is Modality.VISIBLE:
             steps.append(ChannelExchange(0.5))
