@@ -374,10 +374,10 @@ def test_unused_parameters_expected_matches_the_gradients(weights) -> None:
 
 
 def test_every_loss_term_says_which_model_outputs_it_reads() -> None:
-    from mclnet_cli.losses.criterion import TERMS
+    from mclnet_cli.losses.criterion import TERM_OUTPUTS, TERMS
     from mclnet_cli.model import OUTPUTS
 
-    assert set(train_mod.TERM_OUTPUTS) == set(TERMS)
+    assert set(TERM_OUTPUTS) == set(TERMS)
     assert train_mod.outputs_read({"supcon": 1.0, "id": 0.0}) == {o for o in OUTPUTS if o.startswith("features.")}
     assert train_mod.outputs_read({"id": 1.0, "mmd": 0.5}) == {"logits", "features.layer4"}
     assert train_mod.outputs_read({"a_new_term": 1.0}) == set(OUTPUTS)  # unlisted: nothing frozen on its account

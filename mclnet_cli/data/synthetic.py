@@ -92,12 +92,9 @@ def _segment_mask(yy: np.ndarray, xx: np.ndarray, p0: tuple[float, float], p1: t
     return (yy - (y0 + t * dy)) ** 2 + (xx - (x0 + t * dx)) ** 2 <= radius * radius
 
 
-def render(person: Identity, infrared: bool, cam: int, rng: np.random.Generator) -> Image.Image:
-    """One image of ``person`` from camera ``cam``: RGB, infrared as replicated grayscale."""
-    H, W = HEIGHT, WIDTH
-    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
-    channels = 1 if infrared else 3
-    # Background: a camera-specific scene, varied per image, with a few clutter boxes.
+def _background(yy: np.ndarray, channels: int, cam: int, rng: np.random.Generator) -> np.ndarray:
+    """A camera-specific scene [H, W, channels], varied per image, with a few clutter boxes."""
+    H, W = yy.shape
     scene = np.random.default_rng(cam * 7919)
     base = scene.uniform(0.15, 0.55, size=channels) + rng.normal(0, 0.06, size=channels)
     slope = rng.normal(0, 0.25, size=channels)
@@ -106,6 +103,46 @@ def render(person: Identity, infrared: bool, cam: int, rng: np.random.Generator)
         y0, x0 = rng.integers(0, H - 10), rng.integers(0, W - 8)
         h, w = rng.integers(8, 40), rng.integers(6, 24)
         canvas[y0 : y0 + h, x0 : x0 + w] = rng.uniform(0.05, 0.8, size=channels)
+    return canvas
+
+
+def _pattern(person: Identity, v: np.ndarray, u: np.ndarray, phase: float) -> np.ndarray:
+    """Where the garment shows its first colour, in torso coordinates ``v`` (down) and ``u`` (across)."""
+    if person.pattern == "hstripes":
+        return np.sin(2 * np.pi * (person.frequency * v + phase)) > 0
+    if person.pattern == "vstripes":
+        return np.sin(2 * np.pi * (person.frequency * u * 0.5 + phase)) > 0
+    if person.pattern == "checks":
+        return (np.sin(2 * np.pi * person.frequency * v) > 0) ^ (np.sin(np.pi * person.frequency * u) > 0)
+    return np.zeros_like(v, dtype=bool)
+
+
+def _camera(canvas: np.ndarray, infrared: bool, mirror: bool, rng: np.random.Generator) -> Image.Image:
+    """Illumination, sensor noise, mirroring and blur; infrared comes out as replicated grayscale."""
+    if infrared:
+        canvas = canvas * rng.uniform(0.75, 1.15) + rng.uniform(-0.08, 0.08)
+        canvas = canvas + rng.normal(0, rng.uniform(0.03, 0.07), size=canvas.shape)
+        blur = rng.uniform(0.7, 1.4)
+    else:
+        canvas = canvas * rng.uniform(0.6, 1.25, size=3)[None, None, :] * rng.uniform(0.8, 1.1)
+        canvas = canvas + rng.normal(0, 0.015, size=canvas.shape)
+        blur = rng.uniform(0.0, 0.6)
+    pixels = (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8)
+    if infrared:
+        pixels = np.repeat(pixels, 3, axis=2)
+    image = Image.fromarray(pixels, mode="RGB")
+    if mirror:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    if blur > 0.2:
+        image = image.filter(ImageFilter.GaussianBlur(blur))
+    return image
+
+
+def render(person: Identity, infrared: bool, cam: int, rng: np.random.Generator) -> Image.Image:
+    """One image of ``person`` from camera ``cam``: RGB, infrared as replicated grayscale."""
+    H, W = HEIGHT, WIDTH
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    canvas = _background(yy, 1 if infrared else 3, cam, rng)
 
     def paint(mask: np.ndarray, value: np.ndarray | tuple[float, ...] | float) -> None:
         value = np.asarray(value, dtype=np.float32)
@@ -146,15 +183,7 @@ def render(person: Identity, infrared: bool, cam: int, rng: np.random.Generator)
     half = shoulder + (waist - shoulder) * np.clip(v, 0, 1)
     torso = (v >= 0) & (v <= 1.05) & (np.abs(xx - cx) <= half)
     u = (xx - cx) / (2 * shoulder) + 0.5
-    phase = rng.uniform(-0.08, 0.08)
-    if person.pattern == "hstripes":
-        which = np.sin(2 * np.pi * (person.frequency * v + phase)) > 0
-    elif person.pattern == "vstripes":
-        which = np.sin(2 * np.pi * (person.frequency * u * 0.5 + phase)) > 0
-    elif person.pattern == "checks":
-        which = (np.sin(2 * np.pi * person.frequency * v) > 0) ^ (np.sin(np.pi * person.frequency * u) > 0)
-    else:
-        which = np.zeros_like(v, dtype=bool)
+    which = _pattern(person, v, u, rng.uniform(-0.08, 0.08))
     colours = np.where(which[..., None], top_value[0][None, None, :], top_value[1][None, None, :])
     paint(torso, colours)
     # Arms swing opposite to the legs.
@@ -173,24 +202,7 @@ def render(person: Identity, infrared: bool, cam: int, rng: np.random.Generator)
     hair = ((yy - (top + head_r * 0.7)) ** 2 / 0.6 + (xx - cx) ** 2 <= head_r**2 * 0.9) & (yy < top + head_r * 0.8)
     paint(hair, (0.1, 0.07, 0.05) if not infrared else (0.3,))
 
-    # Illumination, sensor noise and blur.
-    if infrared:
-        canvas = canvas * rng.uniform(0.75, 1.15) + rng.uniform(-0.08, 0.08)
-        canvas = canvas + rng.normal(0, rng.uniform(0.03, 0.07), size=canvas.shape)
-        blur = rng.uniform(0.7, 1.4)
-    else:
-        canvas = canvas * rng.uniform(0.6, 1.25, size=3)[None, None, :] * rng.uniform(0.8, 1.1)
-        canvas = canvas + rng.normal(0, 0.015, size=canvas.shape)
-        blur = rng.uniform(0.0, 0.6)
-    pixels = (np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8)
-    if infrared:
-        pixels = np.repeat(pixels, 3, axis=2)
-    image = Image.fromarray(pixels, mode="RGB")
-    if mirror:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    if blur > 0.2:
-        image = image.filter(ImageFilter.GaussianBlur(blur))
-    return image
+    return _camera(canvas, infrared, mirror, rng)
 
 
 def assign_splits(pids: list[int], rng: np.random.Generator) -> dict[str, list[int]]:

@@ -39,6 +39,7 @@ from mclnet_cli.engine.state import (  # noqa: F401  (RESUME_MUTABLE, resume_con
     set_rng_state,
 )
 from mclnet_cli.errors import CheckpointError, StorageError, TrainingError
+from mclnet_cli.losses.criterion import TERM_OUTPUTS
 
 if TYPE_CHECKING:
     from mclnet_cli.model.net import MCLNet
@@ -92,17 +93,6 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------
 # Parameters the loss never reaches
-
-
-#: loss term -> the model outputs it reads (as losses/criterion.py's ``Criterion._term``); "features.*": every
-#: scale. A term not listed counts as reading every output, so nothing is frozen on its account.
-TERM_OUTPUTS: dict[str, tuple[str, ...]] = {
-    "id": ("logits",),
-    "supcon": ("features.*",),
-    "hks": ("features.*",),
-    "mmd": ("features.layer4",),
-    "triplet": ("features.layer4",),
-}
 
 
 def _weights(weights: Any) -> dict[str, float]:

@@ -15,6 +15,16 @@ from mclnet_cli.model.net import SCALES, ModelOutput
 
 TERMS = ("id", "supcon", "hks", "mmd", "triplet")
 
+#: loss term -> the model outputs it reads (as ``Criterion._term`` below); "features.*": every
+#: scale. A term not listed counts as reading every output, so nothing is frozen on its account.
+TERM_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "id": ("logits",),
+    "supcon": ("features.*",),
+    "hks": ("features.*",),
+    "mmd": ("features.layer4",),
+    "triplet": ("features.layer4",),
+}
+
 
 @dataclass(frozen=True)
 class LossOutput:
