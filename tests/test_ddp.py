@@ -15,7 +15,7 @@ from PIL import Image
 
 from mclnet_cli.data.records import Modality, Sample, write_prepared
 from mclnet_cli.engine.checkpoint import load_model
-from mclnet_cli.engine.distributed import env_dist_info
+from mclnet_cli.engine.distributed import cleanup_distributed, env_dist_info
 from mclnet_cli.engine.runlog import read_metrics
 from mclnet_cli.errors import ConfigError
 
@@ -68,6 +68,24 @@ def test_env_dist_info_reads_torchrun_variables(monkeypatch) -> None:
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name)
     assert env_dist_info().world_size == 1 and env_dist_info().is_main
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+@pytest.mark.parametrize("synchronize", [True, False])
+def test_cleanup_waits_for_every_rank_only_when_asked(synchronize: bool, tmp_path: Path, monkeypatch) -> None:
+    """A finished job meets at a barrier before leaving (a rank leaving early made gloo peers abort at exit);
+    a rank leaving on an error must not wait for peers that will never arrive."""
+    calls: list[str] = []
+    real_barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (calls.append("barrier"), real_barrier(*a, **k))[1])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        cleanup_distributed(synchronize=synchronize)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+            pytest.fail("cleanup_distributed left the process group initialised")
+    assert calls == (["barrier"] if synchronize else [])
 
 
 @pytest.mark.slow

@@ -65,9 +65,21 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
-def cleanup_distributed() -> None:
+def cleanup_distributed(*, synchronize: bool = False) -> None:
+    """Leave the process group.
+
+    ``synchronize=True`` (every rank finished the same collectives) waits at a
+    barrier first, so no rank tears its connections down while a peer's last
+    collective is still in flight: with gloo that made the peer abort at exit
+    (SIGABRT, "terminate called without an active exception"). A rank leaving on
+    an error must not wait for peers that never get there, so it skips the barrier.
+    """
     if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if synchronize:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -248,6 +248,7 @@ def build_gallery_index(
     )
     if not info.enabled:
         return _build(checkpoint, gallery_dir, modality, out_dir, progress=progress, **options)
+    in_step = False  # every rank has passed the same collectives
     try:  # launched by torchrun: every rank embeds one shard, rank 0 writes, every rank returns rank 0's report
         report = None
         try:
@@ -255,11 +256,12 @@ def build_gallery_index(
         finally:
             shared = [report]
             distributed.broadcast_object(shared)
+            in_step = True
         if shared[0] is None:
             raise IndexStoreError(f"rank 0 failed to write the index in {out_dir} (see its message)")
         return shared[0]
     finally:
-        distributed.cleanup_distributed()
+        distributed.cleanup_distributed(synchronize=in_step)
 
 
 def _build(

@@ -281,6 +281,7 @@ def fit(
     """
     out_dir, epochs = Path(out_dir), config.train.epochs
     progress = _Progress(out_dir=out_dir, epochs=epochs)
+    in_step = False
     try:
         torch_device = resolve_device(device)
         info, torch_device = dist_utils.init_distributed(torch_device)
@@ -312,11 +313,13 @@ def fit(
                 if run.metrics is not None:
                     run.metrics.close()
             message = f"already complete: {run.completed}/{epochs} epochs were done before this resume" if already_done else None
-            return _finish(run, status, message, progress)
+            result = _finish(run, status, message, progress)
+            in_step = status == "complete"  # every rank ran the same steps: leave together
+            return result
     except KeyboardInterrupt:
         return progress.interrupted()
     finally:
-        dist_utils.cleanup_distributed()
+        dist_utils.cleanup_distributed(synchronize=in_step)
 
 
 def train_one_epoch(run: _Run, epoch: int) -> dict[str, Any]:
