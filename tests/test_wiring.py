@@ -669,3 +669,30 @@ def test_index_hnsw_m_comes_from_the_checkpoint_config(
         "index", gallery, "-c", str(path), "-m", "visible", "-o", str(tmp_path / "idx"), "--device", "cpu", "--json",
     ])
     assert report["kind"] == "hnsw" and report["factory"] == "HNSW8,Flat"
+
+
+def test_demo_seed_reaches_the_dataset_draw_and_the_training_config(tmp_path: Path, cli_runner: Any, monkeypatch) -> None:
+    """``demo --seed`` draws another dataset and seeds training; stopped at the draw (nothing trains)."""
+    import mclnet_cli.config as config_module
+    import mclnet_cli.data.prepare as prepare_module
+    from mclnet_cli.engine.demo import MARKER
+
+    seen: dict[str, Any] = {}
+    real_load_config = config_module.load_config
+
+    def load_config_spy(preset: str, overrides: Sequence[str] = ()) -> Any:
+        seen["config"] = real_load_config(preset, overrides)
+        return seen["config"]
+
+    def prepare_spy(raw: Path, prepared: Path, *, seed: int, **kwargs: Any) -> Any:
+        seen["draw_seed"] = seed
+        raise KeyboardInterrupt  # stop here: the demo reports how to start over
+
+    monkeypatch.setattr(config_module, "load_config", load_config_spy)
+    monkeypatch.setattr(prepare_module, "prepare_synthetic", prepare_spy)
+    out = tmp_path / "demo"
+    result = cli_runner.invoke(app, ["demo", "--quick", "--seed", "3", "--out", str(out)])
+    assert result.exit_code == 130, result.output
+    assert seen["draw_seed"] == 3 and seen["config"].seed == 3
+    assert "--seed 3" in result.output  # the restart command keeps the seed
+    assert json.loads((out / MARKER).read_text())["seed"] == 3

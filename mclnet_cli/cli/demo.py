@@ -22,6 +22,7 @@ def demo(
     quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster version (about a minute on a 2-core CPU; the full one takes a few).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite a previous demo output in --out.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the synthetic dataset and of training.")] = 0,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
@@ -31,12 +32,12 @@ def demo(
     index the visible test images, query with an infrared probe and draw the ranked list.
     """
     common(quiet=quiet, debug=debug)  # threads after the --out check: a refusal needs no torch
-    _run(out, quick, force, device, as_json, threads)
+    _run(out, quick, force, device, as_json, threads, seed)
 
 
 @guard
-def _run(out: Path, quick: bool, force: bool, device: str, as_json: bool, threads: int | None = None) -> None:
-    from mclnet_cli.engine.demo import check_out_dir, run_demo
+def _run(out: Path, quick: bool, force: bool, device: str, as_json: bool, threads: int | None = None, seed: int = 0) -> None:
+    from mclnet_cli.engine.demo import check_out_dir, restart_command, run_demo
     from mclnet_cli.errors import Interrupted
 
     check_out_dir(out, force)  # refuse before anything heavy is imported or drawn
@@ -49,12 +50,13 @@ def _run(out: Path, quick: bool, force: bool, device: str, as_json: bool, thread
     reporter = RichReporter(show_progress=not state.quiet)
     try:
         result = run_demo(
-            out, quick=quick, force=force, device=device, on_stage=stage, reporter=reporter, progress=progress_bar
+            out, quick=quick, force=force, device=device, on_stage=stage, reporter=reporter, progress=progress_bar,
+            seed=seed,
         )
     except KeyboardInterrupt:
         raise Interrupted(
             "the demo cannot resume: it runs its stages in one go and records none as finished; start it over with: "
-            f"mclnet demo --out {out} --force{' --quick' if quick else ''}"
+            + restart_command(out, quick, seed)
         ) from None
     finally:
         reporter.close()

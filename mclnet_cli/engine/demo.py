@@ -58,11 +58,11 @@ class DemoPlan:
     trials: int
     extra: tuple[str, ...] = ()  # further ``--set`` overrides (learning rate, augmentation, ...)
 
-    def overrides(self) -> list[str]:
+    def overrides(self, seed: int = SEED) -> list[str]:
         """``--set``-style overrides applied on top of the tiny preset."""
         milestones = "[" + ",".join(str(m) for m in self.milestones) + "]"
         return [
-            f"seed={SEED}",
+            f"seed={seed}",
             "data.dataset=synthetic",
             "data.workers=0",
             f"train.epochs={self.epochs}",
@@ -167,10 +167,13 @@ def run_demo(
     reporter: Any = None,
     progress: ProgressFactory | None = None,
     plan: DemoPlan | None = None,
+    seed: int = SEED,
 ) -> DemoResult:
     """Run the whole journey into ``out`` and return its summary (metrics in percent).
 
-    ``plan`` overrides the size chosen by ``quick`` (for tuning and benchmarks).
+    ``seed`` draws the synthetic dataset and seeds training (and the untrained
+    model's initialisation); ``plan`` overrides the size chosen by ``quick``
+    (for tuning and benchmarks).
     """
     from mclnet_cli.config import load_config
     from mclnet_cli.data.prepare import prepare_synthetic
@@ -183,17 +186,17 @@ def run_demo(
     out = Path(out)
     check_out_dir(out, force)
     stages = _Stages(on_stage or (lambda message: None), total=7)
-    config = load_config(PRESET, plan.overrides())
-    _start_out_dir(out, plan)
+    config = load_config(PRESET, plan.overrides(seed))
+    _start_out_dir(out, plan, seed)
     raw, prepared_dir, run_dir = out / "synthetic", out / "prepared", out / "run"
 
     with stages.stage("dataset", f"drawing a synthetic dataset of {plan.ids} ids and preparing it"):
         report, _ = prepare_synthetic(
-            raw, prepared_dir, ids=plan.ids, seed=SEED, images_per_camera=plan.images_per_camera, progress=progress
+            raw, prepared_dir, ids=plan.ids, seed=seed, images_per_camera=plan.images_per_camera, progress=progress
         )
         prepared = load_prepared(prepared_dir)
     with stages.stage("train", f"training the {PRESET} preset ({plan.epochs} epochs x {plan.steps_per_epoch} steps)"):
-        trained, label_map = _train(config, prepared_dir, run_dir, device, reporter, restart=_restart_command(out, quick))
+        trained, label_map = _train(config, prepared_dir, run_dir, device, reporter, restart=restart_command(out, quick, seed))
     checkpoint = trained.last_checkpoint
 
     def evaluate(path: Path, what: str) -> Any:
@@ -220,6 +223,7 @@ def run_demo(
     summary: dict[str, Any] = {
         "out": str(out.resolve()),
         "mode": plan.name,
+        "seed": seed,
         "dataset": {
             "name": report.dataset, "raw": str(raw.resolve()), "prepared": report.out, "ids": plan.ids,
             "images_per_camera": plan.images_per_camera, "counts": report.counts,
@@ -261,16 +265,18 @@ class _Stages:
         self.times[name] = round(time.perf_counter() - begin, 2)
 
 
-def _start_out_dir(out: Path, plan: DemoPlan) -> None:
+def _start_out_dir(out: Path, plan: DemoPlan, seed: int) -> None:
     """Create ``out``, remove a previous demo's artefacts and write the marker."""
     out.mkdir(parents=True, exist_ok=True)
     if is_demo_dir(out):
         _clear_previous(out)
-    atomic_write_text(out / MARKER, json.dumps({"demo": plan.name, "seed": SEED}) + "\n")
+    atomic_write_text(out / MARKER, json.dumps({"demo": plan.name, "seed": seed}) + "\n")
 
 
-def _restart_command(out: Path, quick: bool) -> str:
-    return f"mclnet demo --out {out} --force{' --quick' if quick else ''}"
+def restart_command(out: Path, quick: bool, seed: int = SEED) -> str:
+    """The command that starts this demo over."""
+    seed_option = f" --seed {seed}" if seed != SEED else ""
+    return f"mclnet demo --out {out} --force{' --quick' if quick else ''}{seed_option}"
 
 
 def _train(
