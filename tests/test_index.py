@@ -330,3 +330,44 @@ def test_save_removes_staging_folders_an_older_version_left_beside_a_live_index(
     (tmp_path / ".idx.tmp-1a2b3c" / "index.faiss").write_bytes(b"half")
     GalleryIndex.build(np.eye(2, 4), _records(2, "/new")).save(out)
     assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
+# --------------------------------------------------------------------------- memory-mapped open
+
+
+def _mapped_files() -> set[str]:
+    """Paths this process has memory-mapped (Linux /proc)."""
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        pytest.skip("needs /proc/self/maps to see mappings")
+    return {line.split(maxsplit=5)[5].strip() for line in maps.read_text().splitlines() if len(line.split(maxsplit=5)) == 6}
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "ivfpq"])
+def test_mmap_open_maps_the_file_and_searches_like_a_full_read(kind: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    x = _clustered(rng, 2000, 32, 40)
+    out = GalleryIndex.build(x, _records(2000), kind=kind, nlist=16, pq_m=8).save(tmp_path / "idx")
+    q = rng.normal(size=(8, 32))
+    in_memory = GalleryIndex.load(out)
+    mapped = GalleryIndex.load(out, mmap=True)
+    assert (in_memory.mapped, mapped.mapped) == (False, True)
+    assert str((out / "index.faiss").resolve()) in _mapped_files()
+    expected = [[(h.path, round(h.score, 4)) for h in hits] for hits in in_memory.search(q, 10)]
+    assert [[(h.path, round(h.score, 4)) for h in hits] for hits in mapped.search(q, 10)] == expected
+    with pytest.raises(IndexStoreError, match="memory-mapped"):
+        mapped.add(rng.normal(size=(1, 32)), _records(1, "/new"))
+
+    # a writer swapping in a new index leaves the mapped one searchable as it was
+    GalleryIndex.build(rng.normal(size=(300, 32)), _records(300, "/other"), kind="flat").save(out)
+    assert [[(h.path, round(h.score, 4)) for h in hits] for hits in mapped.search(q, 10)] == expected
+
+
+def test_mmap_auto_maps_only_files_from_the_size_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = GalleryIndex.build(np.random.default_rng(0).normal(size=(40, 16)), _records(40), kind="flat").save(tmp_path / "i")
+    size = (out / "index.faiss").stat().st_size
+    monkeypatch.setattr(gallery_module, "MMAP_AUTO_BYTES", size + 1)
+    assert GalleryIndex.load(out, mmap=None).mapped is False
+    monkeypatch.setattr(gallery_module, "MMAP_AUTO_BYTES", size)
+    assert GalleryIndex.load(out, mmap=None).mapped is True
+    assert GalleryIndex.load(out).mapped is False  # the default reads into memory (writers need that)

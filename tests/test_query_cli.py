@@ -266,6 +266,18 @@ def test_query_json_shape_and_cross_spectrum_retrieval(
     assert sum(top2) >= 3
 
 
+def test_query_mmap_searches_the_mapped_file_with_the_same_results(
+    tmp_path: Path, gallery: Path, probes: Path, checkpoint: Path
+) -> None:
+    out = tmp_path / "idx"
+    _index(gallery, checkpoint, out)
+    read = _query(out, str(probes), "--modality", "infrared", "--no-mmap")
+    mapped = _query(out, str(probes), "--modality", "infrared", "--mmap")
+    assert {row["mapped"] for row in read} == {False} and {row["mapped"] for row in mapped} == {True}
+    assert [row["results"] for row in mapped] == [row["results"] for row in read]
+    assert {row["mapped"] for row in _query(out, str(probes), "--modality", "infrared")} == {False}  # small: read
+
+
 def test_query_single_files_and_text_table(tmp_path: Path, gallery: Path, probes: Path, checkpoint: Path) -> None:
     out = tmp_path / "idx"
     _index(gallery, checkpoint, out)

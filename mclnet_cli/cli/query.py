@@ -44,6 +44,14 @@ def query(
             show_default=False,
         ),
     ] = None,
+    mmap: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--mmap/--no-mmap",
+            help="Map the index file instead of reading it into memory (default: only index files of 1 GiB and up).",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     as_json: Annotated[
@@ -58,7 +66,7 @@ def query(
     The checkpoint recorded in the index embeds the probes with their own spectrum's stream.
     """
     common(quiet=quiet, debug=debug, threads=threads, compute=True)
-    _run(probes, index_dir, modality, top_k, save, checkpoint, batch_size, device, as_json)
+    _run(probes, index_dir, modality, top_k, save, checkpoint, batch_size, device, as_json, mmap)
 
 
 @guard
@@ -72,6 +80,7 @@ def _run(
     batch_size: int | None,
     device: str,
     as_json: bool,
+    mmap: bool | None = None,
 ) -> None:
     from mclnet_cli.engine.gallery import search_gallery
 
@@ -88,6 +97,7 @@ def _run(
         batch_size=batch_size,
         device=device,
         progress=lambda description, total: progress_bar(description, total, enabled=total > (batch_size or 64)),
+        mmap=mmap,
     )
     for note in report.notices:
         err_console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)

@@ -122,12 +122,13 @@ class SearchReport:
     checkpoint: str
     notices: list[str] = field(default_factory=list)
     feature: str = FEATURE
+    mapped: bool = False  # the index was searched memory-mapped
 
     def to_json(self) -> list[dict[str, Any]]:
         """One ``{probe, results}`` per probe, each also naming the index, feature, checkpoint and spectra searched."""
         context = {
             "index": str(self.index_dir), "feature": self.feature, "checkpoint": str(self.checkpoint),
-            "probe_modality": self.probe_modality, "gallery_modality": self.gallery_modality,
+            "probe_modality": self.probe_modality, "gallery_modality": self.gallery_modality, "mapped": self.mapped,
         }
         return [{**r.to_json(), **context} for r in self.results]
 
@@ -465,6 +466,7 @@ class SearchEngine:
     checkpoint_path: str
     device: Any  # torch.device
     batch_size: int
+    mmap: bool | None = None  # how :meth:`reload_gallery` opens the index (see GalleryIndex.load)
 
     @classmethod
     def open(
@@ -474,15 +476,20 @@ class SearchEngine:
         checkpoint: Path | str | None = None,
         batch_size: int | None = None,
         device: str = "auto",
+        mmap: bool | None = None,
     ) -> "SearchEngine":
-        """Load the index of ``index_dir`` and the checkpoint that built it (or ``checkpoint``, same fingerprint)."""
+        """Load the index of ``index_dir`` and the checkpoint that built it (or ``checkpoint``, same fingerprint).
+
+        ``mmap``: map the index file instead of reading it (``None``: only large
+        files, :data:`~mclnet_cli.index.gallery.MMAP_AUTO_BYTES` and up).
+        """
         from mclnet_cli.engine.checkpoint import load_model
         from mclnet_cli.engine.device import resolve_device
 
         _check_batch_size(batch_size)
         index_dir = Path(index_dir)
         read_meta(index_dir)  # fail fast on a wrong folder
-        gallery = GalleryIndex.load(index_dir)
+        gallery = GalleryIndex.load(index_dir, mmap=mmap)
         recorded = dict(gallery.extra.get("checkpoint") or {})
         if checkpoint is None:
             if not recorded.get("path"):
@@ -505,6 +512,7 @@ class SearchEngine:
             checkpoint_path,
             torch_device,
             batch_size if batch_size is not None else loaded.config.index.batch_size,
+            mmap,
         )
         engine.check_gallery(gallery)
         return engine
@@ -525,7 +533,7 @@ class SearchEngine:
 
     def reload_gallery(self) -> GalleryIndex:
         """Read the index folder again, check it against the model, and make it :attr:`gallery`."""
-        gallery = GalleryIndex.load(self.index_dir)
+        gallery = GalleryIndex.load(self.index_dir, mmap=self.mmap)
         self.check_gallery(gallery)
         self.gallery = gallery
         return gallery
@@ -629,12 +637,14 @@ def search_gallery(
     workers: int = 0,
     device: str = "auto",
     progress: ProgressFactory | None = None,
+    mmap: bool | None = None,
 ) -> SearchReport:
     """Embed ``probes`` (files or folders) with the ``modality`` stream and rank the gallery of ``index_dir``.
 
     The checkpoint defaults to the one recorded in the index; another path is
     accepted only when its fingerprint matches, and its feature dimension must
     equal the index's. ``batch_size`` ``None`` takes the checkpoint's ``index.batch_size``.
+    ``mmap`` maps the index file instead of reading it (``None``: files of 1 GiB and up).
     """
     modality = Modality.parse(modality)
     if not 1 <= top_k <= MAX_TOP_K:
@@ -642,12 +652,13 @@ def search_gallery(
     _check_batch_size(batch_size)
     read_meta(index_dir)  # fail fast on a wrong folder before touching probes
     probe_paths = expand_probes(probes)
-    engine = SearchEngine.open(index_dir, checkpoint=checkpoint, batch_size=batch_size, device=device)
+    engine = SearchEngine.open(index_dir, checkpoint=checkpoint, batch_size=batch_size, device=device, mmap=mmap)
     notices = engine.notices_for(modality)
     with _progress(progress, "embedding probes", len(probe_paths)) as advance:
         results, _, _ = engine.rank(probe_paths, modality, top_k, on_progress=advance, workers=workers)
     gallery_modality = str(engine.gallery.extra.get("modality", ""))
     feature = str(engine.gallery.extra.get("feature", FEATURE))
     return SearchReport(
-        results, Path(index_dir), gallery_modality, modality.value, engine.checkpoint_path, notices, feature=feature
+        results, Path(index_dir), gallery_modality, modality.value, engine.checkpoint_path, notices, feature=feature,
+        mapped=engine.gallery.mapped,
     )

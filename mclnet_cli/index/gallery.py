@@ -73,6 +73,11 @@ STAGING_PREFIX = ".staging-"
 OWN_HIDDEN = (LOCK_FILE, JOURNAL_FILE)  # hidden entries of an index folder that do not make it "not empty"
 READ_ATTEMPTS = 50  # a reader racing a writer's swap reads again, this many times at most
 READ_RETRY_S = 0.1
+MMAP_AUTO_BYTES = 1 << 30  # load(mmap=None) maps index files at least this large instead of reading them
+# FAISS maps IVF inverted lists with IO_FLAG_MMAP and flat code arrays (flat, HNSW storage) with
+# IO_FLAG_MMAP_IFC; the two cannot be combined on one read.
+MMAP_FLAGS = {"ivf": faiss.IO_FLAG_MMAP, "ivfpq": faiss.IO_FLAG_MMAP}
+MMAP_FLAGS_DEFAULT = faiss.IO_FLAG_MMAP_IFC
 BUILD_KINDS = names(IndexKind)  # what `index --kind` takes
 KINDS = tuple(k for k in BUILD_KINDS if k != "auto")  # what an index is (auto picks one of these)
 METRIC = "inner_product"
@@ -355,6 +360,7 @@ class GalleryIndex:
     trained_on: int = 0
     created: str = field(default_factory=_now)
     notices: list[str] = field(default_factory=list)  # parameter fallbacks of the last build/add (not saved)
+    mapped: bool = False  # opened memory-mapped (read-only): searchable, not extendable
 
     # ------------------------------------------------------------------ building
 
@@ -414,6 +420,8 @@ class GalleryIndex:
 
     def add(self, features: np.ndarray, records: Sequence[IndexRecord]) -> int:
         """Append rows whose path is not indexed yet (trained cells are kept); returns how many were added."""
+        if self.mapped:
+            raise IndexStoreError("add: this index was opened memory-mapped (read-only); load it with mmap=False to add")
         matrix = _as_matrix(features, "add", self.dimension)
         records = list(records)
         if matrix.shape[0] != len(records):
@@ -531,11 +539,15 @@ class GalleryIndex:
         atomic_write_text(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
 
     @classmethod
-    def load(cls, directory: Path | str) -> "GalleryIndex":
+    def load(cls, directory: Path | str, *, mmap: bool | None = False) -> "GalleryIndex":
         """Read an index folder written by :meth:`save`; clear errors for anything missing or inconsistent.
 
-        Never needs the lock: a swap in progress is read again, an interrupted one
-        is finished first when no writer holds the lock.
+        ``mmap=True`` maps the FAISS file instead of reading it (pages come from disk
+        as searches touch them; the gallery is then read-only), ``None`` maps files of
+        at least :data:`MMAP_AUTO_BYTES`, ``False`` (default) reads it into memory.
+        A mapped file stays valid when a writer swaps in a new one (the old file
+        lives on until unmapped). Never needs the lock: a swap in progress is read
+        again, an interrupted one is finished first when no writer holds the lock.
         """
         directory = Path(directory)
         recover_legacy(directory)
@@ -547,7 +559,7 @@ class GalleryIndex:
                 time.sleep(READ_RETRY_S)  # a writer is swapping right now
                 continue
             try:
-                return cls._load_once(directory)
+                return cls._load_once(directory, mmap)
             except _Torn as torn:
                 if writer_active(directory):
                     time.sleep(READ_RETRY_S)
@@ -558,7 +570,7 @@ class GalleryIndex:
         raise IndexStoreError(f"{directory} is being rewritten by another process right now; try again in a moment")
 
     @classmethod
-    def _load_once(cls, directory: Path) -> "GalleryIndex":
+    def _load_once(cls, directory: Path, mmap: bool | None = False) -> "GalleryIndex":
         meta_path, index_path, records_path = directory / META_FILE, directory / INDEX_FILE, directory / RECORDS_FILE
         for path in (meta_path, index_path, records_path):
             if not path.is_file():
@@ -568,9 +580,12 @@ class GalleryIndex:
         mixed = isinstance(sizes, dict) and (
             index_path.stat().st_size != sizes.get(INDEX_FILE) or records_path.stat().st_size != sizes.get(RECORDS_FILE)
         )  # files of two different saves (a writer swapped them while we read), or edited by hand
+        if mmap is None:
+            mmap = index_path.stat().st_size >= MMAP_AUTO_BYTES
         try:
             try:
-                index = faiss.read_index(str(index_path))
+                flags = MMAP_FLAGS.get(str(meta.get("kind")), MMAP_FLAGS_DEFAULT) | faiss.IO_FLAG_READ_ONLY if mmap else 0
+                index = faiss.read_index(str(index_path), flags)
             except RuntimeError as exc:
                 raise IndexStoreError(f"{index_path}: cannot read the FAISS index") from exc
             records = _read_records(records_path)
@@ -599,6 +614,7 @@ class GalleryIndex:
             extra={k: v for k, v in meta.items() if k not in known},
             trained_on=int(meta.get("trained_on", index.ntotal)),
             created=str(meta.get("created", _now())),
+            mapped=bool(mmap),
         )
         _tune(gallery.index, gallery.kind, gallery.params)
         return gallery
