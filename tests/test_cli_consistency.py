@@ -166,6 +166,7 @@ def test_serve_threads(cli_runner: Any, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_default_threads_follow_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(options, "running_processes", lambda: 6)
     monkeypatch.setattr(options.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(options.os, "getloadavg", lambda: (7.0, 7.0, 7.0))
     assert options.default_threads() == 1
@@ -173,13 +174,36 @@ def test_default_threads_follow_the_load(monkeypatch: pytest.MonkeyPatch) -> Non
     assert options.default_threads() is None  # torch's own default: one thread per core
     monkeypatch.setattr(options.os, "cpu_count", lambda: 16)
     monkeypatch.setattr(options.os, "getloadavg", lambda: (15.6, 15.6, 15.6))
+    monkeypatch.setattr(options, "running_processes", lambda: 16)
     assert options.default_threads() == 1
+
+
+def test_a_job_that_just_ended_does_not_make_the_machine_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1-minute average still counts the previous command; nothing runs now: use every core."""
+    monkeypatch.setattr(options.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(options.os, "getloadavg", lambda: (1.8, 1.7, 1.6))
+    monkeypatch.setattr(options, "running_processes", lambda: 0)
+    assert options.default_threads() is None
+    monkeypatch.setattr(options, "running_processes", lambda: 2)
+    assert options.default_threads() == 1
+    monkeypatch.setattr(options, "running_processes", lambda: None)  # not measurable: the average decides
+    assert options.default_threads() == 1
+
+
+def test_running_processes_reads_procs_running_without_itself(tmp_path: Path) -> None:
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3\nprocs_running 5\nprocs_blocked 0\n")
+    assert options.running_processes(stat, samples=3, interval_s=0) == 4
+    stat.write_text("cpu  1 2 3\n")
+    assert options.running_processes(stat, samples=1) is None
+    assert options.running_processes(tmp_path / "missing", samples=1) is None
 
 
 @pytest.mark.usefixtures("torch_threads")
 def test_a_busy_machine_gets_one_thread_by_default(cli_runner: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(options.os, "getloadavg", lambda: (float(options.os.cpu_count() or 1) + 5, 0.0, 0.0))
+    monkeypatch.setattr(options, "running_processes", lambda: (options.os.cpu_count() or 1) + 5)
     seen = _capture_threads(monkeypatch, "mclnet_cli.engine.evaluate", "evaluate_checkpoint")
     result = cli_runner.invoke(app, ["evaluate", "x.pt", "--data", "d"], env={"MCLNET_THREADS": ""})
     assert "stopped by the test" in result.output and seen == [1]

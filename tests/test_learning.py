@@ -33,6 +33,10 @@ EPOCHS, STEPS = 4, 15  # 60 optimisation steps
 # Each margin is about a third of the smallest measured value.
 BN_MARGIN = 0.1
 HEAD_MARGIN = 0.05
+# The test asks whether the objective trains, not what augmentation adds over a longer run: the
+# tiny preset's erasing and spectrum mixing are switched off for these 60 steps (the values above
+# were measured so; with them on, the layer3 gap after 60 steps is about 0.01, docs/benchmarks.md).
+AUGMENTATION_OFF = ("data.erasing_p=0", "data.spectrum_p=0")
 
 
 # --------------------------------------------------------------- feature statistics
@@ -112,6 +116,7 @@ def test_training_separates_cross_modal_pairs(tiny_set, tmp_path) -> None:
         config = load_config("tiny", [
             "seed=0", "data.dataset=synthetic", "data.workers=0", "train.eval_every=0",
             f"train.epochs={EPOCHS}", f"train.steps_per_epoch={STEPS}", "optim.milestones=[3]",
+            *AUGMENTATION_OFF,
         ])
         result = fit(config, tiny_set, tmp_path / "run", device="cpu")
         assert result.status == "complete"

@@ -9,6 +9,8 @@ computes, ``--threads``. Closed choices and preset names complete in the shell
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 from typing import Annotated, Iterable, Optional
 
 import typer
@@ -91,13 +93,39 @@ def choice_option(*names: str, values: Iterable[str], help: str):  # noqa: A002,
 
 
 # --- applying them -------------------------------------------------------------------------------
+def running_processes(stat: Path = Path("/proc/stat"), samples: int = 5, interval_s: float = 0.01) -> int | None:
+    """Other processes running or runnable right now (median of a few reads of ``procs_running``, minus this one).
+
+    None where the kernel does not say (not Linux).
+    """
+    counts = []
+    for i in range(samples):
+        try:
+            line = next((x for x in stat.read_text().splitlines() if x.startswith("procs_running ")), "")
+            counts.append(int(line.split()[1]) - 1)
+        except (OSError, ValueError, IndexError):
+            return None
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return max(0, sorted(counts)[len(counts) // 2])
+
+
 def busy_machine() -> bool:
-    """True when the 1-minute load average already fills the cores (other processes are computing)."""
+    """True when other processes already fill the cores.
+
+    Both the 1-minute load average and the processes runnable right now must say
+    so: the average alone still counts, for a minute, a job that has just ended
+    (a second command run straight after the first got one thread on an idle machine).
+    """
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):
         return False
-    return load >= (os.cpu_count() or 1) - 0.5
+    threshold = (os.cpu_count() or 1) - 0.5
+    if load < threshold:
+        return False
+    others = running_processes()
+    return others is None or others >= threshold
 
 
 def default_threads() -> int | None:
