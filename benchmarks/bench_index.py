@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _pipeline(n_images: int, batch_size: int, repeats: int = 3) -> dict:
+def _pipeline(n_images: int, batch_size: int, repeats: int = 3, workers: int = 0, preset: str = "tiny") -> dict:
     import torch
     from PIL import Image
 
@@ -42,13 +42,13 @@ def _pipeline(n_images: int, batch_size: int, repeats: int = 3) -> dict:
     from mclnet_cli.engine.gallery import build_gallery_index
     from mclnet_cli.model import build_model
 
-    cfg = load_config("tiny")
+    cfg = load_config(preset, [] if preset == "tiny" else ["model.pretrained=none"])
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes=10)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        ckpt = save_checkpoint(root / "tiny.pt", checkpoint_payload(model, cfg, {i: i for i in range(10)}))
+        ckpt = save_checkpoint(root / f"{preset}.pt", checkpoint_payload(model, cfg, {i: i for i in range(10)}))
         paths = []
         for i in range(n_images):
             path = root / "gallery" / f"cam1/{i // 10 + 1:04d}/{i % 10 + 1:04d}.jpg"
@@ -62,7 +62,9 @@ def _pipeline(n_images: int, batch_size: int, repeats: int = 3) -> dict:
         embed_rates, total_rates, forward_rates = [], [], []
         for repeat in range(repeats):  # interleaved, best of N: the machine is shared
             start = time.perf_counter()
-            report = build_gallery_index(ckpt, root / "gallery", "visible", root / f"idx{repeat}", device="cpu", batch_size=batch_size)
+            report = build_gallery_index(
+                ckpt, root / "gallery", "visible", root / f"idx{repeat}", device="cpu", batch_size=batch_size, workers=workers
+            )
             total_rates.append(n_images / (time.perf_counter() - start))  # whole call: load model, walk, embed, save
             embed_rates.append(report.images_per_s)  # decode + resize + forward
             with torch.no_grad():
@@ -71,10 +73,15 @@ def _pipeline(n_images: int, batch_size: int, repeats: int = 3) -> dict:
                     model.embed(tensors[i : i + batch_size], "visible")
                 forward_rates.append(n_images / (time.perf_counter() - start))
     return {
+        "preset": preset,
+        "model": f"{cfg.model.arch} at {cfg.data.height}x{cfg.data.width}",
         "images": n_images,
         "batch_size": batch_size,
+        "workers": workers,
         "torch_threads": torch.get_num_threads(),
         "repeats": repeats,
+        "embed_over_forward": round(max(embed_rates) / max(forward_rates), 3),
+        "total_over_forward": round(max(total_rates) / max(forward_rates), 3),
         "pipeline_embed_images_per_s": round(max(embed_rates), 1),
         "pipeline_total_images_per_s": round(max(total_rates), 1),
         "forward_only_images_per_s": round(max(forward_rates), 1),
@@ -143,6 +150,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=300, help="images for the pipeline benchmark")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0], help="decoding processes (one pipeline row each)")
+    parser.add_argument("--preset", default="tiny", help="model of the pipeline benchmark (tiny, base = resnet50 288x144)")
+    parser.add_argument("--repeats", type=int, default=3, help="pipeline passes (best of)")
     parser.add_argument("--sizes", type=int, nargs="*", default=[100_000], help="gallery sizes for the ANN benchmark")
     parser.add_argument("--kinds", nargs="*", default=["flat", "hnsw", "ivf", "ivfpq"])
     parser.add_argument("--dim", type=int, default=512)
@@ -162,14 +172,18 @@ def main() -> None:
         "faiss_threads": faiss.omp_get_max_threads(),
     }
     if not args.skip_pipeline:
-        result["pipeline"] = _pipeline(args.images, args.batch_size)
-        p = result["pipeline"]
-        print("| images | batch | torch threads | forward only (img/s) | pipeline, embed phase (img/s) | pipeline, whole call (img/s) |")
-        print("|---|---|---|---|---|---|")
-        print(
-            f"| {p['images']} | {p['batch_size']} | {p['torch_threads']} | {p['forward_only_images_per_s']} | "
-            f"{p['pipeline_embed_images_per_s']} | {p['pipeline_total_images_per_s']} |"
-        )
+        result["pipeline"] = [
+            _pipeline(args.images, args.batch_size, args.repeats, workers=w, preset=args.preset) for w in args.workers
+        ]
+        print("| model | images | batch | workers | torch threads | forward only (img/s) | pipeline, embed phase (img/s) | "
+              "pipeline, whole call (img/s) | embed / forward | whole / forward |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for p in result["pipeline"]:
+            print(
+                f"| {p['model']} | {p['images']} | {p['batch_size']} | {p['workers']} | {p['torch_threads']} | {p['forward_only_images_per_s']} | "
+                f"{p['pipeline_embed_images_per_s']} | {p['pipeline_total_images_per_s']} | {p['embed_over_forward']} | "
+                f"{p['total_over_forward']} |"
+            )
         print()
     result["ann"] = []
     for n in args.sizes:
