@@ -128,3 +128,12 @@ def test_index_cli_passes_kind_recall_and_memory(tmp_path: Path, prepared_datase
     result = cli_runner.invoke(app, ["index", str(gallery), "-c", str(configured), "-m", "visible", "--out", str(tmp_path / "b"), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["auto"]["target_recall"] == 0.8
+
+
+def test_exact_neighbours_match_brute_force_inner_product() -> None:
+    rng = np.random.default_rng(7)
+    gallery = rng.standard_normal((300, 16)).astype(np.float32)
+    queries = gallery[[3, 50, 299]]
+    found = autotune._exact_neighbours(gallery, queries)
+    expected = np.argsort(-(queries @ gallery.T), axis=1)[:, : autotune.RECALL_K + 1]
+    np.testing.assert_array_equal(found, expected)

@@ -371,3 +371,32 @@ def test_mmap_auto_maps_only_files_from_the_size_threshold(tmp_path: Path, monke
     monkeypatch.setattr(gallery_module, "MMAP_AUTO_BYTES", size)
     assert GalleryIndex.load(out, mmap=None).mapped is True
     assert GalleryIndex.load(out).mapped is False  # the default reads into memory (writers need that)
+
+
+def test_unit_float32_features_are_indexed_without_a_copy_and_others_are_left_untouched() -> None:
+    rng = np.random.default_rng(4)
+    raw = rng.standard_normal((50, 8)).astype(np.float32) * 3.0
+    before = raw.copy()
+    normalised = gallery_module._as_matrix(raw, "build")
+    assert not np.shares_memory(normalised, raw)  # not unit length: a normalised copy
+    np.testing.assert_array_equal(raw, before)  # the caller's array is not modified
+    np.testing.assert_allclose(np.linalg.norm(normalised, axis=1), 1.0, atol=1e-6)
+    unit = normalised.copy()
+    assert gallery_module._as_matrix(unit, "build") is unit  # already unit rows: used as it is
+    # the same answers either way
+    records = [IndexRecord(f"{i}.jpg") for i in range(50)]
+    a = GalleryIndex.build(raw, records).search(raw[:3], 5)
+    b = GalleryIndex.build(unit, records).search(raw[:3], 5)
+    assert [[h.path for h in hits] for hits in a] == [[h.path for h in hits] for hits in b]
+
+
+def test_invalid_values_are_found_in_any_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gallery_module, "_BLOCK_ROWS", 4)
+    features = np.ones((20, 3), dtype=np.float32)
+    features[17, 1] = np.inf  # in the fifth block of four rows
+    with pytest.raises(IndexStoreError, match="NaN or infinite"):
+        gallery_module._as_matrix(features, "build")
+    features[17, 1] = 1.0
+    features[9] *= 2.0  # one long row in a middle block: the whole matrix is normalised
+    out = gallery_module._as_matrix(features, "build")
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
