@@ -228,14 +228,14 @@ def main() -> None:
         with np.load(args.features) as data:
             x, q = data["gallery"].astype(np.float32), data["queries"].astype(np.float32)
             pids = (data["gallery_pids"], data["query_pids"])
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
         result["ann"].extend(_ann(x, q, args.kinds, recall=args.recall, memory_gb=args.memory_gb,
                                   source=str(args.features), pids=pids))
         del x
-    for n in [] if args.features is not None else args.sizes:
-        x, q = _synthetic(n, args.dim, args.queries)
-        result["ann"].extend(_ann(x, q, args.kinds, recall=args.recall, memory_gb=args.memory_gb))
-        del x
+    else:
+        for n in args.sizes:
+            x, q = _synthetic(n, args.dim, args.queries)
+            result["ann"].extend(_ann(x, q, args.kinds, recall=args.recall, memory_gb=args.memory_gb))
+            del x
     if result["ann"]:
         print("| gallery | dim | kind | factory | params | build (s) | latency median (ms) | p95 (ms) | batched (ms/query) | "
               "recall@10 | person in top 10 | index (GB) |")

@@ -229,7 +229,8 @@ def _as_matrix(features: np.ndarray, what: str, dim: int | None = None) -> np.nd
             unit = bool(np.all(np.abs(norms - 1.0) <= 1e-5))
     if unit and array.flags.c_contiguous:
         return array
-    array = np.array(array, dtype=np.float32, order="C", copy=True)
+    if np.may_share_memory(array, features) or not array.flags.c_contiguous:
+        array = np.array(array, dtype=np.float32, order="C", copy=True)  # asarray made no copy of its own
     faiss.normalize_L2(array)  # scores are cosine similarities whatever the caller passed
     return array
 
