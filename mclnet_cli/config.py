@@ -47,6 +47,10 @@ Direction = Literal["visible_to_infrared", "infrared_to_visible", "both"]
 IndexKind = Literal["flat", "ivf", "hnsw", "ivfpq", "auto"]
 Draws = Literal["agw", "official"]  # SYSU-MM01 gallery draw families (a command option, not a config key)
 Device = Literal["auto", "cpu", "cuda"]  # also cuda:N (a command option)
+# loss.mmd_bandwidth: the MMD kernels' data-driven bandwidth is a constant for the gradient
+# (the authors' code) or differentiated too, so that the loss cannot be lowered by shrinking
+# the features' spread (docs/method.md, "Observed when training from scratch")
+MmdBandwidth = Literal["detached", "differentiable"]
 
 
 def names(choice: Any) -> tuple[str, ...]:
@@ -109,6 +113,7 @@ class LossConfig:
     supcon_temperature: float = 0.1
     hks_temperature: float = 1.0
     mmd_margin: float | None = None
+    mmd_bandwidth: MmdBandwidth = "detached"  # "differentiable": the bandwidth is not a constant for the gradient
     hks_smoothing: float = 0.0  # the code's KL adds eps to both softmaxes: (p + eps) / (1 + C eps); code: 1e-8
     label_smoothing: float = 0.0
     triplet_margin: float = 0.3

@@ -15,6 +15,7 @@ def test_choices_cover_every_closed_field_of_the_schema() -> None:
         "data.identity_draw": names(config.IdentityDraw),
         "model.arch": names(config.Arch),
         "model.pooling": names(config.Pooling),
+        "loss.mmd_bandwidth": names(config.MmdBandwidth),
         "optim.name": names(config.OptimName),
         "eval.protocol": names(config.Protocol),
         "eval.mode": names(config.SysuMode),

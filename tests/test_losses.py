@@ -176,6 +176,56 @@ def test_mmd_loss_is_mean_over_shared_identities_with_margin() -> None:
     assert mmd_loss(vis, ir, torch.tensor([5] * 6), il).item() == 0.0
 
 
+def _scale_derivative(detach_bandwidth: bool) -> tuple[float, float]:
+    """MMD of (s x, s y) at s = 1 and its derivative in s: how the loss moves if the spread shrinks."""
+    x = torch.randn(4, 8, generator=_gen(25))
+    y = torch.randn(4, 8, generator=_gen(26)) + 1.0  # the other modality, shifted
+    labels = torch.tensor([0, 0, 1, 1])
+    s = torch.tensor(1.0, requires_grad=True)
+    value = mmd_loss(s * x, s * y, labels, labels, detach_bandwidth=detach_bandwidth)
+    (grad,) = torch.autograd.grad(value, s)
+    return value.item(), grad.item()
+
+
+def test_mmd_bandwidth_detached_rewards_shrinking_differentiable_does_not() -> None:
+    """Same value either way; with the authors' detached bandwidth the gradient says
+    'shrink every feature' (d/ds > 0 at s = 1), with a differentiated one it is
+    invariant to the scale (d/ds = 0): the mechanism of docs/method.md, finding 2."""
+    value_detached, grad_detached = _scale_derivative(True)
+    value_diff, grad_diff = _scale_derivative(False)
+    assert value_detached == pytest.approx(value_diff, rel=1e-6)
+    assert grad_detached > 0.05 * value_detached
+    assert abs(grad_diff) < 1e-5
+    # and the value itself is scale-invariant in both (the bandwidth follows the data)
+    x = torch.randn(4, 8, generator=_gen(27))
+    y = torch.randn(4, 8, generator=_gen(28)) + 1.0
+    assert gaussian_mmd(3 * x, 3 * y).item() == pytest.approx(gaussian_mmd(x, y).item(), rel=1e-5)
+
+
+def test_criterion_applies_mmd_bandwidth_setting() -> None:
+    """loss.mmd_bandwidth reaches the loss: the criterion's MMD gradient equals the functional
+    loss's with the same setting and differs from the default's."""
+    from mclnet_cli.config import load_config
+
+    only_mmd = ["loss.weights.id=0", "loss.weights.supcon=0", "loss.weights.hks=0", "loss.weights.mmd=1"]
+    grads = {}
+    for setting in ("detached", "differentiable"):
+        crit = Criterion.from_config(load_config("tiny", [*only_mmd, f"loss.mmd_bandwidth={setting}"]).loss)
+        assert crit.mmd_bandwidth == setting
+        out = _fake_output()
+        f4 = out.features["layer4"].detach().requires_grad_(True)
+        out = ModelOutput(features={**out.features, "layer4": f4}, bn_feature=out.bn_feature, logits=out.logits)
+        crit(out, LABELS, MODS).total.backward()
+        vis = MODS == 0
+        g = f4.detach().clone().requires_grad_(True)
+        mmd_loss(g[vis], g[~vis], LABELS[vis], LABELS[~vis], detach_bandwidth=setting == "detached").backward()
+        assert torch.allclose(f4.grad, g.grad, atol=1e-6)
+        grads[setting] = f4.grad
+    assert not torch.allclose(grads["detached"], grads["differentiable"], atol=1e-4)
+    with pytest.raises(ConfigError, match="mmd_bandwidth"):
+        load_config("tiny", ["loss.mmd_bandwidth=frozen"])
+
+
 # --------------------------------------------------------------------------- ID / triplet
 
 

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from torch import Tensor
 
+from mclnet_cli.config import MmdBandwidth, names
 from mclnet_cli.errors import ConfigError
 from mclnet_cli.losses.functional import hks_loss, id_loss, mmd_loss, supcon_loss, triplet_loss
 from mclnet_cli.model.net import SCALES, ModelOutput
@@ -50,6 +51,7 @@ class Criterion:
         label_smoothing: float = 0.0,
         triplet_margin: float = 0.3,
         hks_smoothing: float = 0.0,
+        mmd_bandwidth: MmdBandwidth = "detached",
     ) -> None:
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
@@ -59,6 +61,8 @@ class Criterion:
                 raise ConfigError(f"loss.weights.{name}: expected a finite number >= 0, got {value!r}")
         if supcon_temperature <= 0 or hks_temperature <= 0:
             raise ConfigError("loss.supcon_temperature and loss.hks_temperature must be positive")
+        if mmd_bandwidth not in names(MmdBandwidth):
+            raise ConfigError(f"loss.mmd_bandwidth: unknown {mmd_bandwidth!r}; choose from: {', '.join(names(MmdBandwidth))}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {label_smoothing!r}")
         self.weights = {name: float(value) for name, value in weights.items() if value > 0}
@@ -70,6 +74,7 @@ class Criterion:
         self.label_smoothing = label_smoothing
         self.triplet_margin = triplet_margin
         self.hks_smoothing = hks_smoothing
+        self.mmd_bandwidth = mmd_bandwidth
 
     @classmethod
     def from_config(cls, loss_cfg: Any) -> "Criterion":
@@ -84,6 +89,7 @@ class Criterion:
             label_smoothing=loss_cfg.label_smoothing,
             triplet_margin=loss_cfg.triplet_margin,
             hks_smoothing=getattr(loss_cfg, "hks_smoothing", 0.0),
+            mmd_bandwidth=getattr(loss_cfg, "mmd_bandwidth", "detached"),
         )
 
     def _term(self, name: str, output: ModelOutput, labels: Tensor, modalities: Tensor) -> Tensor:
@@ -97,7 +103,10 @@ class Criterion:
             return hks_loss([output.features[s] for s in SCALES], self.hks_temperature, self.hks_smoothing)
         if name == "mmd":
             vis = modalities == 0
-            return mmd_loss(f4[vis], f4[~vis], labels[vis], labels[~vis], self.mmd_margin)
+            return mmd_loss(
+                f4[vis], f4[~vis], labels[vis], labels[~vis], self.mmd_margin,
+                detach_bandwidth=self.mmd_bandwidth == "detached",
+            )
         if name == "triplet":
             return triplet_loss(f4, labels, modalities, self.triplet_margin)
         raise AssertionError(name)  # unreachable: names validated in __init__

@@ -102,22 +102,33 @@ def _pairwise_sq_dists(x: Tensor) -> Tensor:
 
 
 def gaussian_mmd(
-    x: Tensor, y: Tensor, kernel_mul: float = 2.0, kernel_num: int = 5, eps: float = 1e-12
+    x: Tensor,
+    y: Tensor,
+    kernel_mul: float = 2.0,
+    kernel_num: int = 5,
+    eps: float = 1e-12,
+    detach_bandwidth: bool = True,
 ) -> Tensor:
     """Multi-kernel Gaussian MMD^2 between samples ``x`` [n, C] and ``y`` [m, C].
 
     Pooling both sets, D = pairwise squared distances, bandwidth
-    b = sum(D) / (N^2 - N) / mul^(kernel_num // 2) (from the data, detached),
+    b = sum(D) / (N^2 - N) / mul^(kernel_num // 2) (from the data),
     K = sum_{q < kernel_num} exp(-D / (b * mul^q)); the result is
     mean(K_xx) + mean(K_yy) - mean(K_xy) - mean(K_yx).
+
+    ``detach_bandwidth`` (the authors' code): b is a constant for the gradient, so
+    every step's gradient also shrinks the samples' spread, which the next step's b
+    undoes in the value but not in the features. ``False``: b is differentiated
+    too, the value is exactly invariant to the spread's scale, and so is the gradient.
     """
     total = torch.cat([x.float(), y.float()], dim=0)
     n_total = total.shape[0]
     dists = _pairwise_sq_dists(total)
+    spread = dists.detach() if detach_bandwidth else dists
     if n_total > 1:
-        bandwidth = dists.detach().sum() / (n_total * n_total - n_total)
+        bandwidth = spread.sum() / (n_total * n_total - n_total)
     else:
-        bandwidth = dists.detach().sum()
+        bandwidth = spread.sum()
     bandwidth = (bandwidth / kernel_mul ** (kernel_num // 2)).clamp(min=eps)
     kernels = sum(torch.exp(-dists / (bandwidth * kernel_mul**q)) for q in range(kernel_num))
     n = x.shape[0]
@@ -134,6 +145,7 @@ def mmd_loss(
     visible_labels: Tensor,
     infrared_labels: Tensor,
     margin: float | None = None,
+    detach_bandwidth: bool = True,
 ) -> Tensor:
     """Per-identity cross-modality MMD ("Margin-MMD-ID").
 
@@ -141,13 +153,16 @@ def mmd_loss(
     For each identity present in both modalities, d = gaussian_mmd(visible of
     that id, infrared of that id) (5 kernels, multiplier 2); with a margin m,
     d = max(0, d - m). The loss is the mean of d over those identities (0 if none).
+    ``detach_bandwidth``: as in :func:`gaussian_mmd`.
     """
     shared = sorted(set(visible_labels.tolist()) & set(infrared_labels.tolist()))
     if not shared:
         return _zero(visible) + _zero(infrared)
     terms = []
     for pid in shared:
-        d = gaussian_mmd(visible[visible_labels == pid], infrared[infrared_labels == pid])
+        d = gaussian_mmd(
+            visible[visible_labels == pid], infrared[infrared_labels == pid], detach_bandwidth=detach_bandwidth
+        )
         if margin is not None:
             d = torch.clamp(d - margin, min=0.0)
         terms.append(d)
