@@ -117,9 +117,10 @@ def gaussian_mmd(
     mean(K_xx) + mean(K_yy) - mean(K_xy) - mean(K_yx).
 
     ``detach_bandwidth`` (the authors' code): b is a constant for the gradient, so
-    every step's gradient also shrinks the samples' spread, which the next step's b
-    undoes in the value but not in the features. ``False``: b is differentiated
-    too, the value is exactly invariant to the spread's scale, and so is the gradient.
+    while the two sets are apart the gradient also shrinks the samples' spread, a
+    drop the next step's b takes out of the value but not out of the features.
+    ``False``: b is differentiated too; the value is exactly invariant to the
+    spread's scale, and the gradient has no component along it.
     """
     total = torch.cat([x.float(), y.float()], dim=0)
     n_total = total.shape[0]
