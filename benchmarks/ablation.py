@@ -71,30 +71,35 @@ def resolved_weights(preset: str, overrides: Sequence[str]) -> tuple:
     return tuple(sorted(dataclasses.asdict(weights).items()))
 
 
-def _fmt(values: list[float]) -> str:
+def _fmt(values: list[float], digits: int = 1) -> str:
     if not values:
         return "–"
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.1f} ± {std:.1f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def markdown(rows: list[dict], chance: dict[str, float], variants: Sequence[str], generators: Sequence[str],
-             header: str) -> str:
+def markdown(rows: list[dict], chance_of: dict[tuple[str, int], float], variants: Sequence[str],
+             generators: Sequence[str], header: str) -> str:
+    """The table: per generator mAP, Rank-1, mAP / chance of the seed's own dataset, train time."""
     lines = [header, ""]
     lines.append("| objective | " + " | ".join(
-        f"{g}: mAP | {g}: Rank-1 | {g}: train s" for g in generators) + " |")
-    lines.append("|---|" + "---|" * (3 * len(generators)))
+        f"{g}: mAP | {g}: Rank-1 | {g}: x chance | {g}: train s" for g in generators) + " |")
+    lines.append("|---|" + "---|" * (4 * len(generators)))
     for name in variants:
         cells = []
         for g in generators:
             mine = [r for r in rows if r["variant"] == name and r["generator"] == g]
             cells += [_fmt([r["mAP"] for r in mine]), _fmt([r["rank1"] for r in mine]),
+                      _fmt([r["mAP"] / chance_of[g, r["seed"]] for r in mine], digits=2),
                       _fmt([r["train_s"] for r in mine])]
         seeds = sorted({r["seed"] for r in rows if r["variant"] == name})
         lines.append(f"| {LABELS[name]} (seeds {','.join(map(str, seeds)) or '–'}) | " + " | ".join(cells) + " |")
-    lines.append("| chance (random features) | " + " | ".join(
-        f"{chance[g]:.1f} | – | –" if g in chance else "– | – | –" for g in generators) + " |")
+    cells = []
+    for g in generators:
+        values = [v for (gen, _), v in sorted(chance_of.items()) if gen == g]
+        cells += [_fmt(values), "–", "1", "–"] if values else ["–"] * 4
+    lines.append("| chance (random features, each seed's dataset) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -141,12 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     done: list[dict] = []
     if args.resume and args.jsonl.is_file():
         done = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
-    chance: dict[str, float] = {}
+    chance_of: dict[tuple[str, int], float] = {}  # (generator, seed) -> chance mAP of that seed's dataset
     for generator in generators:
         for seed in seeds:
             root = args.cache / f"{generator}-s{seed}-i{args.ids}-n{args.images_per_camera}"
             prepared = draw(generator, root, ids=args.ids, seed=seed, images_per_camera=args.images_per_camera)
-            chance.setdefault(generator, chance_map(prepared))
+            chance_of[generator, seed] = chance_map(prepared)
             computed: dict[tuple, dict] = {}
             for name in variants:
                 overrides = [f"seed={seed}", *schedule, *args.extra, *VARIANTS[name]]
@@ -163,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              preset=args.preset)
                     result.pop("curve", None)
                     row = {"variant": name, "generator": generator, "seed": seed, "overrides": overrides,
-                           "chance_mAP": chance[generator], **result}
+                           "chance_mAP": chance_of[generator, seed], **result}
                     computed[key] = row
                 done.append(row)
                 with args.jsonl.open("a", encoding="utf-8") as handle:
@@ -171,8 +176,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{generator} seed {seed} {name}: mAP {row['mAP']:.1f} rank1 {row['rank1']:.1f} "
                       f"({row['train_s']:.0f}s)", flush=True)
     rows = [r for r in done if r["generator"] in generators and r["seed"] in seeds]
-    for r in rows:  # chance of datasets measured in an earlier (resumed) session
-        chance.setdefault(r["generator"], r["chance_mAP"])
     preset_weights = ", ".join(f"{k} {v:g}" for k, v in resolved_weights(args.preset, args.extra))
     header = (
         f"Preset `{args.preset}` from scratch (its loss weights: {preset_weights}; each row changes only the "
@@ -182,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{platform.processor() or platform.machine()}, {datetime.now(timezone.utc).date()}.\n"
         f"Command: `python benchmarks/ablation.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
     )
-    table = markdown(rows, chance, variants, generators, header)
+    table = markdown(rows, chance_of, variants, generators, header)
     print(table)
     if args.markdown is not None:
         args.markdown.write_text(table, encoding="utf-8")
