@@ -89,8 +89,10 @@ def build_index(
 ) -> Any:
     """Embed every image under ``gallery_dir`` and write a FAISS index to ``out_dir``; returns a ``BuildReport``.
 
-    ``options`` are those of ``mclnet index``: ``kind``, ``add``, ``batch_size``,
-    ``workers``, ``device``, ``nlist``, ``nprobe``, ``hnsw_m``, ``pq_m``.
+    ``options`` are those of ``mclnet index``: ``kind``, ``add``, ``force``, ``batch_size``,
+    ``workers``, ``device``, ``nlist``, ``nprobe``, ``hnsw_m``, ``pq_m``. An index
+    already in ``out_dir`` is extended with ``add=True``, replaced with ``force=True``
+    (``report.replaced`` rows), and otherwise refused with ``IndexStoreError``.
     """
     from mclnet_cli.engine.gallery import build_gallery_index
 

@@ -60,6 +60,18 @@ def test_search_scores_are_dot_products_of_embed(tiny_checkpoint, prepared_datas
     assert [h.score for h in hits] == pytest.approx((g @ q).tolist(), abs=1e-4)
     assert [h.rank for h in hits] == [1, 2, 3, 4]
 
+    # the API refuses to replace an index silently, like `mclnet index` does
+    from mclnet_cli.errors import IndexStoreError
+
+    before = (tmp_path / "idx" / "meta.json").read_bytes()
+    with pytest.raises(IndexStoreError, match=f"already holds an index of {built.count} image"):
+        api.build_index(tiny_checkpoint, gallery, "visible", tmp_path / "idx", device="cpu")
+    assert (tmp_path / "idx" / "meta.json").read_bytes() == before
+    again = api.build_index(tiny_checkpoint, gallery, "visible", tmp_path / "idx", device="cpu", force=True)
+    assert again.replaced == built.count and again.count == built.count and not again.appended
+    appended = api.build_index(tiny_checkpoint, gallery, "visible", tmp_path / "idx", device="cpu", add=True)
+    assert appended.replaced is None and appended.count == built.count
+
 
 def test_bad_arguments_raise_one_line_errors(tiny_checkpoint) -> None:
     from mclnet_cli.errors import MclnetError

@@ -124,15 +124,7 @@ def _run(
     recall: float | None = None,
     memory: float | None = None,
 ) -> None:
-    from mclnet_cli.errors import IndexStoreError
-    from mclnet_cli.index.gallery import is_index_dir
     from mclnet_cli.engine.gallery import build_gallery_index
-
-    if add and force:
-        raise IndexStoreError("--add appends to the index, --force replaces it: give one of them")
-    replaced = _existing_count(out) if is_index_dir(out) and not add else None
-    if replaced is not None and not force:
-        raise IndexStoreError(f"{out} already holds an index{_rows(replaced)}: --add appends to it, --force replaces it")
 
     report = build_gallery_index(
         checkpoint,
@@ -141,6 +133,7 @@ def _run(
         out,
         kind=kind,
         add=add,
+        force=force,
         batch_size=batch_size,
         nlist=nlist,
         nprobe=nprobe,
@@ -155,28 +148,10 @@ def _run(
 
     if not env_dist_info().is_main:  # torchrun: rank 0 speaks for the job
         return
-    if replaced is not None:
-        report.notices.append(f"replaced the previous index{_rows(replaced)} in {out} (--force)")
     if as_json:
-        print_json({**report.to_json(), "replaced": replaced})
+        print_json(report.to_json())
     else:
         _render(report)
-
-
-def _rows(count: int | str) -> str:
-    return f" of {count} image(s)" if isinstance(count, int) else " (its meta.json does not say how many images)"
-
-
-def _existing_count(out: Path) -> int | str:
-    """Rows of the index at ``out`` as its meta.json records them ("?" when unreadable)."""
-    import json
-
-    from mclnet_cli.index.gallery import META_FILE
-
-    try:
-        return int(json.loads((out / META_FILE).read_text())["count"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return "?"
 
 
 def _render(report: "BuildReport") -> None:

@@ -16,6 +16,7 @@ Index parameters not given come from the checkpoint's config ``index`` section.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from mclnet_cli.data.images import IMAGE_SUFFIXES, is_image_file
 from mclnet_cli.types import Modality
 from mclnet_cli.errors import DataError, IndexStoreError
 from mclnet_cli.index.gallery import (
-    BUILD_KINDS, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for, writer_lock,
+    BUILD_KINDS, META_FILE, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for, writer_lock,
 )  # fmt: skip
 from mclnet_cli.data.sources.layout import identify
 from mclnet_cli.progress import ProgressFactory, no_progress
@@ -72,6 +73,7 @@ class BuildReport:
     seconds: float = 0.0
     images_per_s: float = 0.0
     appended: bool = False  # True when --add extended an existing index
+    replaced: int | str | None = None  # force=True: rows of the index this call replaced ("?" if unknown)
     auto: dict[str, Any] | None = None  # --kind auto: target, achieved recall@10, memory
 
     def to_json(self) -> dict[str, Any]:
@@ -84,6 +86,7 @@ class BuildReport:
             "count": self.count,
             "added": self.added,
             "appended": self.appended,
+            "replaced": self.replaced,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "notices": list(self.notices),
             "checkpoint": self.checkpoint,
@@ -203,6 +206,7 @@ def build_gallery_index(
     *,
     kind: str | None = None,
     add: bool = False,
+    force: bool = False,
     batch_size: int | None = None,
     workers: int = 0,
     device: str = "auto",
@@ -220,7 +224,9 @@ def build_gallery_index(
     Unreadable and non-image files are skipped and listed in the report. With
     ``add``, images already in the index at ``out_dir`` (same resolved path) are
     not embedded again and the rest are appended (IVF cells are not retrained);
-    without an index there yet, ``add`` builds one.
+    without an index there yet, ``add`` builds one. An index already at ``out_dir``
+    is never replaced silently: without ``add`` it needs ``force`` (the report's
+    ``replaced`` says how many rows went), else :class:`IndexStoreError`.
 
     Concurrent writers never lose rows: images are embedded without a lock, then
     the index is re-read and updated under the folder's writer lock (another
@@ -242,13 +248,18 @@ def build_gallery_index(
     _check_batch_size(batch_size)
     if kind is not None and kind not in BUILD_KINDS:
         raise IndexStoreError(f"unknown index kind {kind!r}; choose from: {', '.join(BUILD_KINDS)}")
+    if add and force:
+        raise IndexStoreError("--add appends to the index, --force replaces it: give one of them")
+    replaced = existing_count(Path(out_dir)) if is_index_dir(Path(out_dir)) and not add else None
+    if replaced is not None and not force:
+        raise IndexStoreError(f"{out_dir} already holds an index{_rows(replaced)}: --add appends to it, --force replaces it")
     info = distributed.env_dist_info()
     options: dict[str, Any] = dict(
         kind=kind, add=add, batch_size=batch_size, workers=workers, device=device, nlist=nlist, nprobe=nprobe,
         hnsw_m=hnsw_m, pq_m=pq_m, recall=recall, memory_gb=memory_gb, on_wait=on_wait, info=info,
     )
     if not info.enabled:
-        return _build(checkpoint, gallery_dir, modality, out_dir, progress=progress, **options)
+        return _replacing(_build(checkpoint, gallery_dir, modality, out_dir, progress=progress, **options), replaced)
     in_step = False  # every rank has passed the same collectives
     try:  # launched by torchrun: every rank embeds one shard, rank 0 writes, every rank returns rank 0's report
         report = None
@@ -260,9 +271,28 @@ def build_gallery_index(
             in_step = True
         if shared[0] is None:
             raise IndexStoreError(f"rank 0 failed to write the index in {out_dir} (see its message)")
-        return shared[0]
+        return _replacing(shared[0], replaced)
     finally:
         distributed.cleanup_distributed(synchronize=in_step)
+
+
+def existing_count(out_dir: Path) -> int | str:
+    """Rows of the index at ``out_dir`` as its meta.json records them ("?" when unreadable)."""
+    try:
+        return int(json.loads((out_dir / META_FILE).read_text())["count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "?"
+
+
+def _rows(count: int | str) -> str:
+    return f" of {count} image(s)" if isinstance(count, int) else " (its meta.json does not say how many images)"
+
+
+def _replacing(report: BuildReport, replaced: int | str | None) -> BuildReport:
+    if replaced is not None:
+        report.replaced = replaced
+        report.notices.append(f"replaced the previous index{_rows(replaced)} in {report.index_dir} (--force)")
+    return report
 
 
 def _build(
