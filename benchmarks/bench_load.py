@@ -7,6 +7,7 @@ busy Python processes first (each keeps one core's run queue full), so the
 
     python benchmarks/bench_load.py                              # idle and load 7; default, 1 and 2 threads
     python benchmarks/bench_load.py --loads 0 7 --threads default 1 --json out.json
+    python benchmarks/bench_load.py --threads 2 --env OMP_WAIT_POLICY=PASSIVE --set data.workers=2
 
 The thread setting "default" is what a user gets without --threads (the rule in
 mclnet_cli/cli/options.py: 1 thread when the machine is already busy, else one per core).
@@ -32,13 +33,17 @@ def _spin() -> None:
         pass
 
 
-def _train(data: Path, out: Path, threads: str, epochs: int, steps: int) -> dict:
+def _train(data: Path, out: Path, threads: str, epochs: int, steps: int,
+           extra_env: dict[str, str] | None = None, sets: list[str] | None = None) -> dict:
     cmd = [sys.executable, "-m", "mclnet_cli", "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
            "--device", "cpu", "--json", "--quiet", "--set", f"train.epochs={epochs}",
            "--set", f"train.steps_per_epoch={steps}", "--set", "optim.milestones=[100]"]
     if threads != "default":
         cmd += ["--threads", threads]
+    for item in sets or []:
+        cmd += ["--set", item]
     env = {k: v for k, v in os.environ.items() if k not in ("MCLNET_THREADS", "OMP_NUM_THREADS")}
+    env.update(extra_env or {})
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     summary = json.loads(proc.stdout)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -57,7 +62,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--settle", type=float, default=20.0, help="seconds to let the load average rise")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="environment of every training run, e.g. OMP_WAIT_POLICY=PASSIVE")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override of every training run, e.g. data.workers=2")
     args = parser.parse_args()
+    extra_env = dict(item.split("=", 1) for item in args.env)
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,8 +83,10 @@ def main() -> None:
                     time.sleep(args.settle)
                 for threads in args.threads:
                     before = os.getloadavg()[0]
-                    cell = _train(data, Path(tmp) / f"run-{load}-{threads}", threads, args.epochs, args.steps)
-                    rows.append({"load": load, "threads": threads, "loadavg_1min": round(before, 1), **cell})
+                    cell = _train(data, Path(tmp) / f"run-{load}-{threads}", threads, args.epochs, args.steps,
+                                  extra_env, args.sets)
+                    rows.append({"load": load, "threads": threads, "env": extra_env, "sets": args.sets,
+                                 "loadavg_1min": round(before, 1), **cell})
                     print(json.dumps(rows[-1]), flush=True)
             finally:
                 for p in spinners:
