@@ -93,3 +93,33 @@ def test_every_public_function_is_typed_and_documented() -> None:
         assert signature.return_annotation is not inspect.Signature.empty, name
         assert all(p.annotation is not inspect.Parameter.empty for p in signature.parameters.values()), name
     assert "embed" in (api.__doc__ or "")
+
+
+def test_an_index_saved_by_another_writer_meanwhile_is_not_replaced(tiny_checkpoint, prepared_dataset, tmp_path,
+                                                                    monkeypatch) -> None:
+    """The refusal is checked again under the writer lock, not only before embedding."""
+    import shutil
+
+    from mclnet_cli.engine import gallery as engine
+    from mclnet_cli.errors import IndexStoreError
+
+    images = tmp_path / "gallery"
+    images.mkdir()
+    for path in _images(prepared_dataset, "1")[:4]:
+        (images / Path(path).name).write_bytes(Path(path).read_bytes())
+    other = api.build_index(tiny_checkpoint, images, "visible", tmp_path / "other", device="cpu")
+    target = tmp_path / "idx"
+    original = engine._embed_shard
+
+    def embed_while_another_writer_saves(*args, **kwargs):
+        extracted = original(*args, **kwargs)
+        shutil.copytree(other.index_dir, target, dirs_exist_ok=True)  # the other writer's save lands now
+        return extracted
+
+    monkeypatch.setattr(engine, "_embed_shard", embed_while_another_writer_saves)
+    before = (target.parent / "other" / "meta.json").read_bytes()
+    with pytest.raises(IndexStoreError, match="already holds an index of 4 image"):
+        api.build_index(tiny_checkpoint, images, "visible", target, device="cpu")
+    assert (target / "meta.json").read_bytes() == before
+    forced = api.build_index(tiny_checkpoint, images, "visible", target, device="cpu", force=True)
+    assert forced.replaced == 4 and any("replaced the previous index of 4" in n for n in forced.notices)

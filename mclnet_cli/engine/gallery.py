@@ -250,16 +250,13 @@ def build_gallery_index(
         raise IndexStoreError(f"unknown index kind {kind!r}; choose from: {', '.join(BUILD_KINDS)}")
     if add and force:
         raise IndexStoreError("--add appends to the index, --force replaces it: give one of them")
-    replaced = existing_count(Path(out_dir)) if is_index_dir(Path(out_dir)) and not add else None
-    if replaced is not None and not force:
-        raise IndexStoreError(f"{out_dir} already holds an index{_rows(replaced)}: --add appends to it, --force replaces it")
     info = distributed.env_dist_info()
     options: dict[str, Any] = dict(
-        kind=kind, add=add, batch_size=batch_size, workers=workers, device=device, nlist=nlist, nprobe=nprobe,
+        kind=kind, add=add, force=force, batch_size=batch_size, workers=workers, device=device, nlist=nlist, nprobe=nprobe,
         hnsw_m=hnsw_m, pq_m=pq_m, recall=recall, memory_gb=memory_gb, on_wait=on_wait, info=info,
     )
     if not info.enabled:
-        return _replacing(_build(checkpoint, gallery_dir, modality, out_dir, progress=progress, **options), replaced)
+        return _build(checkpoint, gallery_dir, modality, out_dir, progress=progress, **options)
     in_step = False  # every rank has passed the same collectives
     try:  # launched by torchrun: every rank embeds one shard, rank 0 writes, every rank returns rank 0's report
         report = None
@@ -271,7 +268,7 @@ def build_gallery_index(
             in_step = True
         if shared[0] is None:
             raise IndexStoreError(f"rank 0 failed to write the index in {out_dir} (see its message)")
-        return _replacing(shared[0], replaced)
+        return shared[0]
     finally:
         distributed.cleanup_distributed(synchronize=in_step)
 
@@ -288,11 +285,14 @@ def _rows(count: int | str) -> str:
     return f" of {count} image(s)" if isinstance(count, int) else " (its meta.json does not say how many images)"
 
 
-def _replacing(report: BuildReport, replaced: int | str | None) -> BuildReport:
-    if replaced is not None:
-        report.replaced = replaced
-        report.notices.append(f"replaced the previous index{_rows(replaced)} in {report.index_dir} (--force)")
-    return report
+def _refuse_replacing(out_dir: Path, add: bool, force: bool) -> int | str | None:
+    """Rows of the index at ``out_dir`` that this build (without ``add``) replaces; refused without ``force``."""
+    if add or not is_index_dir(out_dir):
+        return None
+    count = existing_count(out_dir)
+    if not force:
+        raise IndexStoreError(f"{out_dir} already holds an index{_rows(count)}: --add appends to it, --force replaces it")
+    return count
 
 
 def _build(
@@ -303,6 +303,7 @@ def _build(
     *,
     kind: str | None,
     add: bool,
+    force: bool,
     batch_size: int | None,
     workers: int,
     device: str,
@@ -321,7 +322,8 @@ def _build(
     from mclnet_cli.engine.checkpoint import load_model
     from mclnet_cli.engine.device import resolve_device
 
-    out_dir = check_target(Path(out_dir))
+    out_dir = check_target(Path(out_dir))  # also puts back an index an older version left hidden
+    _refuse_replacing(out_dir, add, force)  # early, before any embedding; again under the lock below
     gallery_root = Path(gallery_dir)
     images, skipped = list_gallery(gallery_root, exclude=out_dir)
     notices: list[str] = []
@@ -362,6 +364,9 @@ def _build(
         "gallery_dir": str(gallery_root.resolve()),
     }
     with writer_lock(out_dir, on_wait=on_wait):
+        replaced = _refuse_replacing(out_dir, add, force)  # another writer may have saved one since
+        if replaced is not None:
+            notices.append(f"replaced the previous index{_rows(replaced)} in {out_dir} (--force)")
         if add and is_index_dir(out_dir):
             # Re-read under the lock: another writer may have saved since we looked.
             existing = GalleryIndex.load(out_dir)
@@ -373,7 +378,7 @@ def _build(
         dimension=gallery.dimension, count=len(gallery), added=added, skipped=skipped, notices=notices,
         checkpoint=checkpoint_path, fingerprint=loaded.fingerprint, seconds=seconds,
         images_per_s=(len(todo) / seconds) if seconds > 0 else 0.0, appended=existing is not None,
-        auto=gallery.extra.get("auto") if existing is None else None,
+        auto=gallery.extra.get("auto") if existing is None else None, replaced=replaced,
     )
 
 
