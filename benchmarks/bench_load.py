@@ -33,8 +33,8 @@ def _spin() -> None:
         pass
 
 
-def _train(data: Path, out: Path, threads: str, epochs: int, steps: int,
-           extra_env: dict[str, str] | None = None, sets: list[str] | None = None) -> dict:
+def train_command(data: Path, out: Path, threads: str, epochs: int, steps: int, sets: list[str] | None = None) -> list[str]:
+    """The `mclnet train` command of one cell: the tiny preset for ``epochs`` x ``steps``, plus ``sets``."""
     cmd = [sys.executable, "-m", "mclnet_cli", "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
            "--device", "cpu", "--json", "--quiet", "--set", f"train.epochs={epochs}",
            "--set", f"train.steps_per_epoch={steps}", "--set", "optim.milestones=[100]"]
@@ -42,8 +42,31 @@ def _train(data: Path, out: Path, threads: str, epochs: int, steps: int,
         cmd += ["--threads", threads]
     for item in sets or []:
         cmd += ["--set", item]
+    return cmd
+
+
+def train_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without thread settings (the cell chooses them), plus ``extra_env``."""
     env = {k: v for k, v in os.environ.items() if k not in ("MCLNET_THREADS", "OMP_NUM_THREADS")}
     env.update(extra_env or {})
+    return env
+
+
+def parse_pairs(items: list[str], what: str) -> dict[str, str]:
+    """``KEY=VALUE`` strings -> dict; a ValueError naming the bad item otherwise."""
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what} {item!r}: expected KEY=VALUE")
+        pairs[key] = value
+    return pairs
+
+
+def _train(data: Path, out: Path, threads: str, epochs: int, steps: int,
+           extra_env: dict[str, str] | None = None, sets: list[str] | None = None) -> dict:
+    cmd = train_command(data, out, threads, epochs, steps, sets)
+    env = train_env(extra_env)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     summary = json.loads(proc.stdout)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -67,7 +90,11 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="config override of every training run, e.g. data.workers=2")
     args = parser.parse_args()
-    extra_env = dict(item.split("=", 1) for item in args.env)
+    try:
+        extra_env = parse_pairs(args.env, "--env")
+        parse_pairs(args.sets, "--set")
+    except ValueError as error:
+        parser.error(str(error))
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,46 @@
+"""The benchmark scripts' own logic: what they compute and which settings reach the runs they time."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import ablation  # noqa: E402
+import bench_load  # noqa: E402
+
+
+def _row(variant: str, generator: str, seed: int, mAP: float) -> dict:
+    return {"variant": variant, "generator": generator, "seed": seed, "mAP": mAP, "rank1": mAP / 2, "train_s": 100.0}
+
+
+def test_ablation_divides_each_run_by_the_chance_of_its_own_seed() -> None:
+    rows = [_row("full", "alt", 0, 20.0), _row("full", "alt", 1, 30.0)]
+    chance_of = {("alt", 0): 10.0, ("alt", 1): 5.0}  # x chance 2.0 and 6.0: mean 4.00, std 2.83
+    table = ablation.markdown(rows, chance_of, ["full"], ["alt"], "header")
+    full = next(line for line in table.splitlines() if line.startswith(f"| {ablation.LABELS['full']}"))
+    cells = [c.strip() for c in full.split("|")[1:-1]]
+    assert cells[1] == "25.0 ± 7.1"  # mAP
+    assert cells[3] == "4.00 ± 2.83"  # x chance, per seed (seed 0's chance for both would give 2.50 ± 0.71)
+    chance = next(line for line in table.splitlines() if line.startswith("| chance"))
+    assert [c.strip() for c in chance.split("|")[1:-1]][1] == "7.5 ± 3.5"
+
+
+def test_bench_load_passes_its_settings_to_every_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cmd = bench_load.train_command(tmp_path / "d", tmp_path / "o", "2", 3, 10, ["data.workers=2"])
+    assert cmd[cmd.index("--threads") + 1] == "2"
+    assert cmd[-2:] == ["--set", "data.workers=2"]
+    assert "--threads" not in bench_load.train_command(tmp_path / "d", tmp_path / "o", "default", 3, 10)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    env = bench_load.train_env({"OMP_WAIT_POLICY": "PASSIVE"})
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "OMP_NUM_THREADS" not in env
+    assert bench_load.parse_pairs(["A=1", "B=x=y"], "--env") == {"A": "1", "B": "x=y"}
+    with pytest.raises(ValueError, match="'OMP_WAIT_POLICY': expected KEY=VALUE"):
+        bench_load.parse_pairs(["OMP_WAIT_POLICY"], "--env")
+    monkeypatch.setattr(sys, "argv", ["bench_load.py", "--env", "PASSIVE"])
+    with pytest.raises(SystemExit) as exit_info:
+        bench_load.main()
+    assert exit_info.value.code == 2
