@@ -180,7 +180,16 @@ def test_summary_reports_top10_hit_rate_over_all_infrared_probes(quick_demo) -> 
 
     shown = min(PICTURE_ROWS, len(infrared))
     assert probes["picture_rows"] == shown
-    expected = render_ranked_list([(s.path, s.pid, r.hits) for s, r in zip(infrared[:shown], report.results)], top_k=10)
-    assert _png_size(Path(summary["picture"])) == expected.size
+    expected = render_ranked_list(
+        [(s.path, s.pid, r.hits, s.cam) for s, r in zip(infrared[:shown], report.results)], top_k=10,
+        probe_modality="infrared", gallery_modality="visible",
+    )
+    from PIL import Image
+    import numpy as np
+
+    with Image.open(summary["picture"]) as drawn:  # the same picture, legend (spectra) and captions (cams) included
+        assert np.array_equal(np.asarray(drawn.convert("RGB")), np.asarray(expected.convert("RGB")))
+    # the summary names the feature it scores and indexes
+    assert summary["metrics"]["feature"] == summary["index"]["feature"] == "bn"
     fewer = render_ranked_list([(s.path, s.pid, r.hits) for s, r in zip(infrared[:shown - 1], report.results)], top_k=10)
     assert fewer.size[1] < expected.size[1]  # the row count is what sets the height

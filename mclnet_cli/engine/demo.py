@@ -39,6 +39,7 @@ ARTEFACTS = ("synthetic", "prepared", "run", "untrained.pt", "gallery", "index",
 PRESET = "tiny"
 SEED = 0
 TOP_K = 10
+FEATURE = "bn"  # what the demo scores and indexes: the method's retrieval feature (BNNeck output)
 PICTURE_ROWS = 4  # the picture shows this many probes, the first ones in order
 METRICS = ("rank1", "rank5", "mAP", "mINP")
 
@@ -130,7 +131,7 @@ def _clear_previous(out: Path) -> None:
 
 def _metrics(report: Any) -> dict[str, Any]:
     """Mean (and std) over trials of the method's feature (``bn``), in percent."""
-    result = report.results["bn"]
+    result = report.results[FEATURE]
     row: dict[str, Any] = {key: round(float(result.mean[key]), 2) for key in METRICS}
     row["std"] = {key: round(float(result.std[key]), 2) for key in METRICS}
     return row
@@ -219,8 +220,11 @@ def run_demo(
         hit_lists = _query(out / "index", infrared, device)
     # The picture shows the first PICTURE_ROWS probes in the fixed (pid, cam, path) order: none is picked.
     with stages.stage("picture", f"drawing the ranked lists of the first {min(PICTURE_ROWS, len(infrared))} probes"):
-        rows = [(s.path, s.pid, hits) for s, hits in zip(infrared[:PICTURE_ROWS], hit_lists[:PICTURE_ROWS])]
-        picture = save_ranked_list(out / "ranked_list.png", rows, top_k=TOP_K)
+        rows = [(s.path, s.pid, hits, s.cam) for s, hits in zip(infrared[:PICTURE_ROWS], hit_lists[:PICTURE_ROWS])]
+        picture = save_ranked_list(
+            out / "ranked_list.png", rows, top_k=TOP_K,
+            probe_modality=Modality.INFRARED.value, gallery_modality=Modality.VISIBLE.value,
+        )
 
     summary: dict[str, Any] = {
         "out": str(out.resolve()),
@@ -237,7 +241,7 @@ def run_demo(
         "metrics": _metrics_summary(trained_report, untrained_report),
         "index": {
             "dir": str(built.index_dir.resolve()), "gallery": str((out / "gallery").resolve()), "count": built.count,
-            "kind": built.kind, "dimension": built.dimension,
+            "kind": built.kind, "dimension": built.dimension, "feature": FEATURE,
         },
         "query": _first_probe(infrared[0], hit_lists[0]),
         "probes": _probe_summary(infrared, hit_lists, len(rows)),
@@ -333,6 +337,7 @@ def _metrics_summary(trained: Any, untrained: Any) -> dict[str, Any]:
         "trained": _metrics(trained),
         "untrained": _metrics(untrained),
         "units": "percent",
+        "feature": FEATURE,
         "protocol": {k: v for k, v in trained.protocol.items() if k not in ("checkpoint", "fingerprint")},
     }
 
