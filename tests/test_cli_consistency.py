@@ -347,6 +347,8 @@ def test_query_save_writes_the_format_of_its_suffix(cli_runner: Any, tiny_checkp
         (["--protocol", "llcm", "--mode", "all"], "--mode applies to sysu only"),
         (["--protocol", "regdb", "--shots", "10"], "--shots applies to sysu and llcm"),
         (["--protocol", "regdb", "--trials", "3"], "regdb has one trial per direction"),
+        (["--protocol", "regdb", "--draws", "agw"], "regdb draws no gallery"),
+        (["--protocol", "regdb", "--draws", "official"], "regdb draws no gallery"),
         (["--perm-file", "x.mat"], "--perm-file is read only with --draws official"),
         (["--batch-size", "8"], "--batch-size apply to embedding images"),
         (["--workers", "2"], "--workers apply to embedding images"),
@@ -367,6 +369,7 @@ def test_evaluate_refuses_options_the_protocol_ignores(cli_runner: Any, tmp_path
         (["--direction", "visible_to_infrared"], "sysu has one direction"),
         (["--protocol", "llcm", "--mode", "indoor"], "--mode applies to sysu only"),
         (["--protocol", "regdb", "--shots", "10"], "--shots applies to sysu and llcm"),
+        (["--protocol", "regdb", "--draws", "agw"], "regdb draws no gallery"),
         (["--perm-file", "x.mat"], "--perm-file is read only with --draws official"),
     ],
 )

@@ -62,7 +62,7 @@ def refuse_inapplicable(protocol: str, given: Mapping[str, Any]) -> None:
     """One line naming an option the user gave that the protocol would ignore (never silently ignored).
 
     sysu has one direction (infrared -> visible) and no ``--direction``; regdb has
-    no gallery draw (no ``--mode``, ``--shots``, more than one ``--trials``); llcm
+    no gallery draw (no ``--mode``, ``--shots``, ``--draws``, more than one ``--trials``); llcm
     has no indoor mode. ``given`` holds only the options set explicitly.
     """
     checks: list[tuple[str, bool, str]] = [
@@ -73,6 +73,8 @@ def refuse_inapplicable(protocol: str, given: Mapping[str, Any]) -> None:
          "--shots applies to sysu and llcm (regdb's gallery is every image of the other spectrum)"),
         ("trials", protocol == "regdb" and int(given.get("trials") or 1) > 1,
          "regdb has one trial per direction (its ten trials are ten prepared splits, one model each): drop --trials"),
+        ("draws", protocol == "regdb" and "draws" in given,
+         "--draws applies to sysu (and agw to llcm): regdb draws no gallery"),
     ]
     for _name, bad, message in checks:
         if bad:
@@ -332,7 +334,7 @@ def split_trial(
     """
     prepared = load_prepared(data)
     name = check_protocol(protocol if protocol is not None else (dataset_protocol(prepared.meta) or "sysu"), "--protocol")
-    given = {k: v for k, v in dict(mode=mode, shots=shots, direction=direction).items() if v is not None}
+    given = {k: v for k, v in dict(mode=mode, shots=shots, direction=direction, draws=draws).items() if v is not None}
     refuse_inapplicable(name, given)
     settings = EvalSettings(
         protocol=name, mode=mode or "all", shots=shots or 1, trials=1,
