@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import re
 from pathlib import Path
 from typing import Any
@@ -298,9 +299,13 @@ def test_ctrl_c_exits_130_without_error(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(importlib.import_module(target[0]), target[1], interrupted)
-    result = cli_runner.invoke(app, [*args, "--threads", "1"] if args[0] != "prepare" else args)
+    argv = [*args, "--threads", "1"] if args[0] != "prepare" else args
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/mclnet", *argv, "--out dir"])  # as the shell passed them
+    result = cli_runner.invoke(app, argv)
     assert result.exit_code == 130, result.output
     assert "interrupted:" in result.output and "error:" not in result.output and "run the same command" in result.output
+    # the exact command to continue, quoted for the shell
+    assert f"mclnet {' '.join(argv)} '--out dir'" in result.output.replace("\n", "")
 
 
 def test_index_over_an_index_needs_add_or_force(cli_runner: Any, tiny_checkpoint: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
 import warnings
 from contextlib import contextmanager
@@ -76,6 +77,14 @@ def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: A
         _default_showwarning(message, category, *args, **kwargs)
 
 
+def invoked_command() -> str | None:
+    """The command line this process runs, as a user would type it again (None when not run as ``mclnet``)."""
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if program not in ("mclnet", "__main__.py") or len(sys.argv) < 2:
+        return None
+    return shlex.join(["mclnet", *sys.argv[1:]])
+
+
 def guard(func: F) -> F:
     """Turn core errors into one clear line and exit code 1 (traceback with --debug)."""
 
@@ -97,8 +106,10 @@ def guard(func: F) -> F:
         except KeyboardInterrupt:
             if state.debug:
                 raise
+            again = invoked_command()
             raise interrupted(
                 "nothing half-written is left (outputs are replaced atomically); run the same command again to redo it"
+                + (f": {again}" if again else "")
             ) from None
         except OSError as exc:  # disk full, permissions, a folder where a file should be
             if state.debug:
