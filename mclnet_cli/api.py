@@ -18,13 +18,17 @@ Images are file paths or PIL images; ``modality`` is ``"visible"`` or
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import TYPE_CHECKING, Any, Sequence, Union
 
 import numpy as np
 from PIL import Image
 
 from mclnet_cli.types import Modality
 from mclnet_cli.engine.checkpoint import LoadedModel
+
+if TYPE_CHECKING:
+    from mclnet_cli.engine.evaluate import EvaluationReport
+    from mclnet_cli.engine.gallery import BuildReport, SearchReport
 
 ImageLike = Union[str, Path, Image.Image]
 
@@ -86,7 +90,7 @@ def embed(
 
 def build_index(
     checkpoint: Path | str, gallery_dir: Path | str, modality: Modality | str, out_dir: Path | str, **options: Any
-) -> Any:
+) -> BuildReport:
     """Embed every image under ``gallery_dir`` and write a FAISS index to ``out_dir``; returns a ``BuildReport``.
 
     ``options`` are those of ``mclnet index``: ``kind``, ``add``, ``force``, ``batch_size``,
@@ -101,7 +105,7 @@ def build_index(
 
 def search(
     index_dir: Path | str, probes: Sequence[Path | str], modality: Modality | str, top_k: int = 10, **options: Any
-) -> Any:
+) -> SearchReport:
     """Rank the gallery of ``index_dir`` for each probe file (or folder); returns a ``SearchReport``.
 
     ``report.results[i].hits`` are ranked ``Hit``s (rank, score = cosine, path, pid,
@@ -112,7 +116,7 @@ def search(
     return search_gallery(index_dir, probes, modality, top_k, **options)
 
 
-def evaluate(checkpoint: Path | str, data: Path | str, **options: Any) -> Any:
+def evaluate(checkpoint: Path | str, data: Path | str, **options: Any) -> EvaluationReport:
     """Score a checkpoint on a prepared dataset's test split under its protocol; returns an ``EvaluationReport``.
 
     ``options`` are those of ``mclnet evaluate`` (``protocol``, ``mode``, ``shots``,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +91,25 @@ def test_every_public_function_is_typed_and_documented() -> None:
         function = getattr(api, name)
         assert function.__doc__ and len(function.__doc__.strip()) > 40, name
         signature = inspect.signature(function)
-        assert signature.return_annotation is not inspect.Signature.empty, name
+        assert signature.return_annotation not in (inspect.Signature.empty, "Any", Any), name
         assert all(p.annotation is not inspect.Parameter.empty for p in signature.parameters.values()), name
     assert "embed" in (api.__doc__ or "")
+    import typing
+
+    from mclnet_cli.engine.evaluate import EvaluationReport
+    from mclnet_cli.engine.gallery import BuildReport, SearchReport
+
+    names = {"BuildReport": BuildReport, "SearchReport": SearchReport, "EvaluationReport": EvaluationReport}
+    hints = {name: typing.get_type_hints(getattr(api, name), localns=names)["return"] for name in ("build_index", "search", "evaluate")}
+    assert hints == {"build_index": BuildReport, "search": SearchReport, "evaluate": EvaluationReport}
+
+
+def test_the_api_is_reachable_from_the_package() -> None:
+    import mclnet_cli
+
+    assert mclnet_cli.api is api
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mclnet_cli.nope  # noqa: B018
 
 
 def test_an_index_saved_by_another_writer_meanwhile_is_not_replaced(tiny_checkpoint, prepared_dataset, tmp_path,
