@@ -164,12 +164,6 @@ def common(*, quiet: bool = False, debug: bool = False, threads: int | None = No
             raise interrupted("nothing was started; run the same command again") from None
 
 
-def threads_from_env() -> int | None:
-    """MCLNET_THREADS as an int, or None when unset/empty (the option reads it too; this serves the API)."""
-    text = os.environ.get(THREADS_ENV, "").strip()
-    return int(text) if text else None
-
-
 __all__ = [
     "BatchSizeOpt", "DebugOpt", "DeviceOpt", "JsonOpt", "PresetOpt", "QuietOpt", "SetOpt", "ThreadsOpt", "WorkersOpt",
     "apply_threads", "busy_machine", "choice_option", "common", "complete_preset", "default_threads", "modality_option",
