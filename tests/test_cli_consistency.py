@@ -489,8 +489,11 @@ def test_ctrl_c_while_torch_loads_exits_130(cli_runner: Any, monkeypatch: pytest
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "set_num_threads", interrupted)
-    result = cli_runner.invoke(app, ["evaluate", "x.pt", "--data", "d", "--threads", "1"])
+    argv = ["evaluate", "x.pt", "--data", "d", "--threads", "1"]
+    monkeypatch.setattr(sys, "argv", ["mclnet", *argv])
+    result = cli_runner.invoke(app, argv)
     assert result.exit_code == 130 and "interrupted:" in result.output and "Aborted" not in result.output
+    assert "mclnet evaluate x.pt --data d --threads 1" in result.output.replace("\n", "")
 
 
 def test_prepare_writes_progress_lines_to_a_log(cli_runner: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

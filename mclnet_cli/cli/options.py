@@ -15,7 +15,7 @@ from typing import Annotated, Iterable, Optional
 
 import typer
 
-from mclnet_cli.cli.output import env_debug, interrupted, state
+from mclnet_cli.cli.output import env_debug, interrupted, invoked_command, state
 from mclnet_cli.config import Device, Direction, Draws, Protocol, SysuMode, names
 from mclnet_cli.types import Modality
 
@@ -161,7 +161,8 @@ def common(*, quiet: bool = False, debug: bool = False, threads: int | None = No
         except KeyboardInterrupt:
             if state.debug:
                 raise
-            raise interrupted("nothing was started; run the same command again") from None
+            again = invoked_command()
+            raise interrupted("nothing was started; run the same command again" + (f": {again}" if again else "")) from None
 
 
 __all__ = [
