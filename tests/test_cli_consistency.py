@@ -407,6 +407,8 @@ def test_the_defaults_of_split_still_work(cli_runner: Any, prepared_dataset: Pat
         ("mclnet split --draws ", {"agw", "official"}),
         ("mclnet index --kind ", {"flat", "ivf", "hnsw", "ivfpq"}),
         ("mclnet train --device ", {"auto", "cpu", "cuda"}),
+        ("mclnet demo --device ", {"auto", "cpu", "cuda"}),
+        ("mclnet serve --device c", {"cpu", "cuda"}),
     ],
 )
 def test_completion_offers_presets_and_closed_choices(cli_runner: Any, words: str, expected: set[str]) -> None:

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Mapping
 
 import typer
 
-from mclnet_cli.cli.options import DebugOpt, JsonOpt, QuietOpt, ThreadsOpt, apply_threads, common
+from mclnet_cli.cli.options import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt, apply_threads, common
 from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar, state
 from mclnet_cli.cli.train import RichReporter
 
@@ -21,7 +21,7 @@ def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")] = Path("mclnet-demo"),
     quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster version (about 40 s on 2 idle CPU cores; the full one 2-3 minutes).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite a previous demo output in --out.")] = False,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    device: DeviceOpt = "auto",
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the synthetic dataset and of training.")] = 0,
     as_json: JsonOpt = False,
     threads: ThreadsOpt = None,
