@@ -59,7 +59,7 @@ ThreadsOpt = Annotated[
         min=1,
         envvar=THREADS_ENV,
         show_envvar=True,
-        help="CPU threads for torch (default: 1 when the machine is already busy, else one per core; see docs/benchmarks.md).",
+        help="CPU threads for torch (default: the cores no other process uses at the start, at least 1; see docs/benchmarks.md).",
         show_default=False,
     ),
 ]
@@ -110,32 +110,28 @@ def running_processes(stat: Path = Path("/proc/stat"), samples: int = 5, interva
     return max(0, sorted(counts)[len(counts) // 2])
 
 
-def busy_machine() -> bool:
-    """True when other processes already fill the cores.
-
-    Both the 1-minute load average and the processes runnable right now must say
-    so: the average alone still counts, for a minute, a job that has just ended
-    (a second command run straight after the first got one thread on an idle machine).
-    """
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return False
-    threshold = (os.cpu_count() or 1) - 0.5
-    if load < threshold:
-        return False
-    others = running_processes()
-    return others is None or others >= threshold
-
-
 def default_threads() -> int | None:
     """The thread count used without --threads / MCLNET_THREADS (measured in docs/benchmarks.md).
 
-    Two torch threads on two busy cores collapse (they wait on each other at
-    every parallel region); one thread only shares its core. So: 1 on a busy
-    machine, else None (torch's own default: one thread per core).
+    A torch thread on a core another process also wants stalls every parallel
+    region (the threads wait on each other), so the default takes only the cores
+    nobody else is using right now: with ``n`` other processes runnable (the
+    median of a few reads of ``procs_running``; the 1-minute average would still
+    count a command that has just ended), ``cores - n`` threads, at least 1, and
+    torch's own default (one per core) when nothing else runs. Where the kernel
+    does not say (not Linux), 1 when the load average fills the cores, else torch's.
     """
-    return 1 if busy_machine() else None
+    cores = os.cpu_count() or 1
+    others = running_processes()
+    if others is None:
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return None
+        return 1 if load >= cores - 0.5 else None
+    if others == 0:
+        return None
+    return max(1, cores - others)
 
 
 def apply_threads(threads: int | None) -> int:
@@ -167,5 +163,5 @@ def common(*, quiet: bool = False, debug: bool = False, threads: int | None = No
 
 __all__ = [
     "BatchSizeOpt", "DebugOpt", "DeviceOpt", "JsonOpt", "PresetOpt", "QuietOpt", "SetOpt", "ThreadsOpt", "WorkersOpt",
-    "apply_threads", "busy_machine", "choice_option", "common", "complete_preset", "default_threads", "modality_option",
+    "apply_threads", "choice_option", "common", "complete_preset", "default_threads", "modality_option",
 ]
