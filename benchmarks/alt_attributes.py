@@ -27,10 +27,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from alt_synthetic import Person, draw_person  # noqa: E402
+from direction_rank1 import split_features  # noqa: E402
 
 from mclnet_cli.data.records import load_prepared  # noqa: E402
 from mclnet_cli.engine.checkpoint import load_model  # noqa: E402
-from mclnet_cli.engine.evaluate import embed_samples  # noqa: E402
 from mclnet_cli.types import Modality  # noqa: E402
 
 
@@ -84,16 +84,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     people = people_of(args.seed, args.ids)
     loaded = load_model(args.checkpoint, device=torch.device("cpu"))
-    data = loaded.config.data
     samples = load_prepared(args.prepared).samples
     for split in ("train", "test"):
-        chosen = [i for i, s in enumerate(samples) if s.split == split]
-        feats, rows = embed_samples(
-            loaded.model, samples, chosen, height=data.height, width=data.width, resize=data.resize,
-            batch_size=64, device=torch.device("cpu"), features=("bn",),
-        )
-        f = feats["bn"][rows[chosen]]
-        f = f / np.linalg.norm(f, axis=1, keepdims=True)
+        f, chosen = split_features(loaded, samples, split)
         pids = np.array([samples[i].pid for i in chosen])
         infrared = np.array([samples[i].modality is Modality.INFRARED for i in chosen])
         sim = f[infrared] @ f[~infrared].T

@@ -31,6 +31,18 @@ def rank1(sim: np.ndarray, pids: np.ndarray, query: np.ndarray, gallery: np.ndar
     return round(float((pids[best] == pids[q]).mean()) * 100, 1)
 
 
+def split_features(loaded, samples, split: str) -> tuple[np.ndarray, list[int]]:
+    """Unit ``bn`` features of every image of ``split`` (each through its own stream) and their sample indices."""
+    data = loaded.config.data
+    chosen = [i for i, s in enumerate(samples) if s.split == split]
+    feats, rows = embed_samples(
+        loaded.model, samples, chosen, height=data.height, width=data.width, resize=data.resize,
+        batch_size=64, device=torch.device("cpu"), features=("bn",),
+    )
+    f = feats["bn"][rows[chosen]]
+    return f / np.linalg.norm(f, axis=1, keepdims=True), chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
@@ -39,16 +51,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_model(args.checkpoint, device=torch.device("cpu"))
-    data = loaded.config.data
     samples = load_prepared(args.prepared).samples
     for split in ("train", "test"):
-        chosen = [i for i, s in enumerate(samples) if s.split == split]
-        feats, rows = embed_samples(
-            loaded.model, samples, chosen, height=data.height, width=data.width, resize=data.resize,
-            batch_size=64, device=torch.device("cpu"), features=("bn",),
-        )
-        f = feats["bn"][rows[chosen]]
-        f = f / np.linalg.norm(f, axis=1, keepdims=True)
+        f, chosen = split_features(loaded, samples, split)
         sim = f @ f.T
         pids = np.array([samples[i].pid for i in chosen])
         cams = np.array([samples[i].cam for i in chosen])
