@@ -140,3 +140,22 @@ def test_an_index_saved_by_another_writer_meanwhile_is_not_replaced(tiny_checkpo
     assert (target / "meta.json").read_bytes() == before
     forced = api.build_index(tiny_checkpoint, images, "visible", target, device="cpu", force=True)
     assert forced.replaced == 4 and any("replaced the previous index of 4" in n for n in forced.notices)
+
+
+def test_an_existing_index_is_refused_before_any_embedding(tiny_checkpoint, prepared_dataset, tmp_path, monkeypatch) -> None:
+    """No minutes of embedding before the refusal: it comes first, after a hidden older index is put back."""
+    from mclnet_cli.engine import gallery as engine
+    from mclnet_cli.errors import IndexStoreError
+
+    images = tmp_path / "gallery"
+    images.mkdir()
+    for path in _images(prepared_dataset, "1")[:3]:
+        (images / Path(path).name).write_bytes(Path(path).read_bytes())
+    api.build_index(tiny_checkpoint, images, "visible", tmp_path / "idx", device="cpu")
+
+    def never(*args, **kwargs):
+        raise AssertionError("embedded before refusing")
+
+    monkeypatch.setattr(engine, "_embed_shard", never)
+    with pytest.raises(IndexStoreError, match="already holds an index of 3 image"):
+        api.build_index(tiny_checkpoint, images, "visible", tmp_path / "idx", device="cpu")

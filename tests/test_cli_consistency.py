@@ -166,22 +166,47 @@ def test_serve_threads(cli_runner: Any, monkeypatch: pytest.MonkeyPatch) -> None
     assert "stopped by the test" in result.output and seen == [1]
 
 
+@pytest.fixture
+def no_thread_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No thread count chosen by the environment (conftest sets OMP_NUM_THREADS=1 for the suite)."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("no_thread_env")
 def test_default_threads_take_the_cores_nobody_else_uses(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(options.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(options, "usable_cores", lambda: 2)
     monkeypatch.setattr(options, "running_processes", lambda: 0)
     assert options.default_threads() is None  # torch's own default: one thread per core
     for others in (1, 2, 7):  # one busy process on 2 cores already halves two threads (docs/benchmarks.md)
         monkeypatch.setattr(options, "running_processes", lambda: others)
         assert options.default_threads() == 1, others
-    monkeypatch.setattr(options.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(options, "usable_cores", lambda: 16)
     for others, expected in ((1, 15), (8, 8), (15, 1), (40, 1)):
         monkeypatch.setattr(options, "running_processes", lambda: others)
         assert options.default_threads() == expected, others
+    # a thread count the environment chose stands (torchrun sets OMP_NUM_THREADS for every rank)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert options.default_threads() is None
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert options.default_threads() is None
 
 
+@pytest.mark.usefixtures("no_thread_env", "torch_threads")
+def test_the_default_never_exceeds_what_torch_uses_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """64 usable cores and one busy neighbour would say 63; torch's own default here (2) is the cap."""
+    monkeypatch.setattr(options, "usable_cores", lambda: 64)
+    monkeypatch.setattr(options, "running_processes", lambda: 1)
+    assert options.default_threads() == 63
+    assert options.apply_threads(None) == 2
+    assert options.apply_threads(3) == 3  # an explicit --threads is not capped
+
+
+@pytest.mark.usefixtures("no_thread_env")
 def test_a_job_that_just_ended_does_not_make_the_machine_busy(monkeypatch: pytest.MonkeyPatch) -> None:
     """The 1-minute average still counts the previous command; nothing runs now: use every core."""
-    monkeypatch.setattr(options.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(options, "usable_cores", lambda: 2)
     monkeypatch.setattr(options.os, "getloadavg", lambda: (1.8, 1.7, 1.6))
     monkeypatch.setattr(options, "running_processes", lambda: 0)
     assert options.default_threads() is None
@@ -200,7 +225,7 @@ def test_running_processes_reads_procs_running_without_itself(tmp_path: Path) ->
     assert options.running_processes(tmp_path / "missing", samples=1) is None
 
 
-@pytest.mark.usefixtures("torch_threads")
+@pytest.mark.usefixtures("torch_threads", "no_thread_env")
 def test_a_busy_machine_gets_one_thread_by_default(cli_runner: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(options.os, "getloadavg", lambda: (float(options.os.cpu_count() or 1) + 5, 0.0, 0.0))
@@ -554,3 +579,18 @@ def test_demo_interrupted_in_training_exits_130_with_the_command(
     text = result.output.replace("\n", " ")
     assert "interrupted:" in text and "error:" not in text and "after 1 of 8 epoch(s)" in text
     assert "cannot resume" in text and f"mclnet demo --out {out} --force --quick" in text
+
+
+def test_the_command_to_run_again_is_the_one_that_was_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mclnet_cli.cli.output import invoked_command
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/mclnet", "index", "my gallery", "-o", "idx"])
+    assert invoked_command() == "mclnet index 'my gallery' -o idx"
+    monkeypatch.setattr(sys, "argv", ["/repo/mclnet_cli/__main__.py", "evaluate", "x.pt"])
+    assert invoked_command() == "python -m mclnet_cli evaluate x.pt"
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/pytest", "tests"])  # not started as mclnet: nothing to suggest
+    assert invoked_command() is None
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/mclnet", "index", "g"])
+    monkeypatch.setenv("WORLD_SIZE", "2")  # one rank of torchrun: the launcher's command is the one to repeat
+    assert invoked_command() is None

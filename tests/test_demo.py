@@ -191,5 +191,8 @@ def test_summary_reports_top10_hit_rate_over_all_infrared_probes(quick_demo) -> 
         assert np.array_equal(np.asarray(drawn.convert("RGB")), np.asarray(expected.convert("RGB")))
     # the summary names the feature it scores and indexes
     assert summary["metrics"]["feature"] == summary["index"]["feature"] == "bn"
-    fewer = render_ranked_list([(s.path, s.pid, r.hits) for s, r in zip(infrared[:shown - 1], report.results)], top_k=10)
+    fewer = render_ranked_list(
+        [(s.path, s.pid, r.hits, s.cam) for s, r in zip(infrared[:shown - 1], report.results)], top_k=10,
+        probe_modality="infrared", gallery_modality="visible",
+    )
     assert fewer.size[1] < expected.size[1]  # the row count is what sets the height

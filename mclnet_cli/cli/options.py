@@ -110,6 +110,14 @@ def running_processes(stat: Path = Path("/proc/stat"), samples: int = 5, interva
     return max(0, sorted(counts)[len(counts) // 2])
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. under taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def default_threads() -> int | None:
     """The thread count used without --threads / MCLNET_THREADS (measured in docs/benchmarks.md).
 
@@ -120,8 +128,17 @@ def default_threads() -> int | None:
     count a command that has just ended), ``cores - n`` threads, at least 1, and
     torch's own default (one per core) when nothing else runs. Where the kernel
     does not say (not Linux), 1 when the load average fills the cores, else torch's.
+    ``n`` counts runnable threads, a busy multi-threaded process once per thread.
+
+    None (torch's default stands) where the environment already chose: under
+    ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` (torchrun sets the first for every
+    rank, whose peers must not count as strangers) or in a multi-process launch.
     """
-    cores = os.cpu_count() or 1
+    if any(os.environ.get(name, "").strip() for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")):
+        return None
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return None
+    cores = usable_cores()
     others = running_processes()
     if others is None:
         try:
@@ -139,6 +156,8 @@ def apply_threads(threads: int | None) -> int:
     import torch
 
     count = int(threads) if threads is not None else default_threads()
+    if threads is None and count is not None:
+        count = min(count, torch.get_num_threads())  # never more than torch would use on an idle machine
     if count is not None:
         if count < 1:
             raise typer.BadParameter(f"must be 1 or more, got {count}", param_hint="--threads")

@@ -78,11 +78,20 @@ def _show_warning(message: Any, category: type[Warning], *args: Any, **kwargs: A
 
 
 def invoked_command() -> str | None:
-    """The command line this process runs, as a user would type it again (None when not run as ``mclnet``)."""
+    """The command line this process runs, as a user would type it again.
+
+    ``mclnet ...`` or ``python -m mclnet_cli ...`` as it was started; None when
+    it was not started as either, or under torchrun (the launcher's own command
+    line, which this process cannot see, is the one to repeat).
+    """
     program = os.path.basename(sys.argv[0]) if sys.argv else ""
-    if program not in ("mclnet", "__main__.py") or len(sys.argv) < 2:
+    if len(sys.argv) < 2 or os.environ.get("WORLD_SIZE"):
         return None
-    return shlex.join(["mclnet", *sys.argv[1:]])
+    if program == "mclnet":
+        return shlex.join(["mclnet", *sys.argv[1:]])
+    if program == "__main__.py":
+        return shlex.join(["python", "-m", "mclnet_cli", *sys.argv[1:]])
+    return None
 
 
 def guard(func: F) -> F:

@@ -39,7 +39,7 @@ def split(
 ) -> None:
     """Show the query and gallery images of one protocol trial (summary table, or every image with --json).
 
-    Options the protocol does not use (--mode/--draws with regdb or llcm, --shots with regdb,
+    Options the protocol does not use (--mode with regdb or llcm, --draws and --shots with regdb,
     --direction with sysu) are refused, not ignored.
     """
     common(quiet=quiet, debug=debug)
