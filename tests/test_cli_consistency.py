@@ -330,7 +330,7 @@ def test_ctrl_c_exits_130_without_error(
     assert result.exit_code == 130, result.output
     assert "interrupted:" in result.output and "error:" not in result.output and "run the same command" in result.output
     # the exact command to continue, quoted for the shell
-    assert f"mclnet {' '.join(argv)} '--out dir'" in result.output.replace("\n", "")
+    assert f"mclnet {' '.join(argv)} '--out dir'" in " ".join(result.output.split())
 
 
 def test_index_over_an_index_needs_add_or_force(cli_runner: Any, tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -520,7 +520,7 @@ def test_ctrl_c_while_torch_loads_exits_130(cli_runner: Any, monkeypatch: pytest
     monkeypatch.setattr(sys, "argv", ["mclnet", *argv])
     result = cli_runner.invoke(app, argv)
     assert result.exit_code == 130 and "interrupted:" in result.output and "Aborted" not in result.output
-    assert "mclnet evaluate x.pt --data d --threads 1" in result.output.replace("\n", "")
+    assert "mclnet evaluate x.pt --data d --threads 1" in " ".join(result.output.split())
 
 
 def test_prepare_writes_progress_lines_to_a_log(cli_runner: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -555,12 +555,12 @@ def test_demo_ctrl_c_exits_130_and_says_why_it_cannot_resume(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(engine_demo, "run_demo", interrupted)
-    out = tmp_path / "d"
+    out = tmp_path / "my demo"
     result = cli_runner.invoke(app, ["demo", "--out", str(out), "--quick", "--threads", "1"])
     assert result.exit_code == 130, result.output
     text = result.output.replace("\n", " ")
     assert "interrupted:" in text and "error:" not in text and "cannot resume" in text
-    assert f"mclnet demo --out {out} --force --quick" in text
+    assert f"mclnet demo --out '{out}' --force --quick" in " ".join(text.split())  # quoted for the shell
 
 
 def test_demo_interrupted_in_training_exits_130_with_the_command(

@@ -323,7 +323,7 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path: Path) -> None
 
 
 def test_cli_reports_interruption_with_a_resume_hint(prepared_dataset: Path, tmp_path: Path, monkeypatch) -> None:
-    out = tmp_path / "run"
+    out = tmp_path / "my run"
 
     def interrupted_fit(config, data_dir, out_dir, *, resume, device, reporter):
         return train_mod.TrainResult(
@@ -338,6 +338,7 @@ def test_cli_reports_interruption_with_a_resume_hint(prepared_dataset: Path, tmp
     result = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(prepared_dataset), "--out", str(out), "-q"])
     assert result.exit_code == 130
     assert "interrupted" in result.output and "--resume" in result.output and "Traceback" not in result.output
+    assert f"--out '{out}' --resume" in " ".join(result.output.split())  # quoted for the shell
 
 
 ONE_STEP = ("train.steps_per_epoch=1", "data.height=32", "data.width=16")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from pathlib import Path
 from typing import Annotated, Any, Mapping, Optional
 
@@ -226,7 +228,7 @@ def _run(
         if Path(result.last_checkpoint).is_file():
             hint = (
                 f"{result.epochs_completed} epoch(s) saved in {result.last_checkpoint}; "
-                f"continue with: mclnet train --data {data} --out {out} --resume"
+                f"continue with: mclnet train --data {shlex.quote(str(data))} --out {shlex.quote(str(out))} --resume"
             )
         else:
             hint = f"before the first checkpoint was saved, nothing to resume; start again (empty or remove {out} first)"

@@ -20,6 +20,7 @@ shows what training bought. The core never prints: stage messages go to
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import time
 from contextlib import contextmanager
@@ -282,7 +283,7 @@ def _start_out_dir(out: Path, plan: DemoPlan, seed: int) -> None:
 def restart_command(out: Path, quick: bool, seed: int = SEED) -> str:
     """The command that starts this demo over."""
     seed_option = f" --seed {seed}" if seed != SEED else ""
-    return f"mclnet demo --out {out} --force{' --quick' if quick else ''}{seed_option}"
+    return f"mclnet demo --out {shlex.quote(str(out))} --force{' --quick' if quick else ''}{seed_option}"
 
 
 def _train(
