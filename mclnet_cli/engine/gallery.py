@@ -16,7 +16,6 @@ Index parameters not given come from the checkpoint's config ``index`` section.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from mclnet_cli.data.images import IMAGE_SUFFIXES, is_image_file
 from mclnet_cli.types import Modality
 from mclnet_cli.errors import DataError, IndexStoreError
 from mclnet_cli.index.gallery import (
-    BUILD_KINDS, META_FILE, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for, writer_lock,
+    BUILD_KINDS, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for, writer_lock,
 )  # fmt: skip
 from mclnet_cli.data.sources.layout import identify
 from mclnet_cli.progress import ProgressFactory, no_progress
@@ -276,8 +275,8 @@ def build_gallery_index(
 def existing_count(out_dir: Path) -> int | str:
     """Rows of the index at ``out_dir`` as its meta.json records them ("?" when unreadable)."""
     try:
-        return int(json.loads((out_dir / META_FILE).read_text())["count"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(read_meta(out_dir)["count"])
+    except (IndexStoreError, OSError, ValueError, KeyError, TypeError):
         return "?"
 
 
