@@ -239,3 +239,28 @@ def test_directional_protocols_key_results_by_direction(tmp_path, cli_runner):
     ])
     assert list(one["results"]) == ["infrared_to_visible/features"]
     assert one["protocol"]["cmc"] == "standard" and one["results"]["infrared_to_visible/features"]["trials"][0]["gallery"] == 18
+
+
+@pytest.mark.parametrize("rerank", [False, True])
+def test_scoring_reports_progress_per_trial(tmp_path, rerank):
+    """Scoring (seconds per trial when re-ranked) advances a progress bar once per trial, named for what it does."""
+    from contextlib import contextmanager
+
+    from mclnet_cli.engine.evaluate import EvalSettings, evaluate_features_file
+    from mclnet_cli.config import EvalConfig
+
+    samples = [s for s in fake_sysu_samples(tmp_path) if s.split == "test"]
+    npz = write_npz(tmp_path / "f.npz", samples, np.eye(4, dtype=np.float32)[[s.pid for s in samples]])
+    seen: list[tuple[str, int, int]] = []
+
+    @contextmanager
+    def progress(description: str, total: int):
+        steps = []
+        yield steps.append
+        seen.append((description, total, sum(steps)))
+
+    settings = EvalSettings.resolve(EvalConfig(), trials=3, rerank=rerank)
+    report = evaluate_features_file(npz, settings, progress=progress)
+    name = "scoring trials (re-ranked)" if rerank else "scoring trials"
+    assert seen == [(name, 3, 3)]
+    assert len(report.results["features"].trials) == 3

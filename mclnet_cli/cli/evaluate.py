@@ -83,7 +83,7 @@ def _run(
         if given:
             raise ConfigError(f"{' and '.join(given)} apply to embedding images; --features scores features already computed")
         settings = EvalSettings.resolve(EvalConfig(), **options)
-        report = evaluate_features_file(features, settings, perm_file=perm_file)
+        report = evaluate_features_file(features, settings, perm_file=perm_file, progress=progress_bar)
     else:
         if checkpoint is None:
             raise ConfigError("give a CHECKPOINT (with --data) or --features FILE.npz")

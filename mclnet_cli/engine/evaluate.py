@@ -171,8 +171,12 @@ def score_trials(
     trials: Sequence[Trial],
     *,
     rerank: bool = False,
+    on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, FeatureResult]:
-    """Score each trial with each feature. ``rows[i]`` is sample i's row in the feature arrays."""
+    """Score each trial with each feature. ``rows[i]`` is sample i's row in the feature arrays.
+
+    ``on_progress(1)`` after each (trial, feature): with re-ranking a trial takes seconds at full size.
+    """
     pids = np.array([s.pid for s in samples], dtype=np.int64)
     cams = np.array([s.cam for s in samples], dtype=np.int64)
     table: dict[str, list[dict[str, Any]]] = {}
@@ -193,6 +197,8 @@ def score_trials(
                 gallery=int(len(g)), ranks_available=result.num_ranks,
             )
             table.setdefault(result_key(trial.protocol, trial.direction, name), []).append(row)
+            if on_progress is not None:
+                on_progress(1)
     results = {}
     for key, trial_rows in table.items():
         mean, std = mean_std(trial_rows, METRIC_KEYS)
@@ -411,17 +417,25 @@ def _parse_modality(value: Any, path: Path) -> Modality:
         raise DataError(f"{path}: {exc}") from exc
 
 
+def _scoring(settings: EvalSettings) -> str:
+    return "scoring trials (re-ranked)" if settings.rerank else "scoring trials"
+
+
 def evaluate_features_file(
     path: Path | str,
     settings: EvalSettings,
     *,
     perm_file: Path | str | None = None,
+    progress: ProgressFactory | None = None,
 ) -> EvaluationReport:
     """Score features computed elsewhere under a protocol (see module doc for the file format)."""
     samples, features = load_features_npz(path)
     trials = _trials(samples, settings, _official(settings, perm_file, None))
     rows = np.arange(len(samples))
-    results = score_trials(samples, {"features": l2_normalise(features)}, rows, trials, rerank=settings.rerank)
+    with (progress or no_progress)(_scoring(settings), len(trials)) as advance:
+        results = score_trials(
+            samples, {"features": l2_normalise(features)}, rows, trials, rerank=settings.rerank, on_progress=advance
+        )
     protocol = describe_protocol(settings, trials, source="features", features_file=str(path))
     return EvaluationReport(protocol, results)
 
@@ -487,7 +501,8 @@ def evaluate_checkpoint(
             workers=config.data.workers if workers is None else workers,
             features=FEATURES, flip=settings.flip, on_progress=advance,
         )
-    results = score_trials(samples, features, rows, trial_list, rerank=settings.rerank)
+    with (progress or no_progress)(_scoring(settings), len(trial_list) * len(features)) as advance:
+        results = score_trials(samples, features, rows, trial_list, rerank=settings.rerank, on_progress=advance)
     extra: dict[str, Any] = {}
     notes = draw_notes(samples, trial_list, prepared.meta)
     if notes:
