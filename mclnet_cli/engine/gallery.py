@@ -272,7 +272,7 @@ def build_gallery_index(
         distributed.cleanup_distributed(synchronize=in_step)
 
 
-def existing_count(out_dir: Path) -> int | str:
+def _existing_count(out_dir: Path) -> int | str:
     """Rows of the index at ``out_dir`` as its meta.json records them ("?" when unreadable)."""
     try:
         return int(read_meta(out_dir)["count"])
@@ -288,7 +288,7 @@ def _refuse_replacing(out_dir: Path, add: bool, force: bool) -> int | str | None
     """Rows of the index at ``out_dir`` that this build (without ``add``) replaces; refused without ``force``."""
     if add or not is_index_dir(out_dir):
         return None
-    count = existing_count(out_dir)
+    count = _existing_count(out_dir)
     if not force:
         raise IndexStoreError(f"{out_dir} already holds an index{_rows(count)}: --add appends to it, --force replaces it")
     return count
