@@ -77,9 +77,16 @@ class DataConfig:
     erasing_p: float = 0.5
     channel_aug: bool = False  # CAJ channel exchange / random channel erasing
     spectrum_p: float = 0.0  # random signed channel mix, both modalities (transforms.RandomSpectrum); not in the method
+    pseudo_infrared_p: float = 0.0  # share of pairs whose infrared image is their visible one, spectrally mixed; not in the method
     resize: ResizeFilter = "bilinear"  # bilinear | lanczos (the authors' code: lanczos)
     identity_draw: IdentityDraw = "cycle"  # cycle: every id before any repeats | independent: P fresh ids each batch (the code)
     instances_with_replacement: bool = False  # K images of an id drawn with replacement even when it has K (the code)
+
+    def __post_init__(self) -> None:
+        for name in ("grayscale_p", "flip_p", "erasing_p", "spectrum_p", "pseudo_infrared_p"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ConfigError(f"data.{name} is a probability and must be in [0, 1], got {value}")
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,7 @@ class TrainConfig:
     channels_last: bool = True  # CUDA only
     compile: bool = False
     log_every: int = 10
+    recalibrate_neck: bool = False  # after training, BNNeck statistics from inference-mode f4 (engine.recalibrate); not in the method
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,8 @@ def test_overrides_are_typed_through_yaml():
         ("data.regdb_split=11", "data.regdb_split must be between 1 and 10"),
         ("data.trial=11", "data.regdb_split must be between 1 and 10"),  # the old name of the key
         ("train.amp=maybe", "train.amp: expected true or false"),
+        ("data.erasing_p=1.5", "data.erasing_p is a probability and must be in [0, 1], got 1.5"),
+        ("data.pseudo_infrared_p=-0.1", "data.pseudo_infrared_p is a probability"),
     ],
 )
 def test_bad_overrides_say_what_is_wrong(override, message):

@@ -7,8 +7,10 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from mclnet_cli.config import load_config
 from mclnet_cli.data.records import Modality, Sample, load_prepared, write_prepared
@@ -211,3 +213,39 @@ def test_missing_training_image_in_a_worker_is_one_clean_line(tmp_path: Path, da
     message = str(caught.value)
     assert "\n" not in message and "DataLoader worker" not in message and "Traceback" not in message, message
     assert message.startswith("image not found: ") and message.removeprefix("image not found: ") in missing, message
+
+
+def test_pseudo_infrared_pairs_take_the_visible_layout(tmp_path: Path, data_cfg) -> None:
+    """With data.pseudo_infrared_p=1 every infrared image of a batch is its pair's visible image, spectrally mixed."""
+    from mclnet_cli.data.loader import build_train_loader
+
+    samples = []
+    for pid in (1, 2, 3):
+        for k in range(2):
+            visible = np.zeros((16, 8, 3), dtype=np.uint8)
+            visible[:, :4] = (200, 30, 30)  # left / right split
+            visible[:, 4:] = (20, 40, 220)
+            infrared = np.zeros((16, 8), dtype=np.uint8)
+            infrared[:8] = 230  # top / bottom split
+            infrared[8:] = 25
+            for cam, array, modality in ((1, visible, Modality.VISIBLE), (3, infrared, Modality.INFRARED)):
+                path = tmp_path / "raw" / f"{pid}_{cam}_{k}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(path)
+                samples.append(Sample(str(path), pid, cam, modality, "train"))
+    write_prepared(tmp_path / "prepared", samples, {"dataset": "sysu"})
+    prepared = load_prepared(tmp_path / "prepared")
+    plain = dataclasses.replace(data_cfg, pad=0, flip_p=0.0, erasing_p=0.0, spectrum_p=0.0, grayscale_p=0.0, use_cache=False)
+
+    def layouts(p: float) -> set[str]:
+        cfg = dataclasses.replace(plain, pseudo_infrared_p=p)
+        seen = set()
+        for batch in build_train_loader(prepared, cfg, seed=0, steps_per_epoch=3):
+            for image in batch.infrared:
+                rows, cols = image[0].std(dim=1).max(), image[0].std(dim=0).max()  # spread along a row / a column
+                seen.add("left-right" if rows > 0.5 and cols < 1e-4 else "top-bottom" if cols > 0.5 and rows < 1e-4 else "?")
+        return seen
+
+    assert layouts(1.0) == {"left-right"}
+    assert layouts(0.0) == {"top-bottom"}
+    assert layouts(0.5) == {"left-right", "top-bottom"}

@@ -16,6 +16,7 @@ from mclnet_cli.data.transforms import (
     ChannelExchange,
     ChannelRandomErasing,
     RandomSpectrum,
+    pseudo_infrared,
     test_transform as make_test_transform,
     train_transform,
 )
@@ -159,3 +160,17 @@ def test_spectrum_option_reaches_both_modalities(modality: str) -> None:
     out = unnormalise(train_transform(cfg, modality)(colour_image()))
     assert torch.allclose(out[0], out[1], atol=1e-5) and torch.allclose(out[1], out[2], atol=1e-5)
     assert out.min() > -1e-5 and out.max() < 1 + 1e-5
+
+
+def test_pseudo_infrared_is_the_visible_image_through_one_spectral_response() -> None:
+    image = colour_image(12, 6, seed=4)
+    torch.manual_seed(5)
+    out = pseudo_infrared(image)
+    assert out.mode == "RGB" and out.size == image.size
+    pixels = np.asarray(out, dtype=np.float32) / 255.0
+    assert np.array_equal(pixels[..., 0], pixels[..., 1]) and np.array_equal(pixels[..., 1], pixels[..., 2])
+    torch.manual_seed(5)
+    w = (torch.rand(3) * 2 - 1).numpy()
+    gray = (np.asarray(image, dtype=np.float32) / 255.0 * w).sum(-1)
+    expected = (gray - gray.min()) / (gray.max() - gray.min())
+    assert np.abs(pixels[..., 0] - expected).max() <= 1.0 / 255 + 1e-6

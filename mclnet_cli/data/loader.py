@@ -28,7 +28,7 @@ from mclnet_cli.data.images import load_rgb
 from mclnet_cli.types import Modality, Sample
 from mclnet_cli.data.records import PreparedDataset
 from mclnet_cli.data.sampler import CrossModalityBatchSampler, Key
-from mclnet_cli.data.transforms import train_transform
+from mclnet_cli.data.transforms import pseudo_infrared, train_transform
 from mclnet_cli.data.workers import usable_workers
 from mclnet_cli.errors import DataError
 
@@ -83,7 +83,12 @@ def collate_pairs(items: list[Any]) -> Any:
 
 
 class PairDataset(Dataset):
-    """Maps a sampler :data:`Key` to (visible image, infrared image, label), augmented."""
+    """Maps a sampler :data:`Key` to (visible image, infrared image, label), augmented.
+
+    With ``pseudo_infrared_p`` > 0, that share of pairs has as its infrared image the
+    pair's own visible image through a random spectral response
+    (:func:`~mclnet_cli.data.transforms.pseudo_infrared`), augmented as infrared.
+    """
 
     def __init__(
         self,
@@ -91,11 +96,13 @@ class PairDataset(Dataset):
         infrared: Sequence[Sample],
         transforms: dict[Modality, Callable[[Image.Image], torch.Tensor]],
         cache: ImageCache | None = None,
+        pseudo_infrared_p: float = 0.0,
     ) -> None:
         self.visible = [s.path for s in visible]
         self.infrared = [s.path for s in infrared]
         self.transforms = transforms
         self.cache = cache
+        self.pseudo_infrared_p = pseudo_infrared_p
 
     def __len__(self) -> int:
         return len(self.visible) + len(self.infrared)
@@ -111,8 +118,13 @@ class PairDataset(Dataset):
         try:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                visible = self.transforms[Modality.VISIBLE](self.load(self.visible[v_index]))
-                infrared = self.transforms[Modality.INFRARED](self.load(self.infrared[i_index]))
+                visible_image = self.load(self.visible[v_index])
+                visible = self.transforms[Modality.VISIBLE](visible_image)
+                if self.pseudo_infrared_p > 0 and torch.rand(1).item() < self.pseudo_infrared_p:
+                    infrared_image = pseudo_infrared(visible_image)
+                else:
+                    infrared_image = self.load(self.infrared[i_index])
+                infrared = self.transforms[Modality.INFRARED](infrared_image)
         except DataError as exc:
             return LoadFailure(one_line(str(exc)))
         return visible, infrared, label
@@ -191,7 +203,7 @@ def build_train_loader(
     use_cache = data_cfg.use_cache and data_cfg.resize == "bilinear"
     cache = open_prepared_cache(prepared.root, prepared.meta, data_cfg.height, data_cfg.width, samples) if use_cache else None
     transforms = {m: train_transform(data_cfg, m) for m in Modality}
-    dataset = PairDataset(visible, infrared, transforms, cache)
+    dataset = PairDataset(visible, infrared, transforms, cache, pseudo_infrared_p=data_cfg.pseudo_infrared_p)
     workers = usable_workers(data_cfg.workers)
     return TrainLoader(dataset, sampler, label_map, workers=workers, seed=seed, cached=cache is not None)
 

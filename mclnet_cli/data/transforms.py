@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from PIL import Image
 from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
 from mclnet_cli.config import DataConfig
 from mclnet_cli.types import Modality
@@ -91,6 +92,28 @@ class ChannelRandomErasing:
         return f"ChannelRandomErasing(p={self.p})"
 
 
+def random_spectral_mix(image: torch.Tensor) -> torch.Tensor:
+    """A [C, H, W] image (values in [0, 1]) through one random spectral response.
+
+    gray = sum_c w_c x_c with w_c ~ U(-1, 1), rescaled to [0, 1] and repeated on the
+    C channels. Draws from torch's global generator.
+    """
+    w = torch.rand(image.shape[0]) * 2 - 1
+    g = (w.view(-1, 1, 1) * image).sum(0, keepdim=True)
+    lo, hi = g.min(), g.max()
+    g = (g - lo) / (hi - lo).clamp(min=1e-6)
+    return g.expand_as(image).clone()
+
+
+def pseudo_infrared(image: Image.Image) -> Image.Image:
+    """A visible PIL image as a random spectral response sees it: gray, returned in RGB mode.
+
+    Used by ``data.pseudo_infrared_p``: the infrared stream gets a visible image whose
+    region layout is exactly the one the visible stream sees in the same pair.
+    """
+    return TF.to_pil_image(random_spectral_mix(TF.to_tensor(image.convert("RGB"))))
+
+
 class RandomSpectrum:
     """With probability ``p``, view a [3, H, W] image (values in [0, 1]) through a random
     spectral response: gray = sum_c w_c x_c with w_c ~ U(-1, 1), rescaled to [0, 1] and
@@ -110,11 +133,7 @@ class RandomSpectrum:
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if torch.rand(1).item() >= self.p:
             return image
-        w = torch.rand(image.shape[0]) * 2 - 1
-        g = (w.view(-1, 1, 1) * image).sum(0, keepdim=True)
-        lo, hi = g.min(), g.max()
-        g = (g - lo) / (hi - lo).clamp(min=1e-6)
-        return g.expand_as(image).clone()
+        return random_spectral_mix(image)
 
     def __repr__(self) -> str:
         return f"RandomSpectrum(p={self.p})"

@@ -30,7 +30,7 @@ class Extracted:
     by_name: dict[str, np.ndarray] = field(default_factory=dict)  # every requested feature
 
 
-class _ImageFiles(Dataset):
+class ImageFiles(Dataset):
     """Decoded, resized images; a file that fails comes back as (None, index, reason).
 
     Errors are returned rather than raised so that, with worker processes, the
@@ -53,7 +53,8 @@ class _ImageFiles(Dataset):
             return None, i, str(exc)
 
 
-def _collate(items):
+def collate_images(items):
+    """Stack the images that decoded; returns (images or None, their indices, [(index, reason)] of failures)."""
     good = [(img, i) for img, i, _ in items if img is not None]
     bad = [(i, reason) for img, i, reason in items if img is None]
     images = torch.stack([img for img, _ in good]) if good else None
@@ -99,11 +100,11 @@ def extract_features(
     device = torch.device(device)
     model.eval()
     loader = DataLoader(
-        _ImageFiles(paths, height, width, resize),
+        ImageFiles(paths, height, width, resize),
         batch_size=batch_size,
         shuffle=False,
         num_workers=usable_workers(workers),
-        collate_fn=_collate,
+        collate_fn=collate_images,
         pin_memory=device.type == "cuda",
     )
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in names}

@@ -12,6 +12,7 @@ core never prints: progress goes to a :class:`Reporter` that the CLI renders.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import math
 import time
@@ -26,6 +27,7 @@ from mclnet_cli.data.records import PreparedDataset, load_prepared
 from mclnet_cli.engine import distributed as dist_utils
 from mclnet_cli.engine import runlog
 from mclnet_cli.engine.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+from mclnet_cli.engine.recalibrate import NeckRecalibration, recalibrate_neck
 from mclnet_cli.engine.device import resolve_device
 from mclnet_cli.engine.evaluate import FEATURE_STATEMENT, check_validation, validate, validation_statement
 from mclnet_cli.engine.featstats import feature_stats, nest
@@ -248,6 +250,7 @@ class _Run:
     best: dict[str, Any] | None = None
     last_row: dict[str, Any] = field(default_factory=dict)
     session_images: int = 0
+    recalibration: NeckRecalibration | None = None  # set when the last epoch re-estimated the neck statistics
 
     @property
     def main(self) -> bool:
@@ -574,6 +577,7 @@ def _save_last(run: _Run, epoch: int) -> None:
         "scaler": run.scaler.state_dict(),
         "rng": rng_state(),
         "best": run.best,
+        "neck": run.recalibration.as_dict() if run.recalibration else None,
     }
     save_checkpoint(run.last_path, checkpoint_payload(run.model, run.config, run.label_map, **extra))
 
@@ -582,10 +586,20 @@ def _end_epoch(run: _Run, epoch: int, row: dict[str, Any]) -> None:
     """Validate when due (rank 0 keeps best.pt), then write the epoch's row and save last.pt."""
     config = run.config
     run.last_row = row
+    final = epoch + 1 == config.train.epochs
+    if final and config.train.recalibrate_neck and run.main:
+        # training is over: the saved model gets the neck statistics of inference (engine/recalibrate.py)
+        run.recalibration = recalibrate_neck(run.model, run.prepared, config, run.device)
+        row["neck"] = run.recalibration.as_dict()
+        run.reporter.note(
+            f"BNNeck statistics re-estimated from {run.recalibration.visible_images} visible + "
+            f"{run.recalibration.infrared_images} infrared training images (mean was off by "
+            f"{run.recalibration.shift:.2f} std)"
+        )
     every = config.train.eval_every
-    if every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == config.train.epochs):
+    if every > 0 and ((epoch + 1) % every == 0 or final):
         if run.main:
-            _validate_epoch(run, epoch, row)
+            _validate_epoch(run, epoch, row, recalibrate=config.train.recalibrate_neck and not final)
         dist_utils.barrier()
     if run.main:
         # The row first: a kill before last.pt is saved re-runs this epoch on resume,
@@ -596,15 +610,24 @@ def _end_epoch(run: _Run, epoch: int, row: dict[str, Any]) -> None:
     run.completed = epoch + 1
 
 
-def _validate_epoch(run: _Run, epoch: int, row: dict[str, Any]) -> None:
-    """Val scores into the row; a new best val mAP saves best.pt."""
-    val = validate(run.model, run.prepared, run.config, run.device)
+def _validate_epoch(run: _Run, epoch: int, row: dict[str, Any], *, recalibrate: bool = False) -> None:
+    """Val scores into the row; a new best val mAP saves best.pt.
+
+    ``recalibrate``: score (and keep as best.pt) a copy of the model whose neck statistics
+    are re-estimated as at the end of training, so every epoch is judged like the last.
+    """
+    model, recalibration = run.model, run.recalibration
+    if recalibrate:
+        model = copy.deepcopy(run.model)
+        recalibration = recalibrate_neck(model, run.prepared, run.config, run.device)
+    val = validate(model, run.prepared, run.config, run.device)
     row["val"] = val
     if run.best is None or val["mAP"] > run.best["mAP"]:
         run.best = {"epoch": epoch, **val}
         save_checkpoint(run.best_path, checkpoint_payload(
-            run.model, run.config, run.label_map, kind="best", epoch=epoch + 1, val=val,
+            model, run.config, run.label_map, kind="best", epoch=epoch + 1, val=val,
             protocol=validation_statement(run.config), feature=FEATURE_STATEMENT,
+            neck=recalibration.as_dict() if recalibration else None,
         ))
 
 
@@ -646,6 +669,7 @@ def _write_summary(run: _Run, status: str, message: str | None) -> dict[str, Any
         "protocol": validation_statement(config) if validated
         else "no validation during training (train.eval_every=0); no checkpoint was selected on any evaluation set",
         "feature": FEATURE_STATEMENT,
+        "neck": run.recalibration.as_dict() if run.recalibration else None,
         "checkpoints": {
             "last": str(out_dir / runlog.LAST_CHECKPOINT),
             "best": str(out_dir / runlog.BEST_CHECKPOINT) if best else None,

@@ -116,12 +116,15 @@ class MCLNet(nn.Module):
             raise ConfigError(f"feature: unknown {feature!r}; choose from: {', '.join(FEATURES)}")
         return self.embed_all(images, modality)[feature]
 
-    def embed_all(self, images: Tensor, modality: Modality | str) -> dict[str, Tensor]:
-        """Both retrieval features (``bn`` and ``pool``) from one forward pass, L2-normalised."""
+    def pooled(self, images: Tensor, modality: Modality | str) -> Tensor:
+        """Pre-BN f4 [B, C] of one modality's images, as inference computes it (no projection heads)."""
         modality = Modality.parse(modality)
         x = self.backbone.forward_specific(images, modality)[-1]
-        x = self.backbone.forward_shared(x)[-1]
-        f4 = self.pool(x)
+        return self.pool(self.backbone.forward_shared(x)[-1])
+
+    def embed_all(self, images: Tensor, modality: Modality | str) -> dict[str, Tensor]:
+        """Both retrieval features (``bn`` and ``pool``) from one forward pass, L2-normalised."""
+        f4 = self.pooled(images, modality)
         return {"bn": F.normalize(self.neck.bn(f4).float(), dim=1), "pool": F.normalize(f4.float(), dim=1)}
 
     # ------------------------------------------------------- parameter groups

@@ -1,0 +1,107 @@
+"""BNNeck statistics re-estimated from f4 as inference computes it (``train.recalibrate_neck``).
+
+Why: the retrieval feature is BN(f4), normalised with the running mean and variance
+the neck gathered in training mode, where every BatchNorm of the backbone uses the
+statistics of its own batch (a P x K batch of a few identities). At inference the
+backbone uses its running statistics instead, and f4 comes out shifted. From scratch
+f4's spread across images is small next to its mean (ReLU + pooling), so that shift
+is several of the neck's standard deviations (5.3 measured on the tiny preset,
+docs/method.md finding 8) and every BN(f4) carries the same large offset, which
+cosine retrieval cannot ignore. Re-estimating the neck's statistics on f4 computed
+in inference mode over training images (both spectra weighted equally, as every
+training batch holds as many visible as infrared images) removes it. The
+backbone, heads and classifier are not touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from mclnet_cli.config import Config
+from mclnet_cli.data.loader import training_samples
+from mclnet_cli.data.records import PreparedDataset
+from mclnet_cli.engine.extract import ImageFiles, collate_images
+from mclnet_cli.errors import DataError
+from mclnet_cli.types import Modality, Sample
+
+#: images per spectrum at most (evenly spaced over the training list): plenty for a mean and variance per channel
+DEFAULT_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class NeckRecalibration:
+    """What :func:`recalibrate_neck` did: images used per spectrum and how far the old mean was off."""
+
+    visible_images: int
+    infrared_images: int
+    shift: float  # mean over channels of |new mean - old mean| / old std
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"visible_images": self.visible_images, "infrared_images": self.infrared_images, "shift": self.shift}
+
+
+def spaced(samples: Sequence[Sample], limit: int) -> list[Sample]:
+    """At most ``limit`` samples, evenly spaced over the list (deterministic)."""
+    if len(samples) <= limit:
+        return list(samples)
+    step = len(samples) / limit
+    return [samples[int(i * step)] for i in range(limit)]
+
+
+@torch.no_grad()
+def inference_f4(model: torch.nn.Module, paths: Sequence[str], modality: Modality, *, height: int, width: int,
+                 resize: str, batch_size: int, device: torch.device) -> torch.Tensor:
+    """Pre-BN f4 [N, C] (float64, on the CPU) of image files through one stream, in inference mode."""
+    loader = DataLoader(ImageFiles(paths, height, width, resize), batch_size=batch_size, shuffle=False,
+                        num_workers=0, collate_fn=collate_images)
+    parts = []
+    for images, _, bad in loader:
+        if bad:
+            raise DataError(bad[0][1])
+        parts.append(model.pooled(images.to(device), modality).double().cpu())
+    return torch.cat(parts)
+
+
+def mixture_statistics(visible: torch.Tensor, infrared: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and variance of an equal mixture of two sets of rows."""
+    mean_v, mean_i = visible.mean(0), infrared.mean(0)
+    var_v, var_i = visible.var(0, unbiased=False), infrared.var(0, unbiased=False)
+    mean = (mean_v + mean_i) / 2
+    var = (var_v + var_i) / 2 + ((mean_v - mean_i) / 2) ** 2
+    return mean, var
+
+
+def recalibrate_neck(model: torch.nn.Module, prepared: PreparedDataset, config: Config, device: torch.device | str,
+                     *, limit: int = DEFAULT_LIMIT) -> NeckRecalibration:
+    """Set ``model.neck.bn``'s running mean and variance from inference-mode f4 of training images.
+
+    Uses up to ``limit`` training images per spectrum (the split ``data.train_on_val``
+    names). The model's train/eval mode is restored afterwards.
+    """
+    device = torch.device(device)
+    samples = training_samples(prepared, config.data)
+    features = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for modality in (Modality.VISIBLE, Modality.INFRARED):
+            chosen = spaced([s for s in samples if s.modality is modality], limit)
+            if len(chosen) < 2:
+                raise DataError(f"{prepared.root}: recalibrating the BNNeck needs 2 or more {modality.value} training images, found {len(chosen)}")
+            features[modality] = inference_f4(
+                model, [s.path for s in chosen], modality, height=config.data.height, width=config.data.width,
+                resize=config.data.resize, batch_size=config.eval.batch_size, device=device,
+            )
+    finally:
+        model.train(was_training)
+    mean, var = mixture_statistics(features[Modality.VISIBLE], features[Modality.INFRARED])
+    bn = model.neck.bn
+    old_mean, old_std = bn.running_mean.double().cpu(), bn.running_var.double().cpu().clamp(min=bn.eps).sqrt()
+    shift = float(((mean - old_mean).abs() / old_std).mean())
+    bn.running_mean.copy_(mean.to(bn.running_mean))
+    bn.running_var.copy_(var.to(bn.running_var))
+    return NeckRecalibration(len(features[Modality.VISIBLE]), len(features[Modality.INFRARED]), shift)
