@@ -187,7 +187,7 @@ def test_every_training_slot_holds_a_file_of_its_modality_and_pid(tmp_path: Path
     prepared = load_prepared(write_prepared(tmp_path / "prepared", samples, {"dataset": "sysu"}))
     data_cfg = load_config("tiny", [
         f"data.height={height}", f"data.width={width}", "data.pad=0", "data.grayscale_p=0", "data.erasing_p=0", "data.spectrum_p=0",
-        "data.num_ids=2", "data.num_instances=2", "data.workers=0",
+        "data.pseudo_infrared_p=0", "data.num_ids=2", "data.num_instances=2", "data.workers=0",
     ]).data
     loader = build_train_loader(prepared, data_cfg, seed=0, steps_per_epoch=4)
     pid_of_label = {label: pid for pid, label in loader.label_map.items()}

@@ -19,7 +19,7 @@ from mclnet_cli.cli.train import RichReporter
 
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for everything the demo writes.")] = Path("mclnet-demo"),
-    quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster version (about 40 s on 2 idle CPU cores; the full one 2-3 minutes).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="A smaller, faster version (about 40 s on 2 idle CPU cores; the full one about 4 minutes).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite a previous demo output in --out.")] = False,
     device: DeviceOpt = "auto",
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the synthetic dataset and of training.")] = 0,
