@@ -25,6 +25,10 @@ class TrainingError(MclnetError):
     """Training cannot go on (for example, a loss became NaN)."""
 
 
+class CollapseError(TrainingError):
+    """``train.stop_on_collapse``: the health check found that the model stopped learning."""
+
+
 class StorageError(MclnetError):
     """Writing failed for lack of space or a failing disk; names the user's path, never a temp."""
 

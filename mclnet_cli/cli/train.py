@@ -157,6 +157,11 @@ class RichReporter:
         if not state.quiet:
             self.console.print(message, highlight=False, soft_wrap=True)
 
+    def warning(self, message: str) -> None:
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
     def end(self, result: Any) -> None:
         self.close()
 
@@ -210,9 +215,15 @@ def _run(
 
     from mclnet_cli.engine.train import fit
 
+    from mclnet_cli.errors import CollapseError
+
     reporter = RichReporter(show_progress=not state.quiet)
     try:
         result = fit(config, data, out, resume=resume, device=device, reporter=reporter)
+    except CollapseError as exc:
+        retry = shlex.join(["mclnet", "train", "--data", str(data), "--out", f"{out}-retry", "--preset", preset,
+                            *[arg for item in overrides for arg in ("--set", item)], "--set", "loss.mmd_feature=bn"])
+        raise fail(f"{exc}; to start again with a change: {retry}") from exc
     finally:
         reporter.close()
 

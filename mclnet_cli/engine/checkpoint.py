@@ -35,6 +35,7 @@ class LoadedModel:
     fingerprint: str
     payload: dict[str, Any]
     path: Path
+    degenerate_neck_channels: int = 0  # BNNeck channels whose statistics were steadied on load (recalibrate.steady_neck)
 
 
 def save_checkpoint(path: Path | str, payload: Mapping[str, Any]) -> Path:
@@ -85,7 +86,12 @@ def file_fingerprint(path: Path | str, length: int = 16) -> str:
 
 
 def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the model a checkpoint was trained as, load its weights, move to ``device``, eval mode."""
+    """Rebuild the model a checkpoint was trained as, load its weights, move to ``device``, eval mode.
+
+    BNNeck channels without a resolvable spread are steadied (``recalibrate.steady_neck``),
+    so that every path that loads a model gets the same batch-independent feature.
+    """
+    from mclnet_cli.engine.recalibrate import steady_neck
     from mclnet_cli.model import build_model
 
     path = Path(path)
@@ -110,9 +116,11 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> LoadedMo
     if missing or unexpected:
         names = ", ".join((list(missing) + list(unexpected))[:3])
         raise CheckpointError(f"{path}: weights do not match the model in its config (e.g. {names})")
+    # checkpoints written before steady_statistics existed: the same rule on load (a no-op otherwise)
+    steadied = steady_neck(model.neck.bn) if hasattr(model, "neck") else 0
     model.to(device).eval()
     label_map = {int(k): int(v) for k, v in payload.get("label_map", {}).items()}
-    return LoadedModel(model, config, label_map, file_fingerprint(path), payload, path)
+    return LoadedModel(model, config, label_map, file_fingerprint(path), payload, path, steadied)
 
 
 def _int_like(value: Any) -> bool:

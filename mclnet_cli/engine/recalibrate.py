@@ -30,6 +30,11 @@ from mclnet_cli.types import Modality, Sample
 
 #: images per spectrum at most (evenly spaced over the training list): plenty for a mean and variance per channel
 DEFAULT_LIMIT = 1024
+#: a neck channel whose standard deviation is below this share of its root mean square carries no
+#: spread float32 can resolve: f4 computed alone and in a batch differs by ~1e-6 of its value
+#: (different kernels round differently), so centring and dividing by that spread returns rounding
+#: noise, and the same image gets a different BN feature in every batch (issue: cosine 0.12)
+DEGENERATE_SPREAD = 1e-3
 
 
 @dataclass(frozen=True)
@@ -39,9 +44,11 @@ class NeckRecalibration:
     visible_images: int
     infrared_images: int
     shift: float  # mean over channels of |new mean - old mean| / old std
+    degenerate_channels: int = 0  # channels without a resolvable spread (steady_statistics)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"visible_images": self.visible_images, "infrared_images": self.infrared_images, "shift": self.shift}
+        return {"visible_images": self.visible_images, "infrared_images": self.infrared_images, "shift": self.shift,
+                "degenerate_channels": self.degenerate_channels}
 
 
 def spaced(samples: Sequence[Sample], limit: int) -> list[Sample]:
@@ -75,12 +82,42 @@ def mixture_statistics(visible: torch.Tensor, infrared: torch.Tensor) -> tuple[t
     return mean, var
 
 
+def steady_statistics(
+    mean: torch.Tensor, var: torch.Tensor, spread: float = DEGENERATE_SPREAD
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Neck statistics under which BN(f4) does not amplify rounding: (mean, var, channels changed).
+
+    A channel with std < ``spread`` x rms (rms = sqrt(mean^2 + var)) is treated as the
+    constant it is: mean 0 and variance (rms / spread)^2, so its BN output is
+    weight x spread x f4 / rms, about weight x spread, the same for every image and
+    every batch. Other channels are returned unchanged, so a model with any
+    resolvable spread is untouched; applying it twice changes nothing.
+    """
+    mean64, var64 = mean.double(), var.double().clamp(min=0)
+    rms = (mean64 ** 2 + var64).sqrt()
+    degenerate = (var64.sqrt() < spread * rms) & (rms > 0)
+    new_mean = torch.where(degenerate, torch.zeros_like(mean64), mean64)
+    new_var = torch.where(degenerate, (rms / spread) ** 2, var64)
+    return new_mean.to(mean), new_var.to(var), int(degenerate.sum())
+
+
+@torch.no_grad()
+def steady_neck(bn: torch.nn.BatchNorm1d, spread: float = DEGENERATE_SPREAD) -> int:
+    """Apply :func:`steady_statistics` to ``bn``'s running buffers in place; returns the channels changed."""
+    mean, var, changed = steady_statistics(bn.running_mean, bn.running_var, spread)
+    if changed:
+        bn.running_mean.copy_(mean)
+        bn.running_var.copy_(var)
+    return changed
+
+
 def recalibrate_neck(model: torch.nn.Module, prepared: PreparedDataset, config: Config, device: torch.device | str,
                      *, limit: int = DEFAULT_LIMIT) -> NeckRecalibration:
     """Set ``model.neck.bn``'s running mean and variance from inference-mode f4 of training images.
 
     Uses up to ``limit`` training images per spectrum (the split ``data.train_on_val``
-    names). The model's train/eval mode is restored afterwards.
+    names). Channels without a resolvable spread get :func:`steady_statistics`.
+    The model's train/eval mode is restored afterwards.
     """
     device = torch.device(device)
     samples = training_samples(prepared, config.data)
@@ -99,9 +136,10 @@ def recalibrate_neck(model: torch.nn.Module, prepared: PreparedDataset, config: 
     finally:
         model.train(was_training)
     mean, var = mixture_statistics(features[Modality.VISIBLE], features[Modality.INFRARED])
+    mean, var, degenerate = steady_statistics(mean, var)
     bn = model.neck.bn
     old_mean, old_std = bn.running_mean.double().cpu(), bn.running_var.double().cpu().clamp(min=bn.eps).sqrt()
     shift = float(((mean - old_mean).abs() / old_std).mean())
     bn.running_mean.copy_(mean.to(bn.running_mean))
     bn.running_var.copy_(var.to(bn.running_var))
-    return NeckRecalibration(len(features[Modality.VISIBLE]), len(features[Modality.INFRARED]), shift)
+    return NeckRecalibration(len(features[Modality.VISIBLE]), len(features[Modality.INFRARED]), shift, degenerate)

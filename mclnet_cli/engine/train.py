@@ -40,8 +40,9 @@ from mclnet_cli.engine.state import (  # noqa: F401  (RESUME_MUTABLE, resume_con
     seed_everything,
     set_rng_state,
 )
-from mclnet_cli.errors import CheckpointError, StorageError, TrainingError
-from mclnet_cli.losses.criterion import TERM_OUTPUTS
+from mclnet_cli.engine import health as health_check
+from mclnet_cli.errors import CheckpointError, CollapseError, StorageError, TrainingError
+from mclnet_cli.losses.criterion import term_outputs
 
 if TYPE_CHECKING:
     from mclnet_cli.model.net import MCLNet
@@ -70,6 +71,10 @@ class Reporter:
 
     def note(self, message: str) -> None:
         """Something the user should know (a skipped option, a saved checkpoint)."""
+
+    def warning(self, message: str) -> None:
+        """Something wrong with the run that does not stop it (a collapse); by default a note."""
+        self.note(message)
 
     def end(self, result: "TrainResult") -> None:
         """The run finished, was interrupted, or stopped."""
@@ -102,25 +107,26 @@ def _weights(weights: Any) -> dict[str, float]:
     return {name: float(value) for name, value in raw.items()}
 
 
-def outputs_read(weights: Any) -> set[str]:
+def outputs_read(weights: Any, mmd_feature: str = "f4") -> set[str]:
     """The model outputs the terms with a weight above 0 read. ``weights``: a ``LossWeights``
-    dataclass or a mapping of term -> weight (a missing term counts as 0)."""
+    dataclass or a mapping of term -> weight (a missing term counts as 0); ``mmd_feature``:
+    ``loss.mmd_feature``."""
     from mclnet_cli.model.net import OUTPUTS
 
     terms = [term for term, weight in _weights(weights).items() if weight != 0.0]
-    read = {output for term in terms for output in TERM_OUTPUTS.get(term, OUTPUTS)}
+    read = {output for term in terms for output in (term_outputs(term, mmd_feature) or OUTPUTS)}
     every_scale = {o for o in OUTPUTS if o.startswith("features.")} if "features.*" in read else set()
     return (read - {"features.*"}) | every_scale
 
 
-def unused_parameters_expected(weights: Any) -> bool:
+def unused_parameters_expected(weights: Any, mmd_feature: str = "f4") -> bool:
     """Whether some trainable parameters get no gradient under these loss weights (the model says which)."""
     from mclnet_cli.model.net import MCLNet
 
-    return not MCLNet.uses_every_parameter(outputs_read(weights))
+    return not MCLNet.uses_every_parameter(outputs_read(weights, mmd_feature))
 
 
-def unused_parameters(model: "MCLNet", weights: Any) -> list[torch.nn.Parameter]:
+def unused_parameters(model: "MCLNet", weights: Any, mmd_feature: str = "f4") -> list[torch.nn.Parameter]:
     """The trainable parameters of an MCLNet that the loss never reaches under these weights.
 
     Under DistributedDataParallel they must not require gradients, or DDP's second step
@@ -129,9 +135,9 @@ def unused_parameters(model: "MCLNet", weights: Any) -> list[torch.nn.Parameter]
     loss uses it or not. Freezing them changes nothing else: without DDP they get no
     gradient either, so the optimiser already skips them.
     """
-    if not unused_parameters_expected(weights):
+    if not unused_parameters_expected(weights, mmd_feature):
         return []
-    return model.parameters_unused_by(outputs_read(weights))
+    return model.parameters_unused_by(outputs_read(weights, mmd_feature))
 
 
 # ----------------------------------------------------------------------------
@@ -251,6 +257,7 @@ class _Run:
     last_row: dict[str, Any] = field(default_factory=dict)
     session_images: int = 0
     recalibration: NeckRecalibration | None = None  # set when the last epoch re-estimated the neck statistics
+    health: dict[str, Any] | None = None  # the run's health so far (summary.json "health")
 
     @property
     def main(self) -> bool:
@@ -519,7 +526,7 @@ def _wrap(run: _Run) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [run.device.index] if run.device.type == "cuda" else None
-        for param in unused_parameters(run.model, run.config.loss.weights):
+        for param in unused_parameters(run.model, run.config.loss.weights, run.config.loss.mmd_feature):
             param.requires_grad_(False)  # after build_optimizer: its groups (and checkpoints) stay the same
         train_model = DistributedDataParallel(run.model, device_ids=ids)
     if run.config.train.compile:
@@ -545,6 +552,7 @@ def _open_run_dir(run: _Run, resume: bool) -> None:
         run.metrics.keep_epochs_before(run.start_epoch)
         done = [r for r in runlog.read_metrics(out_dir) if r.get("kind") == "epoch"]
         run.last_row = done[-1] if done else {}
+        run.health = _health_so_far(done)
         return
     try:
         _save_last(run, 0)  # a last good checkpoint exists from the very start
@@ -552,6 +560,15 @@ def _open_run_dir(run: _Run, resume: bool) -> None:
         with contextlib.suppress(StorageError):
             runlog.write_json(out_dir / runlog.SUMMARY_FILE, {"status": "stopped", "epochs_completed": 0, "message": str(exc)})
         raise
+
+
+def _health_so_far(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's health after the epochs in ``rows`` (a resume continues it)."""
+    verdicts = [r["health"] for r in rows if isinstance(r.get("health"), dict)]
+    if not verdicts:
+        return None
+    first = next((v["epoch"] for v in verdicts if v.get("status") == "collapsed"), None)
+    return {**verdicts[-1], **({"first_collapsed_epoch": first} if first is not None else {})}
 
 
 def _start_info(run: _Run) -> dict[str, Any]:
@@ -582,10 +599,54 @@ def _save_last(run: _Run, epoch: int) -> None:
     save_checkpoint(run.last_path, checkpoint_payload(run.model, run.config, run.label_map, **extra))
 
 
+def _assess(run: _Run, epoch: int, row: dict[str, Any]) -> health_check.Health:
+    """The epoch's health into the row and the run (one warning line at the first collapsed epoch)."""
+    config = run.config
+    supcon = config.loss.weights.supcon > 0
+    verdict = health_check.assess_epoch(
+        row, epoch=epoch,
+        from_epoch=health_check.check_from_epoch(config.train.epochs, config.optim.warmup_epochs, config.train.health_from_epoch),
+        num_classes=run.loader.num_classes,
+        supcon_at_chance=health_check.supcon_chance(
+            config.loss.supcon_temperature, 2 * config.data.num_ids * config.data.num_instances
+        ) if supcon else None,
+    )
+    # every rank stops together: one rank's verdict (its own feature statistics) is enough
+    collapsed = float(dist_utils.all_reduce_mean(torch.tensor([1.0 if verdict.collapsed else 0.0]))[0]) > 0
+    if collapsed and not verdict.collapsed:
+        verdict = health_check.Health("collapsed", epoch, ("another rank found the run collapsed",), verdict.values)
+    row["health"] = verdict.as_dict()
+    previous = run.health or {}
+    if verdict.collapsed:
+        if previous.get("status") != "collapsed":
+            run.reporter.warning(verdict.message(config.train.epochs))
+        run.health = {**verdict.as_dict(), "first_collapsed_epoch": previous.get("first_collapsed_epoch", epoch)}
+    elif verdict.status == "ok":
+        run.health = {**verdict.as_dict(), **({"first_collapsed_epoch": previous["first_collapsed_epoch"]}
+                                               if "first_collapsed_epoch" in previous else {})}
+    elif run.health is None:
+        run.health = verdict.as_dict()
+    return verdict
+
+
 def _end_epoch(run: _Run, epoch: int, row: dict[str, Any]) -> None:
-    """Validate when due (rank 0 keeps best.pt), then write the epoch's row and save last.pt."""
+    """Health, validation when due (rank 0 keeps best.pt), then the epoch's row and last.pt.
+
+    With ``train.stop_on_collapse`` a collapsed epoch is saved, then raises CollapseError.
+    """
     config = run.config
     run.last_row = row
+    verdict = _assess(run, epoch, row)
+    if verdict.collapsed and config.train.stop_on_collapse:
+        if run.main:
+            assert run.metrics is not None
+            run.metrics.write(row)
+            _save_last(run, epoch + 1)
+        run.completed = epoch + 1
+        raise CollapseError(
+            f"{verdict.message(config.train.epochs)}; stopped (train.stop_on_collapse; "
+            f"train.stop_on_collapse=false trains on regardless); last checkpoint: {run.last_path}"
+        )
     final = epoch + 1 == config.train.epochs
     if final and config.train.recalibrate_neck and run.main:
         # training is over: the saved model gets the neck statistics of inference (engine/recalibrate.py)
@@ -670,6 +731,7 @@ def _write_summary(run: _Run, status: str, message: str | None) -> dict[str, Any
         else "no validation during training (train.eval_every=0); no checkpoint was selected on any evaluation set",
         "feature": FEATURE_STATEMENT,
         "neck": run.recalibration.as_dict() if run.recalibration else None,
+        "health": run.health,
         "checkpoints": {
             "last": str(out_dir / runlog.LAST_CHECKPOINT),
             "best": str(out_dir / runlog.BEST_CHECKPOINT) if best else None,

@@ -1,0 +1,146 @@
+"""Is training learning? A collapse check over the statistics each epoch already logs.
+
+A collapsed run looks like any other in its loss curve: it ends, saves checkpoints,
+and its model maps every image to (nearly) the same feature. Three signs, each
+measured against what a model that has learnt nothing gives:
+
+- ``identity``: the epoch's mean identity loss is within ``ID_TOLERANCE`` of ln C,
+  the loss of a classifier that gives every class the same probability;
+- ``supcon``: SupCon is within ``SUPCON_TOLERANCE`` of its value when every feature
+  is the same (tau * ln(2PK - 1) per scale);
+- ``features``: at every logged scale the features of all images point the same
+  way (mean cross-modal cosine >= ``COSINE_LIMIT``) and the same person is no closer
+  than another (|gap| <= ``GAP_LIMIT``).
+
+The run counts as collapsed when the identity sign shows (or, with the identity term
+off, SupCon's), or when the features sign shows: either alone means the retrieval
+feature cannot tell people apart. Checked only from ``check_from_epoch`` on
+(after warm-up and a quarter of the schedule by default), so an early epoch that
+has not learnt yet is not a collapse.
+
+:func:`degenerate_features` is the same question asked of a trained model's
+features, for ``evaluate``, ``index`` and ``serve``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+ID_TOLERANCE = 0.02  # identity loss >= (1 - 0.02) ln C
+SUPCON_TOLERANCE = 0.01
+COSINE_LIMIT = 0.99
+GAP_LIMIT = 0.01
+#: a trained model's retrieval features whose mean pairwise cosine is above this are degenerate
+DEGENERATE_COSINE = 0.99
+
+WHAT_TO_TRY = (
+    "try a lower optim.lr, loss.mmd_feature=bn (an MMD on f4 can shrink every feature to one point), "
+    "or a smaller loss.weights.mmd; check that the data's identities really differ"
+)
+
+
+@dataclass(frozen=True)
+class Health:
+    """One epoch's verdict: ``status`` is ``ok``, ``collapsed`` or ``not_checked`` (too early)."""
+
+    status: str
+    epoch: int
+    reasons: tuple[str, ...] = ()
+    values: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def collapsed(self) -> bool:
+        return self.status == "collapsed"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "epoch": self.epoch, "reasons": list(self.reasons), "values": dict(self.values)}
+
+    def message(self, epochs: int) -> str:
+        """The one warning line: what collapsed, and what to try."""
+        return f"training collapsed at epoch {self.epoch + 1}/{epochs}: {'; '.join(self.reasons)}; {WHAT_TO_TRY}"
+
+
+def check_from_epoch(epochs: int, warmup_epochs: int, configured: int | None = None) -> int:
+    """First 0-based epoch the check looks at: ``configured``, else after warm-up and a quarter of the schedule."""
+    if configured is not None:
+        return max(0, int(configured))
+    return max(int(warmup_epochs), math.ceil(epochs / 4))
+
+
+def supcon_chance(temperature: float, batch: int, scales: int = 4) -> float:
+    """SupCon (summed over ``scales``) when every feature in a batch of ``batch`` is the same."""
+    return scales * temperature * math.log(max(batch - 1, 1))
+
+
+def assess_epoch(
+    row: Mapping[str, Any],
+    *,
+    epoch: int,
+    from_epoch: int,
+    num_classes: int,
+    supcon_at_chance: float | None,
+) -> Health:
+    """The verdict on one epoch's metrics row (``parts`` and ``features`` as ``train_one_epoch`` writes them)."""
+    if epoch < from_epoch:
+        return Health("not_checked", epoch)
+    parts: Mapping[str, float] = row.get("parts") or {}
+    reasons: list[str] = []
+    values: dict[str, float] = {}
+    identity_at_chance = False
+    if "id" in parts and num_classes > 1:
+        chance = math.log(num_classes)
+        values.update(id=round(float(parts["id"]), 4), id_chance=round(chance, 4))
+        if parts["id"] >= (1 - ID_TOLERANCE) * chance:
+            identity_at_chance = True
+            reasons.append(f"identity loss {parts['id']:.3f} is at chance (ln {num_classes} = {chance:.3f})")
+    supcon_flat = False
+    if "supcon" in parts and supcon_at_chance:
+        values.update(supcon=round(float(parts["supcon"]), 4), supcon_chance=round(supcon_at_chance, 4))
+        if parts["supcon"] >= (1 - SUPCON_TOLERANCE) * supcon_at_chance:
+            supcon_flat = True
+            reasons.append(f"SupCon {parts['supcon']:.3f} is at its value for identical features ({supcon_at_chance:.3f})")
+    features: Mapping[str, Mapping[str, float]] = row.get("features") or {}
+    flat_scales = [
+        scale for scale, stats in features.items()
+        if stats.get("cos", 0.0) >= COSINE_LIMIT and abs(stats.get("gap", 1.0)) <= GAP_LIMIT
+    ]
+    features_flat = bool(features) and len(flat_scales) == len(features)
+    if features:
+        values["min_cos"] = round(min(float(s.get("cos", 0.0)) for s in features.values()), 4)
+    if features_flat:
+        reasons.append(
+            f"every image's features point the same way at every scale (cosine >= {values['min_cos']:.3f}, "
+            "same person no closer than another)"
+        )
+    collapsed = identity_at_chance or features_flat or (supcon_flat and "id" not in parts)
+    return Health("collapsed" if collapsed else "ok", epoch, tuple(reasons) if collapsed else (), values)
+
+
+def degenerate_features(features: np.ndarray, limit: int = 64) -> float | None:
+    """Mean pairwise cosine of the first ``limit`` rows when it is >= ``DEGENERATE_COSINE``, else None.
+
+    Cheap (a ``limit`` x ``limit`` product): a model whose features of different
+    images point the same way cannot rank anything.
+    """
+    rows = np.asarray(features[:limit], dtype=np.float64)
+    if rows.shape[0] < 2:
+        return None
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    z = rows / np.where(norms > 0, norms, 1.0)
+    cos = z @ z.T
+    n = cos.shape[0]
+    mean = float((cos.sum() - np.trace(cos)) / (n * (n - 1)))
+    return mean if mean >= DEGENERATE_COSINE else None
+
+
+def degenerate_message(source: str, cosine: float, images: int) -> str:
+    """The warning line ``evaluate``, ``index`` and ``serve`` print for :func:`degenerate_features`."""
+    return (
+        f"warning: {source}: the features of {images} different images have mean cosine {cosine:.4f}: "
+        "the model maps every image to nearly the same point (a collapsed training run?); "
+        "rankings from it are close to random"
+    )
