@@ -13,7 +13,7 @@ from typing import Annotated, Any, Mapping
 import typer
 
 from mclnet_cli.cli.options import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt, apply_threads, common
-from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar, state
+from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar, state, warn
 from mclnet_cli.cli.train import RichReporter
 
 
@@ -84,6 +84,9 @@ def _render(summary: Mapping[str, Any]) -> None:
     console.print(table)
     gain = metrics["trained"]["mAP"] - metrics["untrained"]["mAP"]
     console.print(f"training gained {gain:+.2f} mAP points", highlight=False)
+    health = summary["training"].get("health") or {}
+    if health.get("status") == "collapsed":
+        warn(f"the training run was unhealthy: collapsed at epoch {int(health['epoch']) + 1} ({'; '.join(health.get('reasons', []))})")
 
     query = summary["query"]
     first = query["first_match_rank"]

@@ -11,7 +11,7 @@ from mclnet_cli.cli.options import (
     DIRECTIONS, DRAWS, PROTOCOLS, SYSU_MODES, BatchSizeOpt, DebugOpt, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt,
     WorkersOpt, choice_option, common,
 )
-from mclnet_cli.cli.output import console, guard, print_json, progress_bar
+from mclnet_cli.cli.output import console, guard, print_json, progress_bar, warn
 
 COLUMNS = (("rank1", "R-1"), ("rank5", "R-5"), ("rank10", "R-10"), ("rank20", "R-20"), ("mAP", "mAP"), ("mINP", "mINP"))
 
@@ -97,6 +97,8 @@ def _run(
             **options,
         )
     payload = report.to_json()
+    for message in payload["protocol"].get("warnings", []):
+        warn(message)
     if json_output:
         print_json(payload)
         return

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from mclnet_cli.cli.options import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt, common, modality_option
-from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar
+from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar, warn
 from mclnet_cli.config import IndexKind as IndexKindName
 from mclnet_cli.config import names
 
@@ -148,6 +148,8 @@ def _run(
 
     if not env_dist_info().is_main:  # torchrun: rank 0 speaks for the job
         return
+    for message in report.warnings:
+        warn(message)
     if as_json:
         print_json(report.to_json())
     else:

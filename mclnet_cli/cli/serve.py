@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from mclnet_cli.cli.options import DebugOpt, DeviceOpt, QuietOpt, ThreadsOpt, common
-from mclnet_cli.cli.output import err_console, fail, guard, print_json, state
+from mclnet_cli.cli.output import err_console, fail, guard, print_json, state, warn
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -92,6 +92,8 @@ def _run(
     )
     app = create_app(settings)
     gallery = app.state.served.engine.gallery
+    for message in app.state.served.engine.health_warnings():
+        warn(message)
     if host not in LOOPBACK and token is None:
         err_console.print(
             f"[yellow]warning:[/] listening on {host} without --token: anyone who can reach this machine can search and add",

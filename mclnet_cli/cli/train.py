@@ -10,7 +10,7 @@ from typing import Annotated, Any, Mapping, Optional
 import typer
 
 from mclnet_cli.cli.options import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, SetOpt, ThreadsOpt, common, complete_preset
-from mclnet_cli.cli.output import console, err_console, fail, guard, print_json, state
+from mclnet_cli.cli.output import console, err_console, fail, guard, print_json, state, warn
 
 
 def _format_parts(parts: Mapping[str, float]) -> str:
@@ -158,9 +158,7 @@ class RichReporter:
             self.console.print(message, highlight=False, soft_wrap=True)
 
     def warning(self, message: str) -> None:
-        from rich.markup import escape
-
-        self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+        warn(message)
 
     def end(self, result: Any) -> None:
         self.close()

@@ -73,6 +73,7 @@ class DemoPlan:
             "optim.warmup_epochs=1",
             f"optim.milestones={milestones}",
             f"eval.trials={self.trials}",
+            "train.stop_on_collapse=false",  # the demo finishes and says so in its summary (training.health)
             *self.extra,
         ]
 
@@ -329,6 +330,7 @@ def _training_summary(plan: DemoPlan, trained: Any) -> dict[str, Any]:
         "steps_per_epoch": plan.steps_per_epoch,
         "final_losses": {k: round(float(v), 4) for k, v in trained.final_losses.items()},
         "time_s": round(trained.time_s, 2),
+        "health": trained.summary.get("health"),
     }
 
 

@@ -479,6 +479,7 @@ def evaluate_checkpoint(
     """
     from mclnet_cli.engine.checkpoint import load_model
     from mclnet_cli.engine.device import resolve_device
+    from mclnet_cli.engine.health import model_warnings
     from mclnet_cli.model.net import FEATURES
 
     torch_device = resolve_device(device)
@@ -504,6 +505,9 @@ def evaluate_checkpoint(
     with (progress or no_progress)(_scoring(settings), len(trial_list) * len(features)) as advance:
         results = score_trials(samples, features, rows, trial_list, rerank=settings.rerank, on_progress=advance)
     extra: dict[str, Any] = {}
+    warnings = model_warnings(str(loaded.path), features.get("bn"), loaded.degenerate_neck_channels)
+    if warnings:
+        extra["warnings"] = warnings
     notes = draw_notes(samples, trial_list, prepared.meta)
     if notes:
         extra["notes"] = notes

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 
 from mclnet_cli.data.images import IMAGE_SUFFIXES, is_image_file
 from mclnet_cli.types import Modality
+from mclnet_cli.engine.health import model_warnings
 from mclnet_cli.errors import DataError, IndexStoreError
 from mclnet_cli.index.gallery import (
     BUILD_KINDS, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for, writer_lock,
@@ -67,6 +68,7 @@ class BuildReport:
     added: int  # rows embedded and added by this call
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not an image, or unreadable
     notices: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the model looks collapsed (engine/health.py)
     checkpoint: str = ""
     fingerprint: str = ""
     seconds: float = 0.0
@@ -88,6 +90,7 @@ class BuildReport:
             "replaced": self.replaced,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "notices": list(self.notices),
+            "warnings": list(self.warnings),
             "checkpoint": self.checkpoint,
             "fingerprint": self.fingerprint,
             "seconds": round(self.seconds, 3),
@@ -349,6 +352,7 @@ def _build(
     skipped = skipped + [(p, r) for p, r in extracted.failed]
     records = records_for(extracted.paths, modality.value)
     notices.extend(_layout_notice(extracted.paths, modality))
+    warnings = model_warnings(checkpoint_path, extracted.features, loaded.degenerate_neck_channels)
     if existing is None and not records:
         first = f" (e.g. {extracted.failed[0][1]})" if extracted.failed else ""
         raise DataError(f"none of the {len(todo)} image files under {gallery_root} could be decoded{first}")
@@ -375,7 +379,7 @@ def _build(
     return BuildReport(
         index_dir=out_dir, modality=modality.value, kind=gallery.kind, factory=gallery.factory,
         dimension=gallery.dimension, count=len(gallery), added=added, skipped=skipped, notices=notices,
-        checkpoint=checkpoint_path, fingerprint=loaded.fingerprint, seconds=seconds,
+        warnings=warnings, checkpoint=checkpoint_path, fingerprint=loaded.fingerprint, seconds=seconds,
         images_per_s=(len(todo) / seconds) if seconds > 0 else 0.0, appended=existing is not None,
         auto=gallery.extra.get("auto") if existing is None else None, replaced=replaced,
     )
@@ -604,6 +608,15 @@ class SearchEngine:
             skip_bad=True,
             on_progress=on_progress,
         )
+
+    def health_warnings(self, sample: int = 16) -> list[str]:
+        """Warnings about the model, measured on one batch of up to ``sample`` gallery images (evenly spaced)."""
+        records = self.gallery.records
+        step = max(1, len(records) // sample)
+        chosen = [r for r in records[::step][:sample] if Path(r.path).is_file()]
+        modality = str(self.gallery.extra.get("modality") or Modality.VISIBLE.value)
+        features = self.embed([r.path for r in chosen], modality).features if len(chosen) >= 2 else None
+        return model_warnings(self.checkpoint_path, features, self.loaded.degenerate_neck_channels)
 
     def notices_for(self, modality: Modality | str, gallery: GalleryIndex | None = None) -> list[str]:
         """What a caller should be told about searching ``gallery`` with probes of ``modality``."""

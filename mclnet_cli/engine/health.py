@@ -4,8 +4,9 @@ A collapsed run looks like any other in its loss curve: it ends, saves checkpoin
 and its model maps every image to (nearly) the same feature. Three signs, each
 measured against what a model that has learnt nothing gives:
 
-- ``identity``: the epoch's mean identity loss is within ``ID_TOLERANCE`` of ln C,
-  the loss of a classifier that gives every class the same probability;
+- ``identity``: the epoch's mean identity loss is no lower than ln C (less
+  ``ID_TOLERANCE``), the loss of a classifier that gives every class the same
+  probability (early in training it is often above: hence ``check_from_epoch``);
 - ``supcon``: SupCon is within ``SUPCON_TOLERANCE`` of its value when every feature
   is the same (tau * ln(2PK - 1) per scale);
 - ``features``: at every logged scale the features of all images point the same
@@ -15,8 +16,9 @@ measured against what a model that has learnt nothing gives:
 The run counts as collapsed when the identity sign shows (or, with the identity term
 off, SupCon's), or when the features sign shows: either alone means the retrieval
 feature cannot tell people apart. Checked only from ``check_from_epoch`` on
-(after warm-up and a quarter of the schedule by default), so an early epoch that
-has not learnt yet is not a collapse.
+(by default after warm-up, a quarter of the schedule and ``MIN_STEPS`` steps;
+``train.health_from_epoch`` sets it), so an early epoch that has not learnt yet
+is not a collapse.
 
 :func:`degenerate_features` is the same question asked of a trained model's
 features, for ``evaluate``, ``index`` and ``serve``.
@@ -30,10 +32,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-ID_TOLERANCE = 0.02  # identity loss >= (1 - 0.02) ln C
+ID_TOLERANCE = 0.02  # identity loss >= (1 - 0.02) ln C: no better than a flat classifier
 SUPCON_TOLERANCE = 0.01
 COSINE_LIMIT = 0.99
 GAP_LIMIT = 0.01
+#: by default no epoch is checked before this many optimisation steps (a short run has not learnt yet)
+MIN_STEPS = 400
 #: a trained model's retrieval features whose mean pairwise cosine is above this are degenerate
 DEGENERATE_COSINE = 0.99
 
@@ -64,11 +68,13 @@ class Health:
         return f"training collapsed at epoch {self.epoch + 1}/{epochs}: {'; '.join(self.reasons)}; {WHAT_TO_TRY}"
 
 
-def check_from_epoch(epochs: int, warmup_epochs: int, configured: int | None = None) -> int:
-    """First 0-based epoch the check looks at: ``configured``, else after warm-up and a quarter of the schedule."""
+def check_from_epoch(epochs: int, warmup_epochs: int, steps_per_epoch: int, configured: int | None = None) -> int:
+    """First 0-based epoch the check looks at: ``configured``; else the first epoch after warm-up, a
+    quarter of the schedule and ``MIN_STEPS`` steps (a shorter run is never checked: ``epochs`` or later)."""
     if configured is not None:
         return max(0, int(configured))
-    return max(int(warmup_epochs), math.ceil(epochs / 4))
+    first = max(int(warmup_epochs), math.ceil(epochs / 4))
+    return max(first, math.ceil(MIN_STEPS / max(int(steps_per_epoch), 1)) - 1)
 
 
 def supcon_chance(temperature: float, batch: int, scales: int = 4) -> float:
@@ -96,7 +102,7 @@ def assess_epoch(
         values.update(id=round(float(parts["id"]), 4), id_chance=round(chance, 4))
         if parts["id"] >= (1 - ID_TOLERANCE) * chance:
             identity_at_chance = True
-            reasons.append(f"identity loss {parts['id']:.3f} is at chance (ln {num_classes} = {chance:.3f})")
+            reasons.append(f"identity loss {parts['id']:.3f} is no better than chance (ln {num_classes} = {chance:.3f})")
     supcon_flat = False
     if "supcon" in parts and supcon_at_chance:
         values.update(supcon=round(float(parts["supcon"]), 4), supcon_chance=round(supcon_at_chance, 4))
@@ -121,12 +127,14 @@ def assess_epoch(
 
 
 def degenerate_features(features: np.ndarray, limit: int = 64) -> float | None:
-    """Mean pairwise cosine of the first ``limit`` rows when it is >= ``DEGENERATE_COSINE``, else None.
+    """Mean pairwise cosine of ``limit`` rows, evenly spaced, when it is >= ``DEGENERATE_COSINE``, else None.
 
     Cheap (a ``limit`` x ``limit`` product): a model whose features of different
     images point the same way cannot rank anything.
     """
-    rows = np.asarray(features[:limit], dtype=np.float64)
+    count = len(features)
+    picked = np.unique(np.linspace(0, count - 1, min(count, limit)).astype(np.int64)) if count else []
+    rows = np.asarray(features[picked], dtype=np.float64)  # spread over the rows, not one person's first images
     if rows.shape[0] < 2:
         return None
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
@@ -140,7 +148,22 @@ def degenerate_features(features: np.ndarray, limit: int = 64) -> float | None:
 def degenerate_message(source: str, cosine: float, images: int) -> str:
     """The warning line ``evaluate``, ``index`` and ``serve`` print for :func:`degenerate_features`."""
     return (
-        f"warning: {source}: the features of {images} different images have mean cosine {cosine:.4f}: "
+        f"{source}: the features of {images} different images have mean cosine {cosine:.4f}: "
         "the model maps every image to nearly the same point (a collapsed training run?); "
         "rankings from it are close to random"
     )
+
+
+def model_warnings(source: str, features: np.ndarray | None, degenerate_neck_channels: int = 0) -> list[str]:
+    """Warning lines about a trained model: degenerate features (first rows of ``features``) and steadied neck channels."""
+    warnings = []
+    if features is not None:
+        cosine = degenerate_features(features)
+        if cosine is not None:
+            warnings.append(degenerate_message(source, cosine, min(len(features), 64)))
+    if degenerate_neck_channels:
+        warnings.append(
+            f"{source}: {degenerate_neck_channels} BNNeck channel(s) have no spread float32 can resolve "
+            "(a collapsed training run?); they are held constant, so features do not depend on the batch"
+        )
+    return warnings
