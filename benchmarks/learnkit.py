@@ -88,18 +88,27 @@ def train_and_score(
 
     if out.exists():
         shutil.rmtree(out)
+    from mclnet_cli.errors import CollapseError
+
     config = load_config(preset, ["data.dataset=synthetic", "data.workers=0", "train.eval_every=0", *overrides])
     start = time.perf_counter()
-    result = fit(config, prepared, out, device="cpu")
+    try:
+        result = fit(config, prepared, out, device="cpu")
+        last, final_losses, stopped = result.last_checkpoint, result.final_losses, None
+    except CollapseError as exc:  # train.stop_on_collapse: score what it had (the collapsed model)
+        last, stopped = out / "last.pt", str(exc)
+        final_losses = json.loads((out / "summary.json").read_text()).get("final_losses", {})
     train_s = time.perf_counter() - start
-    report = evaluate_checkpoint(result.last_checkpoint, prepared, device="cpu", trials=trials, mode="all")
+    report = evaluate_checkpoint(last, prepared, device="cpu", trials=trials, mode="all")
     bn = report.results["bn"]
     rows = [r for r in read_metrics(out) if r.get("kind") == "epoch"]
     return {
         "mAP": float(bn.mean["mAP"]),
         "rank1": float(bn.mean["rank1"]),
         "train_s": train_s,
-        "final_losses": result.final_losses,
+        "final_losses": final_losses,
+        "health": json.loads((out / "summary.json").read_text()).get("health"),
+        "stopped": stopped,
         "features_last": rows[-1].get("features") if rows else None,
         "curve": [
             {"epoch": r["epoch"], **{k: round(v, 4) for k, v in r["parts"].items()},
