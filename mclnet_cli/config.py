@@ -51,10 +51,6 @@ Device = Literal["auto", "cpu", "cuda"]  # also cuda:N (a command option)
 # (the authors' code) or differentiated too, so that the loss cannot be lowered by shrinking
 # the features' spread (docs/method.md, "Observed when training from scratch")
 MmdBandwidth = Literal["detached", "differentiable"]
-# loss.mmd_feature: which feature the MMD term aligns. "f4" (the method: pooled pre-BN f4) can be
-# lowered by shrinking every image's f4 towards one point; "bn" (BNNeck(f4), standardised over the
-# batch in training) cannot, so its only way down is aligning the spectra (docs/method.md, finding 9)
-MmdFeature = Literal["f4", "bn"]
 
 
 def names(choice: Any) -> tuple[str, ...]:
@@ -125,7 +121,6 @@ class LossConfig:
     hks_temperature: float = 1.0
     mmd_margin: float | None = None
     mmd_bandwidth: MmdBandwidth = "detached"  # "differentiable": the bandwidth is not a constant for the gradient
-    mmd_feature: MmdFeature = "f4"  # "bn": BNNeck(f4), which the shrink cannot lower
     hks_smoothing: float = 0.0  # the code's KL adds eps to both softmaxes: (p + eps) / (1 + C eps); code: 1e-8
     label_smoothing: float = 0.0
     triplet_margin: float = 0.3

@@ -16,7 +16,6 @@ def test_choices_cover_every_closed_field_of_the_schema() -> None:
         "model.arch": names(config.Arch),
         "model.pooling": names(config.Pooling),
         "loss.mmd_bandwidth": names(config.MmdBandwidth),
-        "loss.mmd_feature": names(config.MmdFeature),
         "optim.name": names(config.OptimName),
         "eval.protocol": names(config.Protocol),
         "eval.mode": names(config.SysuMode),

@@ -124,7 +124,7 @@ def test_collapsed_run_warns_and_records_health(lookalike_dataset: Path, tmp_pat
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: training collapsed")]
     assert len(warnings) == 1, result.stderr  # one line, at the first collapsed epoch
-    assert "identity loss" in warnings[0] and "loss.mmd_feature" in warnings[0]
+    assert "identity loss" in warnings[0] and health.SUGGESTED_CHANGE in warnings[0]
     rows = [r for r in read_metrics(out) if r.get("kind") == "epoch"]
     assert rows[0]["health"]["status"] == "not_checked"
     assert all(r["health"]["status"] == "collapsed" for r in rows[1:])
@@ -139,7 +139,8 @@ def test_stop_on_collapse_stops_with_exit_1_and_a_restart_command(lookalike_data
     assert result.exit_code == 1
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "collapsed at epoch 2/4" in error[0] and "train.stop_on_collapse" in error[0]
-    assert f"--out {out}-retry" in error[0] and "Traceback" not in result.output
+    assert f"--out {out}-retry" in error[0] and f"--set {health.SUGGESTED_CHANGE}" in error[0]
+    assert "Traceback" not in result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "stopped" and summary["epochs_completed"] == 2
     assert summary["health"]["status"] == "collapsed"

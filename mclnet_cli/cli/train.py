@@ -213,6 +213,7 @@ def _run(
 
     from mclnet_cli.engine.train import fit
 
+    from mclnet_cli.engine.health import SUGGESTED_CHANGE
     from mclnet_cli.errors import CollapseError
 
     reporter = RichReporter(show_progress=not state.quiet)
@@ -220,7 +221,7 @@ def _run(
         result = fit(config, data, out, resume=resume, device=device, reporter=reporter)
     except CollapseError as exc:
         retry = shlex.join(["mclnet", "train", "--data", str(data), "--out", f"{out}-retry", "--preset", preset,
-                            *[arg for item in overrides for arg in ("--set", item)], "--set", "loss.mmd_feature=bn"])
+                            *[arg for item in overrides for arg in ("--set", item)], "--set", SUGGESTED_CHANGE])
         raise fail(f"{exc}; to start again with a change: {retry}") from exc
     finally:
         reporter.close()

@@ -41,9 +41,11 @@ MIN_STEPS = 400
 #: a trained model's retrieval features whose mean pairwise cosine is above this are degenerate
 DEGENERATE_COSINE = 0.99
 
+#: the change the restart command suggests, and the advice line (docs/troubleshooting.md)
+SUGGESTED_CHANGE = "loss.weights.mmd=0"
 WHAT_TO_TRY = (
-    "try a lower optim.lr, loss.mmd_feature=bn (an MMD on f4 can shrink every feature to one point), "
-    "or a smaller loss.weights.mmd; check that the data's identities really differ"
+    f"try {SUGGESTED_CHANGE} (an MMD on f4 can shrink every feature to one point), a smaller "
+    "loss.weights.hks or a lower optim.lr; check that the data's identities really differ"
 )
 
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from torch import Tensor
 
-from mclnet_cli.config import MmdBandwidth, MmdFeature, names
+from mclnet_cli.config import MmdBandwidth, names
 from mclnet_cli.errors import ConfigError
 from mclnet_cli.losses.functional import hks_loss, id_loss, mmd_loss, supcon_loss, triplet_loss
 from mclnet_cli.model.net import SCALES, ModelOutput
@@ -22,16 +22,9 @@ TERM_OUTPUTS: dict[str, tuple[str, ...]] = {
     "id": ("logits",),
     "supcon": ("features.*",),
     "hks": ("features.*",),
-    "mmd": ("features.layer4",),  # with loss.mmd_feature=bn: "bn_feature" (mmd_outputs)
+    "mmd": ("features.layer4",),
     "triplet": ("features.layer4",),
 }
-
-
-def term_outputs(term: str, mmd_feature: str = "f4") -> tuple[str, ...] | None:
-    """The model outputs ``term`` reads under these settings (None: not listed, i.e. every output)."""
-    if term == "mmd" and mmd_feature == "bn":
-        return ("bn_feature",)
-    return TERM_OUTPUTS.get(term)
 
 
 @dataclass(frozen=True)
@@ -46,8 +39,7 @@ class Criterion:
     """L = w_id L_id + w_mmd L_mmd + w_supcon sum_k L_sc(f_k) + w_hks L_hks (+ w_triplet L_tri).
 
     Terms with weight 0 are neither computed nor reported. ``parts["supcon"]`` is
-    the unweighted sum over the four scales. Triplet uses pre-BN f4; MMD too, or
-    BNNeck(f4) with ``mmd_feature="bn"``.
+    the unweighted sum over the four scales. MMD and triplet use pre-BN f4.
     """
 
     def __init__(
@@ -60,7 +52,6 @@ class Criterion:
         triplet_margin: float = 0.3,
         hks_smoothing: float = 0.0,
         mmd_bandwidth: MmdBandwidth = "detached",
-        mmd_feature: MmdFeature = "f4",
     ) -> None:
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
@@ -72,8 +63,6 @@ class Criterion:
             raise ConfigError("loss.supcon_temperature and loss.hks_temperature must be positive")
         if mmd_bandwidth not in names(MmdBandwidth):
             raise ConfigError(f"loss.mmd_bandwidth: unknown {mmd_bandwidth!r}; choose from: {', '.join(names(MmdBandwidth))}")
-        if mmd_feature not in names(MmdFeature):
-            raise ConfigError(f"loss.mmd_feature: unknown {mmd_feature!r}; choose from: {', '.join(names(MmdFeature))}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {label_smoothing!r}")
         self.weights = {name: float(value) for name, value in weights.items() if value > 0}
@@ -86,7 +75,6 @@ class Criterion:
         self.triplet_margin = triplet_margin
         self.hks_smoothing = hks_smoothing
         self.mmd_bandwidth = mmd_bandwidth
-        self.mmd_feature = mmd_feature
 
     @classmethod
     def from_config(cls, loss_cfg: Any) -> "Criterion":
@@ -102,7 +90,6 @@ class Criterion:
             triplet_margin=loss_cfg.triplet_margin,
             hks_smoothing=getattr(loss_cfg, "hks_smoothing", 0.0),
             mmd_bandwidth=getattr(loss_cfg, "mmd_bandwidth", "detached"),
-            mmd_feature=getattr(loss_cfg, "mmd_feature", "f4"),
         )
 
     def _term(self, name: str, output: ModelOutput, labels: Tensor, modalities: Tensor) -> Tensor:
@@ -116,9 +103,8 @@ class Criterion:
             return hks_loss([output.features[s] for s in SCALES], self.hks_temperature, self.hks_smoothing)
         if name == "mmd":
             vis = modalities == 0
-            aligned = output.bn_feature if self.mmd_feature == "bn" else f4
             return mmd_loss(
-                aligned[vis], aligned[~vis], labels[vis], labels[~vis], self.mmd_margin,
+                f4[vis], f4[~vis], labels[vis], labels[~vis], self.mmd_margin,
                 detach_bandwidth=self.mmd_bandwidth == "detached",
             )
         if name == "triplet":
