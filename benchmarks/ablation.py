@@ -7,6 +7,7 @@ Trains the same preset (default ``tiny``, from scratch) with
     id+sc+hks   ID + SupCon + HKS
     full        ID + SupCon + HKS + MMD (the preset's own weights)
     hks=0/1/5   the full objective with the HKS weight set to 0, 1, 5
+    id+triplet  the plain baseline MCLNet extends: ID + cross-modal batch-hard triplet
 
 on the project's synthetic generator and on the independent one in
 benchmarks/alt_synthetic.py, over several seeds (the seed draws the dataset and
@@ -49,6 +50,7 @@ VARIANTS: dict[str, list[str]] = {
     "hks=0": ["loss.weights.hks=0"],
     "hks=1": ["loss.weights.hks=1"],
     "hks=5": ["loss.weights.hks=5"],
+    "id+triplet": ["loss.weights.supcon=0", "loss.weights.hks=0", "loss.weights.mmd=0", "loss.weights.triplet=1"],
 }
 LABELS = {
     "id": "ID only",
@@ -58,6 +60,7 @@ LABELS = {
     "hks=0": "full, HKS weight 0",
     "hks=1": "full, HKS weight 1",
     "hks=5": "full, HKS weight 5",
+    "id+triplet": "baseline: ID + cross-modal triplet",
 }
 
 

@@ -67,7 +67,7 @@ def embed(
 
     from mclnet_cli.data.images import load_rgb, to_rgb
     from mclnet_cli.data.transforms import test_transform
-    from mclnet_cli.engine.extract import embed_batch
+    from mclnet_cli.engine.extract import NonFiniteFeatures, embed_batch
     from mclnet_cli.errors import ConfigError
 
     if feature not in ("bn", "pool"):
@@ -82,8 +82,10 @@ def embed(
     for start in range(0, len(images), batch_size):
         batch = [load_rgb(x) if isinstance(x, (str, Path)) else to_rgb(x) for x in images[start : start + batch_size]]
         tensor = torch.stack([transform(image) for image in batch]).to(device)
-        with torch.no_grad():
+        try:
             chunks.append(embed_batch(model.model, tensor, modality, flip)[feature].float().cpu().numpy())
+        except NonFiniteFeatures as exc:
+            raise exc.at(model.path, "embedding images") from exc
     dim = int(getattr(model.model, "feature_dim", 0))
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), dtype=np.float32)
 

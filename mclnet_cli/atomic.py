@@ -21,9 +21,9 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Sequence
 
-from mclnet_cli.errors import StorageError
+from mclnet_cli.errors import MclnetError, StorageError
 
 # errno values that mean "the storage failed", not "the caller passed something wrong".
 STORAGE_ERRNOS = frozenset(
@@ -137,10 +137,12 @@ class _Recorder:
         return getattr(self._handle, name)
 
 
-def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(handle)`` on a temp file beside ``path``, then rename it over ``path``.
+def write_temp(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(handle)`` on a new temp file beside ``path`` and fsync it; returns the temp, not yet renamed.
 
-    Raises :class:`StorageError` (naming ``path``) when the disk is full or fails.
+    The caller renames it into place (:func:`commit_together`) or removes it. Raises
+    :class:`StorageError` (naming ``path``) when the disk is full or fails; the temp is
+    gone then.
     """
     path = Path(path)
     try:
@@ -157,7 +159,6 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
             write(recorder)  # type: ignore[arg-type]
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         recorded = recorder.error if recorder is not None else None
@@ -167,7 +168,115 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
         if translated is not None:
             raise translated from exc
         raise
+    return Path(tmp)
+
+
+def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(handle)`` on a temp file beside ``path``, then rename it over ``path``.
+
+    Raises :class:`StorageError` (naming ``path``) when the disk is full or fails.
+    """
+    path = Path(path)
+    tmp = write_temp(path, write)
+    try:
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        translated = storage_error(exc, path)
+        if translated is not None:
+            raise translated from exc
+        raise
     return path
+
+
+def _target_error(exc: BaseException, target: Path) -> BaseException:
+    """``exc`` as an error that names ``target`` (never a temp): a StorageError, or the OSError re-addressed."""
+    translated = storage_error(exc, target)
+    if translated is not None:
+        return translated
+    if isinstance(exc, OSError):
+        return OSError(exc.errno, exc.strerror or str(exc), str(target))
+    return exc
+
+
+def commit_together(pairs: Sequence[tuple[Path, Path]]) -> None:
+    """Rename each ``(temp, target)`` temp over its target: all of them, or -- on a failure -- none.
+
+    When a rename fails, the targets already replaced get their previous content
+    back (kept as a hard link while committing) or, if they had none, are removed;
+    the remaining temps are removed. The error names the user's target, never a temp.
+    """
+    backups: list[Path | None] = []
+    done: list[int] = []
+    try:
+        for temp, target in pairs:
+            backups.append(_keep_previous(target))
+        for i, (temp, target) in enumerate(pairs):
+            try:
+                os.replace(temp, target)
+            except BaseException as exc:
+                raise _target_error(exc, target) from exc
+            done.append(i)
+    except BaseException:
+        for i in reversed(done):
+            target, backup = pairs[i][1], backups[i]
+            try:
+                if backup is not None:
+                    os.replace(backup, target)
+                else:
+                    target.unlink(missing_ok=True)
+            except OSError:
+                pass  # best effort: the error below is what the user needs to see
+        for temp, _ in pairs:
+            temp.unlink(missing_ok=True)
+        raise
+    finally:
+        for backup in backups:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
+    if pairs:
+        fsync_dir(pairs[0][1].parent)
+
+
+def _keep_previous(target: Path) -> Path | None:
+    """A hard link to ``target``'s current file under this module's temp pattern, or None (no file, no links)."""
+    if not target.is_file() or target.is_symlink():
+        return None
+    backup = target.parent / f".{target.name}.{os.getpid()}-{time.monotonic_ns()}.tmp"
+    try:
+        os.link(target, backup)
+    except OSError:
+        return None  # a file system without hard links: a failed commit removes instead of restoring
+    return backup
+
+
+def same_file(a: Path | str, b: Path | str) -> bool:
+    """True when ``a`` and ``b`` are one file: the same inode (hard or symbolic links), else the same real path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_overwrite(
+    outputs: Sequence[Path | str],
+    inputs: Sequence[Path | str],
+    *,
+    force: bool,
+    error: type[MclnetError],
+) -> None:
+    """Refuse, as ``error``, an output that is one of the inputs (always) or that exists already (unless ``force``)."""
+    for out in outputs:
+        for source in inputs:
+            if Path(source).exists() and same_file(out, source):
+                raise error(
+                    f"{out} is the input {source}: choose another output "
+                    "(an input is never overwritten, not even with --force)"
+                )
+    if not force:
+        for out in outputs:
+            if Path(out).exists() or Path(out).is_symlink():
+                raise error(f"{out} already exists; pass --force to replace it, or choose another output")
 
 
 def atomic_write_text(path: Path | str, text: str) -> Path:

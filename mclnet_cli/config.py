@@ -40,6 +40,7 @@ Arch = Literal["resnet18", "resnet34", "resnet50"]
 Pooling = Literal["gem", "avg"]
 ResizeFilter = Literal["bilinear", "lanczos"]
 IdentityDraw = Literal["cycle", "independent"]
+StepsRule = Literal["method", "official"]  # train.steps_rule: steps of an epoch when train.steps_per_epoch is null
 OptimName = Literal["sgd", "adam"]
 Protocol = Literal["sysu", "regdb", "llcm"]
 SysuMode = Literal["all", "indoor"]
@@ -81,6 +82,7 @@ class DataConfig:
     resize: ResizeFilter = "bilinear"  # bilinear | lanczos (the authors' code: lanczos)
     identity_draw: IdentityDraw = "cycle"  # cycle: every id before any repeats | independent: P fresh ids each batch (the code)
     instances_with_replacement: bool = False  # K images of an id drawn with replacement even when it has K (the code)
+    llcm_infrared_as_visible: bool = False  # LLCM only: infrared images get the visible augmentation, random grayscale included (the code)
 
     def __post_init__(self) -> None:
         for name in ("grayscale_p", "flip_p", "erasing_p", "spectrum_p", "pseudo_infrared_p"):
@@ -121,6 +123,7 @@ class LossConfig:
     hks_temperature: float = 1.0
     mmd_margin: float | None = None
     mmd_bandwidth: MmdBandwidth = "detached"  # "differentiable": the bandwidth is not a constant for the gradient
+    mmd_start_epoch: int = 0  # 0-based epoch the MMD term joins the objective (0: from the start, the method)
     hks_smoothing: float = 0.0  # the code's KL adds eps to both softmaxes: (p + eps) / (1 + C eps); code: 1e-8
     label_smoothing: float = 0.0
     triplet_margin: float = 0.3
@@ -146,7 +149,8 @@ class TrainConfig:
     """Training loop."""
 
     epochs: int = 151
-    steps_per_epoch: int | None = None  # None: as in the method (about max(#vis, #ir) / (P*K))
+    steps_per_epoch: int | None = None  # None: from train.steps_rule (N = max(#vis, #ir) training images)
+    steps_rule: StepsRule = "method"  # method: N // (P*K) | official: int(N / (P*K)) + 1, as the authors' sampler
     eval_every: int = 0  # evaluate on the validation split every N epochs; 0 = never
     amp: bool = True  # mixed precision on CUDA only
     channels_last: bool = True  # CUDA only
@@ -490,6 +494,36 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
 
 
+def _suggest_key(cls: type, key: str, prefix: str) -> str:
+    """`` (did you mean 'train.epochs'?)`` for an unknown ``prefix + key``: always the full dotted key.
+
+    A key of this level spelled nearly right (``train.epoch``), else a key one or more levels
+    down whose last part is ``key`` or close to it (``epochs`` -> ``train.epochs``); several
+    equally good ones are all named.
+    """
+    here: list[str] = []
+    below: dict[str, list[str]] = {}  # last part -> full dotted keys under this level
+
+    def walk(tp: type, at: str, depth: int) -> None:
+        hints = typing.get_type_hints(tp)
+        for f in dataclasses.fields(tp):
+            inner = hints[f.name]
+            if depth == 0:
+                here.append(f.name)
+            else:
+                below.setdefault(f.name, []).append(f"{at}{f.name}")
+            if dataclasses.is_dataclass(inner):
+                walk(inner, f"{at}{f.name}.", depth + 1)
+
+    walk(cls, prefix, 0)
+    close = difflib.get_close_matches(key, here, n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {prefix + close[0]!r}?)"
+    names = [key] if key in below else difflib.get_close_matches(key, list(below), n=1, cutoff=0.8)
+    found = [full for name in names for full in below[name]]
+    return f" (did you mean {' or '.join(repr(k) for k in found)}?)" if found else ""
+
+
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping of options, got {data!r}")
@@ -500,7 +534,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         where = f"{prefix}{key}"
         if key not in fields:
             raise ConfigError(
-                f"unknown config key {where!r}{_suggest(str(key), fields)}; "
+                f"unknown config key {where!r}{_suggest_key(cls, str(key), prefix)}; "
                 f"valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(fields)}"
             )
         tp = hints[key]

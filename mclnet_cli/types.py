@@ -1,4 +1,4 @@
-"""The ground floor: the two spectra and one dataset image. Every layer may import this; it imports nothing of the project but errors.
+"""The ground floor: the two spectra, the retrieval features' names and one dataset image. Every layer may import this; it imports nothing of the project but errors.
 
 ``Modality`` is the only place the 0/1 tensor code of a spectrum is defined.
 """
@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from mclnet_cli.errors import DataError
+
+
+#: the retrieval features a model embeds (``MCLNet.embed_all``) and an index may store: BNNeck(f4) and pooled f4
+FEATURES = ("bn", "pool")
 
 
 class Modality(str, enum.Enum):

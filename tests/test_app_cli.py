@@ -109,3 +109,104 @@ def test_os_errors_are_one_line(tmp_path):
     assert result.exit_code == 1
     assert "Traceback" not in result.output and "error:" in result.output
     assert "Not a directory" in result.output or "File exists" in result.output
+
+
+# --------------------------------------------------------------------------- issue 25: a new user's first run
+
+
+def _narrow_stderr(monkeypatch, columns: int = 40) -> None:
+    """rich wraps at the console's width: make stderr a 40-column terminal for one test."""
+    from mclnet_cli.cli import output
+
+    monkeypatch.setattr(output.err_console, "_width", columns)
+    assert output.err_console.width == columns
+
+
+def test_train_ctrl_c_prints_the_resume_command_unbroken_at_40_columns(tmp_path, monkeypatch):
+    import shlex
+    from types import SimpleNamespace
+
+    import mclnet_cli.engine.train as engine_train
+
+    data, out = tmp_path / "prepared data", tmp_path / "runs" / "my first run"
+    out.mkdir(parents=True)
+    (out / "last.pt").write_bytes(b"")  # the hint offers --resume only when a checkpoint exists
+
+    def interrupted_fit(config, data_dir, out_dir, **kwargs):
+        return SimpleNamespace(
+            rank=0, status="interrupted", epochs=3, epochs_completed=1, out_dir=Path(out_dir), summary={},
+            time_s=1.0, images_per_s=1.0, last_checkpoint=Path(out_dir) / "last.pt", best_checkpoint=None,
+        )
+
+    monkeypatch.setattr(engine_train, "fit", interrupted_fit)
+    _narrow_stderr(monkeypatch)
+    result = runner.invoke(app, ["train", "--preset", "tiny", "--data", str(data), "--out", str(out), "-q", "--threads", "1"])
+    assert result.exit_code == 130, result.output
+    command = f"mclnet train --data {shlex.quote(str(data))} --out {shlex.quote(str(out))} --resume"
+    assert len(command) > 40
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("interrupted:") and line.endswith(f"continue with: {command}") for line in lines), lines
+    assert "error:" not in result.stderr and "Traceback" not in result.output
+
+
+def test_demo_ctrl_c_prints_the_restart_command_unbroken_at_40_columns(tmp_path, monkeypatch):
+    import mclnet_cli.engine.demo as engine_demo
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_demo, "run_demo", interrupted)
+    _narrow_stderr(monkeypatch)
+    out = tmp_path / "a demo folder with a long name"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--quick", "--threads", "1"])
+    assert result.exit_code == 130, result.output
+    command = engine_demo.restart_command(out, True)
+    assert any(line.startswith("interrupted:") and line.endswith(command) for line in result.stderr.splitlines()), result.stderr
+
+
+def _every_command(group=None, path=()):
+    """Each command path of the app (``("prepare", "sysu")``, ...), groups included."""
+    import typer
+
+    group = group if group is not None else typer.main.get_command(app)
+    yield path
+    for name, command in getattr(group, "commands", {}).items():
+        yield from _every_command(command, (*path, name))
+
+
+def test_flags_show_no_bool_type_in_help(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one row per option: a "<bool>" cannot hide in a wrapped cell
+    for args in (["train"], ["index"]):
+        result = runner.invoke(app, [*args, "--help"])
+        assert result.exit_code == 0, result.output
+        assert "--quiet" in result.output and "--help" in result.output
+        assert "<bool>" not in result.output, result.output
+    paths = list(_every_command())
+    assert ("train",) in paths and ("prepare", "synthetic") in paths and ("presets", "show") in paths
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0 and "<bool>" not in result.output, (path, result.output)
+
+
+def test_flags_still_parse_after_their_help_row_lost_its_type():
+    result = runner.invoke(app, ["presets", "list", "--json", "--quiet"])
+    assert result.exit_code == 0 and "tiny" in json.loads(result.output)["presets"]
+
+
+def test_train_on_the_raw_synthetic_folder_points_at_its_prepared_child(tmp_path, monkeypatch):
+    from mclnet_cli.data.records import write_prepared
+    from mclnet_cli.types import Modality, Sample
+
+    raw = tmp_path / "synth"
+    samples = [Sample(str(raw / "cam1" / "0001" / "0001.png"), 1, 1, Modality.VISIBLE, "train")]
+    write_prepared(raw / "prepared", samples, {"dataset": "synthetic"})
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--data", "synth", "--out", "run", "--preset", "tiny", "--threads", "1"])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output
+    assert "did you mean synth/prepared?" in lines[0], lines
+    # a folder with no prepared child keeps the plain message
+    (tmp_path / "empty").mkdir()
+    plain = runner.invoke(app, ["train", "--data", "empty", "--out", "run", "--preset", "tiny", "--threads", "1"])
+    assert plain.exit_code == 1 and "did you mean" not in plain.output and "is not a prepared dataset" in plain.output

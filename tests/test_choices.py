@@ -17,6 +17,7 @@ def test_choices_cover_every_closed_field_of_the_schema() -> None:
         "model.pooling": names(config.Pooling),
         "loss.mmd_bandwidth": names(config.MmdBandwidth),
         "optim.name": names(config.OptimName),
+        "train.steps_rule": names(config.StepsRule),
         "eval.protocol": names(config.Protocol),
         "eval.mode": names(config.SysuMode),
         "eval.direction": names(config.Direction),

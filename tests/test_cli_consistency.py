@@ -162,7 +162,7 @@ def test_without_threads_an_idle_machine_keeps_torchs_default(cli_runner: Any, m
 def test_serve_threads(cli_runner: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("uvicorn")
     seen = _capture_threads(monkeypatch, "mclnet_cli.serve", "create_app")
-    result = cli_runner.invoke(app, ["serve", "-i", "idx", "--threads", "1"])
+    result = cli_runner.invoke(app, ["serve", "-i", "idx", "--port", "0", "--threads", "1"])  # it binds before loading
     assert "stopped by the test" in result.output and seen == [1]
 
 
@@ -494,18 +494,25 @@ def test_serve_json_and_quiet(cli_runner: Any, monkeypatch: pytest.MonkeyPatch) 
     class Gallery(list):
         extra = {"modality": "visible"}
 
-    fake = SimpleNamespace(state=SimpleNamespace(served=SimpleNamespace(engine=SimpleNamespace(gallery=Gallery([1, 2, 3])))))
+    engine = SimpleNamespace(gallery=Gallery([1, 2, 3]), health_warnings=lambda: [])
+    fake = SimpleNamespace(state=SimpleNamespace(served=SimpleNamespace(engine=engine)))
     monkeypatch.setattr(serve_package, "create_app", lambda settings: fake)
     ran: list[int] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, log_level: ran.append(port))
-    loud = cli_runner.invoke(app, ["serve", "-i", "idx", "--port", "8123", "--json", "--threads", "1"])
+
+    def run(server: Any, sockets: list[Any]) -> None:  # the socket the command bound, listening already
+        ran.append(sockets[0].getsockname()[1])
+        server.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    loud = cli_runner.invoke(app, ["serve", "-i", "idx", "--port", "0", "--json", "--threads", "1"])  # 0: a free port
     assert loud.exit_code == 0, loud.output
+    assert len(ran) == 1 and ran[0] > 0
     assert json.loads(loud.stdout) == {
-        "url": "http://127.0.0.1:8123/", "index": "idx", "images": 3, "modality": "visible", "token_required": False,
+        "url": f"http://127.0.0.1:{ran[0]}/", "index": "idx", "images": 3, "modality": "visible", "token_required": False,
     }
-    assert "serving 3 visible images" in loud.stderr
-    quiet = cli_runner.invoke(app, ["serve", "-i", "idx", "--port", "8123", "--quiet", "--threads", "1"])
-    assert quiet.exit_code == 0 and quiet.stdout == "" and "serving" not in quiet.stderr and ran == [8123, 8123]
+    assert "serving 3 visible images" in loud.stderr and f"on http://127.0.0.1:{ran[0]} " in loud.stderr
+    quiet = cli_runner.invoke(app, ["serve", "-i", "idx", "--port", "0", "--quiet", "--threads", "1"])
+    assert quiet.exit_code == 0 and quiet.stdout == "" and "serving" not in quiet.stderr and len(ran) == 2
     state.threads = None
 
 

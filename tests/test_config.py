@@ -75,7 +75,7 @@ def test_overrides_are_typed_through_yaml():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("optim.lrr=0.1", "did you mean 'lr'"),
+        ("optim.lrr=0.1", "did you mean 'optim.lr'"),  # the full dotted key, as --set takes it
         ("optimm.lr=0.1", "did you mean 'optim'"),
         ("train.epochs=ten", "train.epochs: expected an integer"),
         ("model.pooling=on", "expected a string, got the boolean True"),
@@ -94,6 +94,33 @@ def test_bad_overrides_say_what_is_wrong(override, message):
         load_config("tiny", [override])
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "override, meant",
+    [
+        ("epochs=3", "'train.epochs'"),  # a key of a section given without its section
+        ("epoch=3", "'train.epochs'"),
+        ("lr=0.1", "'optim.lr'"),
+        ("train.epoch=3", "'train.epochs'"),  # misspelt inside its section: still the full key
+        ("data.hieght=64", "'data.height'"),
+        ("batch_size=8", "'eval.batch_size' or 'index.batch_size'"),  # the same name in two sections
+    ],
+)
+def test_unknown_key_suggests_the_full_dotted_key(override, meant):
+    with pytest.raises(ConfigError) as info:
+        load_config("tiny", [override])
+    assert f"(did you mean {meant}?)" in str(info.value), str(info.value)
+    # and the suggestion is a key --set accepts
+    first = meant.split(" or ")[0].strip("'")
+    value = override.partition("=")[2]
+    assert load_config("tiny", [f"{first}={value}"]) is not None
+
+
+def test_an_unknown_key_like_no_other_suggests_nothing():
+    with pytest.raises(ConfigError) as info:
+        load_config("tiny", ["frobnicate=1"])
+    assert "did you mean" not in str(info.value) and "valid keys: data, model" in str(info.value)
 
 
 def test_unknown_preset_suggests_and_lists():

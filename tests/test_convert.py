@@ -287,6 +287,57 @@ def test_n_class_must_agree_with_the_classifier(reference, tmp_path: Path) -> No
     assert f"n_class is {NUM_CLASSES + 1}" in line
 
 
+@pytest.mark.parametrize("declared", ["seven", 7.5, np.float64("nan"), [7]], ids=["text", "fraction", "numpy-nan", "list"])
+def test_a_non_integer_n_class_is_one_line(reference, tmp_path: Path, declared) -> None:
+    torch.save({"main_net": reference.state_dict(), "n_class": declared}, tmp_path / "bad.pth")
+    line = one_line_error(runner.invoke(app, ["convert", str(tmp_path / "bad.pth"), "--out", str(tmp_path / "o.pt")]))
+    assert str(tmp_path / "bad.pth") in line and "n_class must be a whole number" in line
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_whole_numbers_of_any_type_are_accepted_as_n_class(reference, tmp_path: Path) -> None:
+    for declared in (np.int64(NUM_CLASSES), float(NUM_CLASSES), torch.tensor(NUM_CLASSES)):
+        torch.save({"main_net": reference.state_dict(), "n_class": declared}, tmp_path / "a.pth")
+        result = runner.invoke(app, ["convert", str(tmp_path / "a.pth"), "--out", str(tmp_path / "o.pt"), "--force", "--json"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["num_classes"] == NUM_CLASSES
+
+
+def test_an_existing_output_is_refused_without_force_and_replaced_with_it(reference, tmp_path: Path) -> None:
+    source = authors_file(tmp_path / "a.pth", reference)
+    out = tmp_path / "o.pt"
+    out.write_bytes(b"an older file")
+    line = one_line_error(runner.invoke(app, ["convert", str(source), "--out", str(out)]))
+    assert f"{out} already exists" in line and "--force" in line
+    assert out.read_bytes() == b"an older file"
+    result = runner.invoke(app, ["convert", str(source), "--out", str(out), "--force"])
+    assert result.exit_code == 0, result.output
+    assert load_model(out).config.model.arch == "resnet18"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "o.pt"]
+
+
+def test_the_source_is_never_the_output_not_even_with_force(reference, tmp_path: Path) -> None:
+    source = authors_file(tmp_path / "a.pth", reference)
+    before = source.read_bytes()
+    (tmp_path / "link.pt").symlink_to(source)
+    (tmp_path / "hard.pt").hardlink_to(source)
+    for out in (source, tmp_path / "link.pt", tmp_path / "hard.pt", tmp_path / "." / "a.pth"):
+        for force in ([], ["--force"]):
+            line = one_line_error(runner.invoke(app, ["convert", str(source), "--out", str(out), *force]))
+            assert "is the input" in line and "never overwritten" in line
+    line = one_line_error(runner.invoke(app, ["convert", str(tmp_path / "link.pt"), "--out", str(source), "--force"]))
+    assert "is the input" in line
+    assert source.read_bytes() == before
+
+
+def test_an_output_folder_is_one_line_naming_it(reference, tmp_path: Path) -> None:
+    source = authors_file(tmp_path / "a.pth", reference)
+    (tmp_path / "out").mkdir()
+    for force in ([], ["--force"]):
+        line = one_line_error(runner.invoke(app, ["convert", str(source), "--out", str(tmp_path / "out"), *force]))
+        assert f"{tmp_path / 'out'} is a folder" in line and ".tmp" not in line  # never the temp's name
+
+
 class _Payload:
     def __init__(self, marker: Path) -> None:
         self.marker = marker

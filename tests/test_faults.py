@@ -494,6 +494,7 @@ def test_a_pickle_with_foreign_objects_never_suggests_weights_only_false(tmp_pat
         ("image_size", [64, 32, 3], "image_size must be [height, width]"),
         ("count", "many", "count must be a non-negative integer"),
         ("checkpoint", "me", "checkpoint must be"),
+        ("feature", "gem", "feature must be one of bn, pool, got 'gem'"),
     ],
 )
 def test_a_tampered_index_meta_field_is_one_line(tiny_checkpoint: Path, tmp_path: Path, field, value, needle) -> None:
@@ -639,6 +640,52 @@ def test_export_on_a_full_disk_is_one_line_naming_the_file(tiny_checkpoint, tmp_
     assert len(lines) == 1 and "Traceback" not in result.output
     assert f"cannot write {out}" in lines[0] and "No space left on device" in lines[0]
     assert list(out.parent.iterdir()) == []  # neither the file nor a temp
+
+
+def _export_args(checkpoint: Path, out: Path, *extra: str) -> list[str]:
+    return ["export", str(checkpoint), "--format", "torchscript", "--modality", "visible", "--out", str(out), *extra]
+
+
+def test_an_export_whose_sidecar_cannot_be_written_leaves_neither_file(tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    """Model and sidecar are one unit: a full disk at the sidecar leaves no model behind, and names the sidecar."""
+    out = tmp_path / "exports" / "visible.pt"
+    _fill_disk(monkeypatch, room=16, only="visible.pt.json.")
+    result = runner.invoke(app, _export_args(tiny_checkpoint, out))
+    line = _one_line_error(result, f"cannot write {out}.json", "No space left on device")
+    assert ".tmp" not in line
+    assert list(out.parent.iterdir()) == []  # neither file, nor a temp
+
+
+def test_a_forced_export_that_fails_keeps_the_previous_pair(tiny_checkpoint, tmp_path, monkeypatch) -> None:
+    out = tmp_path / "visible.pt"
+    out.write_bytes(b"previous model")
+    (tmp_path / "visible.pt.json").write_text('{"previous": true}')
+    _fill_disk(monkeypatch, room=16, only="visible.pt.json.")
+    _one_line_error(runner.invoke(app, _export_args(tiny_checkpoint, out, "--force")), "No space left on device")
+    assert out.read_bytes() == b"previous model"
+    assert json.loads((tmp_path / "visible.pt.json").read_text()) == {"previous": True}
+    assert _temps(tmp_path) == []
+
+
+def test_a_failed_rename_of_a_pair_restores_the_first_file(tmp_path, monkeypatch) -> None:
+    """commit_together: the second rename fails, so the first target gets its previous content back."""
+    first, second = tmp_path / "model.pt", tmp_path / "model.pt.json"
+    first.write_bytes(b"old model")
+    temps = [atomic_module.write_temp(t, lambda h, d=d: h.write(d)) for t, d in ((first, b"new model"), (second, b"{}"))]
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst) == second:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(atomic_module.os, "replace", replace)
+    with pytest.raises(Exception, match=f"cannot write {second}") as caught:
+        atomic_module.commit_together(list(zip(temps, (first, second))))
+    assert ".tmp" not in str(caught.value)
+    monkeypatch.undo()
+    assert first.read_bytes() == b"old model" and not second.exists()
+    assert _temps(tmp_path) == []  # neither the temps nor the backup of the first file
 
 
 def test_library_errors_that_name_a_full_disk_become_storage_errors(tmp_path) -> None:

@@ -4,7 +4,7 @@ BNNeck divided float rounding by a near-zero spread, cosine 0.12 between one ima
 and in a batch).
 
 The collapsed fixture is built the way such a model behaves: its stems ignore the image
-(weights x 1e-6 under a constant bias), so f4 is the same for every image up to float
+(weights x 1e-8 under a constant bias), so f4 is the same for every image up to float
 rounding, and its neck holds the statistics recalibration measures on such f4 (variance
 ~1e-13), written as a checkpoint from before the fix would hold them.
 """
@@ -42,7 +42,7 @@ def collapsed_checkpoint(tmp_path_factory: pytest.TempPathFactory, prepared_data
     model = build_model(config.model, num_classes=9).eval()
     with torch.no_grad():
         for stream in (model.backbone.specific.visible, model.backbone.specific.infrared):
-            stream[0][0].weight.mul_(1e-6)  # the stem conv: the image barely reaches f4
+            stream[0][0].weight.mul_(1e-8)  # the stem conv: the image barely reaches f4
             stream[0][1].bias.fill_(1.0)
     samples = load_prepared(prepared_dataset).select("train")
     f4 = {

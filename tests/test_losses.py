@@ -350,3 +350,41 @@ def test_criterion_from_config() -> None:
     assert set(crit(out, LABELS, MODS).parts) == {"id", "supcon", "mmd"}
     default = Criterion.from_config(LossConfig())
     assert default.weights == {"id": 1.0, "supcon": 5.0, "hks": 5.0, "mmd": 0.25}
+
+
+def test_mmd_start_epoch_keeps_mmd_out_before_it() -> None:
+    """loss.mmd_start_epoch reaches the objective: no MMD part (and a smaller total) before it, the full
+    objective from it on; through fit, the epoch rows say the same."""
+    from mclnet_cli.config import load_config
+    from mclnet_cli.losses import Criterion
+    from mclnet_cli.model.net import ModelOutput
+
+    torch.manual_seed(0)
+    labels = torch.arange(4).repeat_interleave(2).repeat(2)
+    modalities = torch.cat([torch.zeros(8), torch.ones(8)]).long()
+    features = {f"layer{i}": torch.rand(16, 8) for i in range(1, 5)}
+    output = ModelOutput(features=features, bn_feature=torch.rand(16, 8), logits=torch.randn(16, 4))
+    crit = Criterion.from_config(load_config("tiny", ["loss.mmd_start_epoch=2"]).loss)
+    crit.set_epoch(1)
+    early = crit(output, labels, modalities)
+    crit.set_epoch(2)
+    late = crit(output, labels, modalities)
+    assert "mmd" not in early.parts and "mmd" in late.parts
+    assert float(late.total - early.total) == pytest.approx(0.25 * float(late.parts["mmd"]), rel=1e-5)
+    with pytest.raises(ConfigError, match="mmd_start_epoch"):
+        Criterion.from_config(load_config("tiny", ["loss.mmd_start_epoch=-1"]).loss)
+
+
+def test_mmd_start_epoch_in_training(prepared_dataset, tmp_path) -> None:
+    from mclnet_cli.config import load_config
+    from mclnet_cli.engine.runlog import read_metrics
+    from mclnet_cli.engine.train import fit
+
+    config = load_config("tiny", [
+        "data.height=64", "data.width=32", "data.num_ids=2", "data.num_instances=2", "data.workers=0",
+        "train.epochs=3", "train.steps_per_epoch=2", "optim.warmup_epochs=1", "optim.milestones=[2]",
+        "loss.mmd_start_epoch=2",
+    ])
+    fit(config, prepared_dataset, tmp_path / "run", device="cpu")
+    rows = [r for r in read_metrics(tmp_path / "run") if r.get("kind") == "epoch"]
+    assert ["mmd" in r["parts"] for r in rows] == [False, False, True]

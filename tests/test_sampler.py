@@ -75,6 +75,11 @@ def test_steps_override_and_default() -> None:
     assert default_steps(100, 40, 4, 4) == 6
     assert default_steps(3, 2, 4, 4) == 1
     assert len(make(steps_per_epoch=7)) == 7
+    # train.steps_rule=official: int(N / (P*K)) + 1, one more also when P*K divides N
+    assert default_steps(100, 40, 4, 4, "official") == 7 and default_steps(96, 40, 4, 4, "official") == 7
+    assert default_steps(3, 2, 4, 4, "official") == 1
+    assert len(make(steps_rule="official")) == max(len(VISIBLE), len(INFRARED)) // 6 + 1
+    assert len(make(steps_per_epoch=7, steps_rule="official")) == 7
 
 
 def test_ddp_shards_are_disjoint_and_equal() -> None:

@@ -334,13 +334,12 @@ def test_a_crash_inside_is_a_500_without_traceback(served: dict, monkeypatch: py
 # --------------------------------------------------------------------------- token and traversal
 
 
-def test_token_on_every_route_but_healthz_and_the_page(served: dict) -> None:
+def test_token_on_every_data_route_but_not_healthz_the_page_or_the_docs(served: dict) -> None:
     client = _client(served, token=TOKEN)
     good = {"Authorization": f"Bearer {TOKEN}"}
     assert client.get("/healthz").status_code == 200
     assert client.get("/").status_code == 200  # static HTML; it sends the token itself
-    for method, path in (("get", "/gallery"), ("get", "/images/0"), ("get", "/docs"), ("get", "/openapi.json"),
-                         ("post", "/gallery"), ("post", "/search")):  # fmt: skip
+    for method, path in (("get", "/gallery"), ("get", "/images/0"), ("post", "/gallery"), ("post", "/search")):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"}):
             response = getattr(client, method)(path, headers=headers)
             _assert_one_line_error(response, 401, "token")
@@ -348,6 +347,38 @@ def test_token_on_every_route_but_healthz_and_the_page(served: dict) -> None:
     assert client.get("/gallery", headers=good).status_code == 200
     assert client.get("/images/0", headers=good).status_code == 200
     assert _search(client, served["probes"][:1], headers=good).status_code == 200
+
+
+def test_api_docs_open_in_a_browser_without_the_token_and_offer_it(served: dict) -> None:
+    """A browser cannot send the header: /docs, /redoc and /openapi.json hold no data and load without it."""
+    client = _client(served, token=TOKEN)
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower() and "/openapi.json" in docs.text
+    assert client.get("/redoc").status_code == 200
+    schema = client.get("/openapi.json")
+    assert schema.status_code == 200
+    described = schema.json()
+    # the token is declared, so /docs has an Authorize button and "Try it out" sends it
+    assert described["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": "The token given to 'mclnet serve --token'.",
+    }
+    assert described["paths"]["/search"]["post"]["security"] == [{"bearer": []}]
+    assert described["paths"]["/gallery"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in described["paths"]["/healthz"]["get"]
+    # ... while every data route still needs it
+    _assert_one_line_error(_search(client, served["probes"][:1]), 401, "token")
+    _assert_one_line_error(client.get("/gallery"), 401, "token")
+    _assert_one_line_error(client.get("/images/0"), 401, "token")
+    for near in ("/docs/../gallery", "/openapi.json/../gallery", "/docsx", "/openapi.jsonx"):
+        assert client.get(near).status_code in (401, 404), near
+    good = {"Authorization": f"Bearer {TOKEN}"}
+    assert _search(client, served["probes"][:1], headers=good).status_code == 200
+
+
+def test_without_a_token_the_api_docs_declare_none(served: dict) -> None:
+    described = _client(served).get("/openapi.json").json()
+    assert "securitySchemes" not in described.get("components", {})
+    assert "security" not in described["paths"]["/search"]["post"]
 
 
 def test_no_token_means_open(served: dict) -> None:
@@ -431,6 +462,83 @@ def test_real_uvicorn_answers_search_over_tcp(served: dict, live_server: str) ->
     assert [h["rank"] for h in hits] == [1, 2, 3]
 
 
+def test_a_taken_port_is_one_error_line_before_anything_says_serving(served: dict, cli_runner) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        args = ["serve", "--index", str(served["index"]), "--port", str(port), "--device", "cpu", "--threads", "1"]
+        result = cli_runner.invoke(cli_app, args)
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: cannot listen on 127.0.0.1:{port}: port {port} is already in use"), lines
+    assert "serving" not in result.output and "Errno" not in result.output and "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "host, words",
+    [
+        ("192.0.2.1", "is not an address of this machine"),  # TEST-NET-1: never a local address
+        ("::ffff:192.0.2.1", "is not an address of this machine"),
+    ],
+)
+def test_an_address_that_cannot_be_bound_is_one_error_line(served: dict, cli_runner, host: str, words: str) -> None:
+    port = _free_port()
+    args = ["serve", "--index", str(served["index"]), "--host", host, "--port", str(port), "--token", TOKEN, "--device", "cpu"]
+    result = cli_runner.invoke(cli_app, args)
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot listen on {where}: ") and words in lines[0], lines
+    assert "serving" not in result.output
+
+
+def test_serve_listens_on_the_printed_port_and_ctrl_c_exits_130(served: dict, tmp_path: Path) -> None:
+    """The real command in its own process: --port 0 prints the port it got, and Ctrl-C ends it with 130."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    env = {**os.environ, "MCLNET_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "mclnet_cli", "serve", "--index", str(served["index"]), "--port", "0", "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        seen = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if line.startswith("serving"):
+                break
+        assert seen and seen[-1].startswith("serving"), seen
+        found = re.search(r"on http://127\.0\.0\.1:(\d+) ", seen[-1])
+        assert found and int(found.group(1)) > 0, seen[-1]
+        url = f"http://127.0.0.1:{found.group(1)}"
+        for _ in range(100):  # the socket listens already; uvicorn answers once its loop runs
+            try:
+                assert httpx.get(f"{url}/healthz", timeout=5).json() == {"status": "ok"}
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server never answered /healthz")
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, (process.returncode, err)
+    assert "interrupted:" in err and "stopped serving" in err and "Traceback" not in err and "error:" not in err, err
+
+
 def test_serve_command_defaults_to_loopback() -> None:
     import inspect
 
@@ -440,6 +548,65 @@ def test_serve_command_defaults_to_loopback() -> None:
 
 
 # --------------------------------------------------------------------------- the page in a browser
+
+
+def test_search_reports_the_probes_pid_from_a_name_in_a_dataset_layout(served: dict) -> None:
+    """The page marks hits from the probe's pid: known when the uploaded name follows a layout, else null."""
+    client = _client(served)
+    probe = served["probes"][0]  # .../probes/cam3/0001/0001.png
+    laid_out = "/".join(probe.parts[-3:])
+    files = [("probes", (laid_out, probe.read_bytes(), "image/png")), ("probes", (probe.name, probe.read_bytes(), "image/png"))]
+    answer = client.post("/search", files=files, data={"modality": "infrared", "top_k": "3"}).json()
+    named, bare = answer["results"]
+    assert named["probe"] == laid_out and (named["pid"], named["cam"]) == (1, 3)
+    assert bare["probe"] == probe.name and (bare["pid"], bare["cam"]) == (None, None)
+    assert all(hit["pid"] is not None for hit in named["results"])  # both known: the page can mark every hit
+
+
+def test_the_page_marks_matches_and_says_the_score_is_a_cosine(served: dict) -> None:
+    page = _client(served).get("/").text
+    assert "cosine" in page and "function verdict(" in page and "function probePid(" in page
+    assert "figure.same img" in page and "figure.other img" in page  # coloured borders ...
+    assert "\\u2713 match" in page and "\\u2717 not a match" in page  # ... and a text label for each
+    assert 'id="pid"' in page and 'label for="pid"' in page
+
+
+def _page_script() -> str:
+    from mclnet_cli.serve.app import PAGE
+
+    text = PAGE.read_text(encoding="utf-8")
+    return text[text.index("<script>") + len("<script>"): text.index("</script>")]
+
+
+def test_the_pages_marking_rule_in_node(tmp_path: Path) -> None:
+    """The page's own functions, run by node: a hit is marked only when both pids are known."""
+    import re
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node not found")
+    script = _page_script()
+    functions = "\n".join(
+        re.search(rf"^function {name}\(.*?^}}", script, re.S | re.M).group(0) for name in ("verdict", "probePid")
+    )
+    text = re.search(r"^const VERDICT_TEXT = .*?;$", script, re.M).group(0)
+    check = (
+        "let typed = '';\nconst $ = () => ({ value: typed });\n" + functions + "\n" + text + "\n"
+        "const out = [verdict(7, 7), verdict(7, 8), verdict(null, 7), verdict(7, null), verdict(undefined, 3),\n"
+        "  probePid({ pid: 4 }), probePid({ pid: null }), probePid({})];\n"
+        "typed = ' 9 '; out.push(probePid({ pid: 4 }));\n"
+        "typed = 'x'; out.push(probePid({ pid: 4 }));\n"
+        "out.push(VERDICT_TEXT.same, VERDICT_TEXT.other);\n"
+        "console.log(JSON.stringify(out));\n"
+    )
+    path = tmp_path / "check.js"
+    path.write_text(check, encoding="utf-8")
+    result = subprocess.run([node, str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [
+        "same", "other", None, None, None, 4, None, None, 9, 4, "\u2713 match", "\u2717 not a match",
+    ]
 
 
 def _chromium() -> str | None:
@@ -494,7 +661,19 @@ def test_page_in_headless_chromium(served: dict, live_server: str, tmp_path: Pat
                 "Array.from(document.querySelectorAll('.result-row img')).every(i => i.complete && i.naturalWidth > 0)"
             )
             assert loaded, "a thumbnail did not load"
-            assert "searched" in page.inner_text("#status")
+            assert "searched" in page.inner_text("#status") and "cosine" in page.inner_text("#status")
+            assert "cosine" in captions[0] and "cosine" in page.inner_text("#legend")
+            # a browser sends only the file's name, so the probe's pid is unknown until it is typed
+            assert page.locator(".result-row figure.hit .verdict").count() == 0
+            page.fill("#pid", "1")  # the probe is person 1
+            page.click("#search")
+            page.wait_for_function(
+                f"document.querySelectorAll('.result-row figure.hit .verdict').length === {top_k}", timeout=60_000
+            )
+            marks = page.locator(".result-row figure.hit .verdict").all_inner_texts()
+            assert set(marks) <= {"\u2713 match", "\u2717 not a match"}, marks
+            same, other = page.locator("figure.hit.same").count(), page.locator("figure.hit.other").count()
+            assert same >= 1 and same + other == top_k  # person 1 has 2 of the 6 gallery images
             shot = tmp_path / "page.png"
             page.screenshot(path=str(shot), full_page=True)
             keep = os.environ.get("MCLNET_SCREENSHOT_DIR")

@@ -493,3 +493,15 @@ def test_a_run_saved_with_the_old_data_trial_key_loads_and_resumes(prepared_data
     assert "data.trial is deprecated, use data.regdb_split" in result.stderr
     assert load_config(out / "config.yaml").data.regdb_split == 1  # rewritten under the new name
     assert "trial" not in yaml.safe_load((out / "config.yaml").read_text())["data"]
+
+
+def test_resume_of_a_run_saved_before_a_key_existed() -> None:
+    """A key added since the run was saved counts as its default, not as a change."""
+    from mclnet_cli.engine.state import resume_conflicts
+
+    current = _config("train.epochs=2").to_dict()
+    stored = json.loads(json.dumps(current))
+    del stored["loss"]["mmd_start_epoch"], stored["train"]["health_from_epoch"]
+    assert resume_conflicts(stored, current) == []
+    moved = _config("train.epochs=2", "loss.mmd_start_epoch=3").to_dict()
+    assert resume_conflicts(stored, moved) == ["loss.mmd_start_epoch (0 -> 3)"]

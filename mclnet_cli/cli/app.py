@@ -8,10 +8,12 @@ import typer
 
 from mclnet_cli import __version__
 from mclnet_cli.cli import convert, demo, evaluate, export, index, info, prepare, presets, query, serve, split, train
+from mclnet_cli.cli.options import Command, Group
 from mclnet_cli.cli.output import env_debug, state
 
 app = typer.Typer(
     name="mclnet",
+    cls=Group,
     help="MCLNet for visible-infrared person re-identification: prepare, train, evaluate, index, query.",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -40,17 +42,17 @@ def root(
 
 
 app.add_typer(prepare.app, name="prepare")
-app.command("train")(train.train)
-app.command("evaluate")(evaluate.evaluate)
-app.command("split")(split.split)
-app.command("index")(index.index)
-app.command("query")(query.query)
-app.command("demo")(demo.demo)
-app.command("convert")(convert.convert)
-app.command("serve")(serve.serve)
-app.command("export")(export.export)
+app.command("train", cls=Command)(train.train)
+app.command("evaluate", cls=Command)(evaluate.evaluate)
+app.command("split", cls=Command)(split.split)
+app.command("index", cls=Command)(index.index)
+app.command("query", cls=Command)(query.query)
+app.command("demo", cls=Command)(demo.demo)
+app.command("convert", cls=Command)(convert.convert)
+app.command("serve", cls=Command)(serve.serve)
+app.command("export", cls=Command)(export.export)
 app.add_typer(presets.app, name="presets")
-app.command("info")(info.info)
+app.command("info", cls=Command)(info.info)
 
 
 def main() -> None:

@@ -18,6 +18,9 @@ def convert(
         Optional[list[str]],
         typer.Option("--set", help="Override a value of the official-code config, e.g. --set eval.protocol=regdb."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing --out (never the source checkpoint itself).")
+    ] = False,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -26,16 +29,17 @@ def convert(
 
     The result works with evaluate, index and query as it is. Only tensors,
     numbers and numpy arrays are read from the file; nothing else is unpickled.
+    An existing --out is refused unless --force; the source itself is never overwritten.
     """
     common(quiet=quiet, debug=debug)
-    _run(source, out, overrides or [], json_output)
+    _run(source, out, overrides or [], json_output, force)
 
 
 @guard
-def _run(source: Path, out: Path, overrides: list[str], json_output: bool) -> None:
+def _run(source: Path, out: Path, overrides: list[str], json_output: bool, force: bool) -> None:
     from mclnet_cli.engine.convert import convert_authors_checkpoint
 
-    report = convert_authors_checkpoint(source, out, overrides)
+    report = convert_authors_checkpoint(source, out, overrides, force=force)
     if json_output:
         print_json(report.to_dict())
         return

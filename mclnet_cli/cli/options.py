@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Iterable, Optional
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from mclnet_cli.cli.output import env_debug, interrupted, invoked_command, state
 from mclnet_cli.config import Device, Direction, Draws, Protocol, SysuMode, names
@@ -45,6 +46,29 @@ def complete_preset(incomplete: str) -> list[str]:
     if incomplete and ("/" in incomplete or incomplete.endswith((".yaml", ".yml"))):
         return []  # a path: let the shell complete files
     return [name for name in names if name.startswith(incomplete)]
+
+
+# --- command classes: how every option is shown in --help -----------------------------------------
+def _untyped_flags(params: list) -> list:  # noqa: ANN001 - Typer's parameter objects
+    """A flag takes no value: its --help row gets an empty metavar, not Typer's ``<bool>`` type."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """The class of every ``mclnet`` command (``app.command(..., cls=Command)``): flags show no ``<bool>``, --help included."""
+
+    def get_params(self, ctx):  # noqa: ANN001, ANN201 - Typer's signature
+        return _untyped_flags(super().get_params(ctx))
+
+
+class Group(TyperGroup):
+    """The class of ``mclnet`` and its command groups (``typer.Typer(cls=Group)``), for the same reason."""
+
+    def get_params(self, ctx):  # noqa: ANN001, ANN201 - Typer's signature
+        return _untyped_flags(super().get_params(ctx))
 
 
 # --- options every command accepts ---------------------------------------------------------------
@@ -181,6 +205,7 @@ def common(*, quiet: bool = False, debug: bool = False, threads: int | None = No
 
 
 __all__ = [
-    "BatchSizeOpt", "DebugOpt", "DeviceOpt", "JsonOpt", "PresetOpt", "QuietOpt", "SetOpt", "ThreadsOpt", "WorkersOpt",
+    "BatchSizeOpt", "Command", "DebugOpt", "DeviceOpt", "Group", "JsonOpt", "PresetOpt", "QuietOpt", "SetOpt", "ThreadsOpt",
+    "WorkersOpt",
     "apply_threads", "choice_option", "common", "complete_preset", "default_threads", "modality_option",
 ]

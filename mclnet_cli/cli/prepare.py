@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional
 
 import typer
 
-from mclnet_cli.cli.options import DebugOpt, JsonOpt, QuietOpt, common
+from mclnet_cli.cli.options import Command, DebugOpt, Group, JsonOpt, QuietOpt, common
 from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar
 from mclnet_cli.config import DataConfig
 from mclnet_cli.data.sources import SOURCES, Source, SourceOption
@@ -23,7 +23,9 @@ from mclnet_cli.data.sources import SOURCES, Source, SourceOption
 if TYPE_CHECKING:
     from mclnet_cli.data.prepare import PrepareReport
 
-app = typer.Typer(help="Read a dataset in its published layout, validate it, write a prepared dataset.", no_args_is_help=True)
+app = typer.Typer(
+    cls=Group, help="Read a dataset in its published layout, validate it, write a prepared dataset.", no_args_is_help=True
+)
 
 RootArg = Annotated[Path, typer.Argument(help="Dataset root folder (the published layout).", show_default=False)]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Folder to write the prepared dataset to.", show_default=False)]
@@ -83,7 +85,7 @@ def source_command(source: Source) -> Callable[..., None]:
 
 
 for _source in SOURCES.values():
-    app.command(_source.name)(source_command(_source))
+    app.command(_source.name, cls=Command)(source_command(_source))
 
 
 def _render(report: "PrepareReport", as_json: bool, extra: dict[str, Any] | None = None) -> None:
@@ -117,7 +119,7 @@ def _render(report: "PrepareReport", as_json: bool, extra: dict[str, Any] | None
     console.print(f"wrote {report.out}", highlight=False, soft_wrap=True)
 
 
-@app.command("synthetic")
+@app.command("synthetic", cls=Command)
 @guard
 def synthetic(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Folder for the raw synthetic tree (SYSU-MM01 layout).", show_default=False)],

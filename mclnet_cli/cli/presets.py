@@ -6,13 +6,13 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from mclnet_cli.cli.options import DebugOpt, JsonOpt, QuietOpt, common, complete_preset
+from mclnet_cli.cli.options import Command, DebugOpt, Group, JsonOpt, QuietOpt, common, complete_preset
 from mclnet_cli.cli.output import console, guard, print_json
 
-app = typer.Typer(help="List and show the shipped configuration presets.", no_args_is_help=True)
+app = typer.Typer(cls=Group, help="List and show the shipped configuration presets.", no_args_is_help=True)
 
 
-@app.command("list")
+@app.command("list", cls=Command)
 @guard
 def list_(
     json_out: JsonOpt = False,
@@ -45,7 +45,7 @@ def list_(
     console.print(table)
 
 
-@app.command("show")
+@app.command("show", cls=Command)
 @guard
 def show(
     name: Annotated[str, typer.Argument(help="Preset name or path to a YAML file.", autocompletion=complete_preset)],

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Mapping, Optional
 import typer
 
 from mclnet_cli.cli.options import DebugOpt, DeviceOpt, JsonOpt, QuietOpt, SetOpt, ThreadsOpt, common, complete_preset
-from mclnet_cli.cli.output import console, err_console, fail, guard, print_json, state, warn
+from mclnet_cli.cli.output import console, err_console, fail, guard, interrupted, print_json, state, warn
 
 
 def _format_parts(parts: Mapping[str, float]) -> str:
@@ -242,8 +242,7 @@ def _run(
             )
         else:
             hint = f"before the first checkpoint was saved, nothing to resume; start again (empty or remove {out} first)"
-        err_console.print(f"[yellow]interrupted[/]: {hint}", highlight=False)
-        raise typer.Exit(130)
+        raise interrupted(hint)  # one unwrapped line: the command in it must paste back whole
 
 
 def _render(result: Any) -> None:

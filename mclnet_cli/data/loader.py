@@ -28,7 +28,7 @@ from mclnet_cli.data.images import load_rgb
 from mclnet_cli.types import Modality, Sample
 from mclnet_cli.data.records import PreparedDataset
 from mclnet_cli.data.sampler import CrossModalityBatchSampler, Key
-from mclnet_cli.data.transforms import pseudo_infrared, train_transform
+from mclnet_cli.data.transforms import pseudo_infrared, train_transforms
 from mclnet_cli.data.workers import usable_workers
 from mclnet_cli.errors import DataError
 
@@ -179,10 +179,15 @@ def build_train_loader(
     *,
     seed: int,
     steps_per_epoch: int | None,
+    steps_rule: str = "method",
     rank: int = 0,
     world_size: int = 1,
 ) -> TrainLoader:
-    """The training loader of a prepared dataset (uses the uint8 cache its meta.json names, when of this size)."""
+    """The training loader of a prepared dataset (uses the uint8 cache its meta.json names, when of this size).
+
+    ``steps_per_epoch`` None: as many as ``steps_rule`` (``train.steps_rule``) gives. The reader that
+    wrote the dataset (meta.json) decides whether ``data.llcm_infrared_as_visible`` applies.
+    """
     samples = training_samples(prepared, data_cfg)
     label_map = make_label_map(samples)
     visible = [s for s in samples if s.modality is Modality.VISIBLE]
@@ -194,6 +199,7 @@ def build_train_loader(
         num_instances=data_cfg.num_instances,
         seed=seed,
         steps_per_epoch=steps_per_epoch,
+        steps_rule=steps_rule,
         rank=rank,
         world_size=world_size,
         identity_draw=data_cfg.identity_draw,
@@ -202,7 +208,7 @@ def build_train_loader(
     # the cache is resized with the bilinear filter at prepare time; another filter decodes the files
     use_cache = data_cfg.use_cache and data_cfg.resize == "bilinear"
     cache = open_prepared_cache(prepared.root, prepared.meta, data_cfg.height, data_cfg.width, samples) if use_cache else None
-    transforms = {m: train_transform(data_cfg, m) for m in Modality}
+    transforms = train_transforms(data_cfg, str(prepared.meta.get("reader") or prepared.meta.get("dataset") or ""))
     dataset = PairDataset(visible, infrared, transforms, cache, pseudo_infrared_p=data_cfg.pseudo_infrared_p)
     workers = usable_workers(data_cfg.workers)
     return TrainLoader(dataset, sampler, label_map, workers=workers, seed=seed, cached=cache is not None)

@@ -82,6 +82,9 @@ def load_prepared(path: Path | str) -> PreparedDataset:
     if not root.is_dir():
         raise DataError(f"prepared dataset not found: {root} (run 'mclnet prepare' first)")
     if not manifest.is_file() or not meta_path.is_file():
+        inside = root / "prepared"  # where 'mclnet prepare synthetic DIR' (and the demo) write it by default
+        if (inside / MANIFEST).is_file() and (inside / META).is_file():
+            raise DataError(f"{root} is not a prepared dataset (no {MANIFEST} and {META}); did you mean {inside}?")
         raise DataError(f"{root} is not a prepared dataset: expected {MANIFEST} and {META} (run 'mclnet prepare')")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

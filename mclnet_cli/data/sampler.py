@@ -17,16 +17,24 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from mclnet_cli.config import IdentityDraw, names
+from mclnet_cli.config import IdentityDraw, StepsRule, names
 from mclnet_cli.errors import DataError
 
 #: one element of a batch: (visible index, infrared index, label, augmentation seed)
 Key = tuple[int, int, int, int]
 
 
-def default_steps(num_visible: int, num_infrared: int, num_ids: int, num_instances: int) -> int:
-    """Steps of an epoch as in the method: about max(#visible, #infrared) images per modality."""
-    return max(1, max(num_visible, num_infrared) // (num_ids * num_instances))
+def default_steps(num_visible: int, num_infrared: int, num_ids: int, num_instances: int, rule: str = "method") -> int:
+    """Steps of an epoch (``train.steps_rule``), N = max(#visible, #infrared) training images.
+
+    ``method``: N // (P*K), about N images per modality (at least 1). ``official``:
+    int(N / (P*K)) + 1, as the authors' IdentitySampler, which builds one batch of
+    indices more than fit in N (also when P*K divides N).
+    """
+    if rule not in names(StepsRule):
+        raise DataError(f"train.steps_rule: unknown {rule!r}; choose from: {', '.join(names(StepsRule))}")
+    n, batch = max(num_visible, num_infrared), num_ids * num_instances
+    return n // batch + 1 if rule == "official" else max(1, n // batch)
 
 
 class CrossModalityBatchSampler:
@@ -35,7 +43,8 @@ class CrossModalityBatchSampler:
     ``visible_labels[i]`` / ``infrared_labels[j]`` are the labels of the visible /
     infrared training images. Only labels present in both modalities are sampled.
     ``steps_per_epoch`` is the number of steps over all ranks; each of the
-    ``world_size`` ranks gets ``ceil(steps / world_size)`` of them.
+    ``world_size`` ranks gets ``ceil(steps / world_size)`` of them; without it,
+    ``steps_rule`` (:func:`default_steps`) says how many there are.
     """
 
     def __init__(
@@ -51,6 +60,7 @@ class CrossModalityBatchSampler:
         world_size: int = 1,
         identity_draw: str = "cycle",
         with_replacement: bool = False,
+        steps_rule: str = "method",
     ) -> None:
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} is outside 0..{world_size - 1}")
@@ -71,7 +81,8 @@ class CrossModalityBatchSampler:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
-        total = steps_per_epoch or default_steps(len(visible_labels), len(infrared_labels), num_ids, num_instances)
+        default = default_steps(len(visible_labels), len(infrared_labels), num_ids, num_instances, steps_rule)  # checks the rule too
+        total = steps_per_epoch or default
         self.steps_per_rank = max(1, math.ceil(total / world_size))
         self.epoch = 0
 

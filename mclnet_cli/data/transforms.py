@@ -3,7 +3,9 @@
 Training (the method): resize, pad ``data.pad``, random crop back to size,
 horizontal flip, random grayscale (visible only), to tensor, optional channel
 augmentation (CAJ), ImageNet normalisation, random erasing. All randomness comes
-from torch's global generator, which the loader seeds per image.
+from torch's global generator, which the loader seeds per image. With
+``data.llcm_infrared_as_visible``, LLCM's infrared images get the visible
+pipeline too (:func:`train_transforms`), as the authors' code.
 """
 
 from __future__ import annotations
@@ -160,3 +162,17 @@ def train_transform(data_cfg: DataConfig, modality: Modality | str) -> Callable[
     if data_cfg.erasing_p > 0:
         steps.append(T.RandomErasing(p=data_cfg.erasing_p, value=0))
     return T.Compose(steps)
+
+
+def infrared_as_visible(data_cfg: DataConfig, dataset: str | None) -> bool:
+    """Whether infrared training images get the visible augmentation: ``data.llcm_infrared_as_visible``
+    on a dataset read by the LLCM reader (the authors' code passes its visible transform to LLCMData
+    for both modalities, and to SYSU and RegDB a separate infrared one without grayscale)."""
+    return data_cfg.llcm_infrared_as_visible and dataset == "llcm"
+
+
+def train_transforms(data_cfg: DataConfig, dataset: str | None = None) -> dict[Modality, Callable[[Image.Image], torch.Tensor]]:
+    """The training augmentation of each modality for a dataset read by ``dataset``'s reader (meta.json's
+    ``reader``): :func:`train_transform` of each, or of visible for both (:func:`infrared_as_visible`)."""
+    infrared = Modality.VISIBLE if infrared_as_visible(data_cfg, dataset) else Modality.INFRARED
+    return {Modality.VISIBLE: train_transform(data_cfg, Modality.VISIBLE), Modality.INFRARED: train_transform(data_cfg, infrared)}

@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
+from mclnet_cli.atomic import refuse_overwrite
 from mclnet_cli.config import load_config
 from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
 from mclnet_cli.errors import CheckpointError, load_failure
@@ -116,16 +117,45 @@ def _num_classes(state: Mapping[str, torch.Tensor], extras: Mapping[str, Any], p
         raise CheckpointError(f"{path}: missing key classifier.weight (a [classes, features] matrix)")
     rows = int(weight.shape[0])
     declared = extras.get("n_class")
-    if declared is not None and int(declared) != rows:
-        raise CheckpointError(f"{path}: n_class is {int(declared)} but classifier.weight has {rows} rows")
+    if declared is None:
+        return rows
+    count = _whole_number(declared)
+    if count is None:
+        raise CheckpointError(f"{path}: n_class must be a whole number of classes, got {_plain(declared)!r}")
+    if count != rows:
+        raise CheckpointError(f"{path}: n_class is {count} but classifier.weight has {rows} rows")
     return rows
 
 
+def _whole_number(value: Any) -> int | None:
+    """``value`` as an int when it is one (int, numpy integer, a whole float, a one-element integer tensor), else None."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            return None
+        value = value.item()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
 def convert_authors_checkpoint(
-    source: Path | str, out: Path | str, overrides: Iterable[str] = ()
+    source: Path | str, out: Path | str, overrides: Iterable[str] = (), *, force: bool = False
 ) -> ConversionReport:
-    """Read the authors' checkpoint ``source``, check every tensor, write an mclnet checkpoint to ``out``."""
+    """Read the authors' checkpoint ``source``, check every tensor, write an mclnet checkpoint to ``out``.
+
+    An existing ``out`` is replaced only with ``force``; ``out`` being ``source`` (also through a
+    link) is always refused.
+    """
     source, out = Path(source), Path(out)
+    if out.is_dir():
+        raise CheckpointError(f"{out} is a folder; give a file name such as mclnet.pt")
+    refuse_overwrite([out], [source], force=force, error=CheckpointError)
     state, extras = _split_payload(read_authors_checkpoint(source), source)
     prefixed = all(k.startswith("module.") for k in state)
     if prefixed:

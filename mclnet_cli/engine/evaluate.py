@@ -479,6 +479,7 @@ def evaluate_checkpoint(
     """
     from mclnet_cli.engine.checkpoint import load_model
     from mclnet_cli.engine.device import resolve_device
+    from mclnet_cli.engine.extract import NonFiniteFeatures
     from mclnet_cli.engine.health import model_warnings
     from mclnet_cli.model.net import FEATURES
 
@@ -496,12 +497,15 @@ def evaluate_checkpoint(
 
     used = np.unique(np.concatenate([np.concatenate([t.query, t.gallery]) for t in trial_list]))
     with (progress or no_progress)("embedding test images", len(used)) as advance:
-        features, rows = embed_samples(
-            loaded.model, samples, used, height=config.data.height, width=config.data.width, resize=config.data.resize,
-            batch_size=settings.batch_size, device=torch_device,
-            workers=config.data.workers if workers is None else workers,
-            features=FEATURES, flip=settings.flip, on_progress=advance,
-        )
+        try:
+            features, rows = embed_samples(
+                loaded.model, samples, used, height=config.data.height, width=config.data.width,
+                resize=config.data.resize, batch_size=settings.batch_size, device=torch_device,
+                workers=config.data.workers if workers is None else workers,
+                features=FEATURES, flip=settings.flip, on_progress=advance,
+            )
+        except NonFiniteFeatures as exc:
+            raise exc.at(loaded.path, "evaluate, embedding test images") from exc
     with (progress or no_progress)(_scoring(settings), len(trial_list) * len(features)) as advance:
         results = score_trials(samples, features, rows, trial_list, rerank=settings.rerank, on_progress=advance)
     extra: dict[str, Any] = {}

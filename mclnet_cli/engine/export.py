@@ -6,10 +6,18 @@ L2 normalisation. Input ``images`` is a float32 ``[batch, 3, H, W]`` tensor
 (dynamic batch; H x W from the checkpoint's config), RGB in 0..1 normalised with
 the ImageNet mean/std; the output (named after the feature, ``bn``) is
 ``[batch, D]``, unit length, so inner products are the cosine scores of the
-index. Every export is checked: max |difference| to PyTorch on random inputs of
-two batch sizes must stay under :data:`TOLERANCE`, else :class:`ExportError`
-and no file is left. A JSON sidecar (``FILE.json``) says how to feed the model.
-Nothing here prints. ONNX needs the ``export`` extra (onnx, onnxruntime).
+index. Every export is checked on what retrieval uses, the direction of each
+feature: on random images (batches of :data:`PARITY_BATCHES` as probes, one of
+:data:`RANK_GALLERY` as a gallery) the cosine between the exported and the
+PyTorch L2-normalised features must be at least :data:`MIN_COSINE` everywhere,
+and every probe's top-:data:`TOP_K` neighbours in the gallery must be the same
+(PyTorch scores within :data:`RANK_TIE` of each other are a tie, in any order),
+else :class:`ExportError` and no file is left. The max |difference| is reported,
+as information. A model whose own outputs are not finite is refused before
+anything is exported. A JSON sidecar (``FILE.json``) says how to feed the model;
+the two files are written as one unit (both or neither), and an existing output
+is replaced only with ``force`` (the checkpoint itself never). Nothing here prints.
+ONNX needs the ``export`` extra (onnx, onnxruntime).
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mclnet_cli.atomic import atomic_write_text, storage_error
+from mclnet_cli.atomic import commit_together, default_mode, refuse_overwrite, storage_error, write_temp
 from mclnet_cli.types import Modality
 from mclnet_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mclnet_cli.errors import MclnetError
@@ -36,8 +44,11 @@ from mclnet_cli.errors import MclnetError
 FORMATS = ("onnx", "torchscript")
 FEATURE = "bn"  # the retrieval feature the index stores
 INPUT_NAME = "images"
-TOLERANCE = 1e-4
-PARITY_BATCHES = (1, 3)  # checked batch sizes (neither is the traced one: the batch really is dynamic)
+MIN_COSINE = 0.9999  # least cosine between an exported and the PyTorch feature (both L2-normalised)
+PARITY_BATCHES = (1, 3)  # probe batch sizes (neither is the traced one: the batch really is dynamic)
+RANK_GALLERY = 8  # gallery batch of the ranking check (a third batch size)
+TOP_K = 5  # neighbours per probe that must be the same
+RANK_TIE = 1e-5  # PyTorch scores closer than this are a tie: their order is float noise
 TRACE_BATCH = 2
 OPSET = 18
 SIDECAR_FORMAT = "mclnet-export/1"
@@ -60,6 +71,36 @@ class RetrievalNet(torch.nn.Module):
         return self.model.embed(images, self.modality, self.feature)
 
 
+@dataclass(frozen=True)
+class Parity:
+    """How an export compares with PyTorch on the same random images."""
+
+    min_cosine: float  # least cosine between exported and PyTorch features, both L2-normalised
+    max_abs_diff: float  # information only: retrieval uses the direction
+    probes: int
+    gallery: int
+    top_k: int
+    probes_reordered: int  # probes whose top-k neighbours differ (beyond ties)
+    min_cosine_required: float = MIN_COSINE
+
+    @property
+    def passed(self) -> bool:
+        return self.min_cosine >= self.min_cosine_required and self.probes_reordered == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "min_cosine": self.min_cosine,
+            "min_cosine_required": self.min_cosine_required,
+            "max_abs_diff": self.max_abs_diff,
+            "batch_sizes": list(PARITY_BATCHES),
+            "ranking": {
+                "probes": self.probes, "gallery": self.gallery, "top_k": self.top_k,
+                "same_neighbours": self.probes_reordered == 0, "probes_reordered": self.probes_reordered,
+                "tie": RANK_TIE,
+            },
+        }
+
+
 @dataclass
 class ExportReport:
     """What :func:`export_model` wrote and how close it is to PyTorch."""
@@ -71,13 +112,20 @@ class ExportReport:
     feature: str
     input_size: tuple[int, int]  # height, width
     dimension: int
-    max_abs_diff: float
-    tolerance: float
+    parity: Parity
     batch_sizes: tuple[int, ...]
     checkpoint: str
     fingerprint: str
     seconds: float
     notices: list[str] = field(default_factory=list)
+
+    @property
+    def max_abs_diff(self) -> float:
+        return self.parity.max_abs_diff
+
+    @property
+    def min_cosine(self) -> float:
+        return self.parity.min_cosine
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,9 +136,7 @@ class ExportReport:
             "feature": self.feature,
             "input_size": list(self.input_size),
             "dimension": self.dimension,
-            "max_abs_diff": self.max_abs_diff,
-            "tolerance": self.tolerance,
-            "batch_sizes": list(self.batch_sizes),
+            **self.parity.to_json(),
             "checkpoint": self.checkpoint,
             "fingerprint": self.fingerprint,
             "seconds": round(self.seconds, 3),
@@ -172,18 +218,76 @@ def run_exported(path: Path | str, fmt: str, images: np.ndarray) -> np.ndarray:
             return module(torch.from_numpy(images)).numpy()
 
 
-def parity(net: RetrievalNet, path: Path, fmt: str, height: int, width: int, seed: int = 0) -> float:
-    """Max |exported - PyTorch| over random batches of :data:`PARITY_BATCHES` images."""
-    worst = 0.0
-    for i, batch in enumerate(PARITY_BATCHES):
+def _unit(rows: np.ndarray) -> np.ndarray:
+    rows = rows.astype(np.float64)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
+def compare_features(
+    expected_probes: np.ndarray,
+    got_probes: np.ndarray,
+    expected_gallery: np.ndarray,
+    got_gallery: np.ndarray,
+    *,
+    top_k: int = TOP_K,
+    tie: float = RANK_TIE,
+    min_cosine: float = MIN_COSINE,
+) -> Parity:
+    """Exported (``got``) against PyTorch (``expected``) features of the same probe and gallery images.
+
+    Cosines are of the L2-normalised rows. Each probe's exported top-``top_k`` list must name, rank
+    by rank, gallery items whose PyTorch scores equal those of PyTorch's own list within ``tie``
+    (identical lists, up to the order of tied items).
+    """
+    expected = np.concatenate([expected_probes, expected_gallery])
+    got = np.concatenate([got_probes, got_gallery])
+    cosines = np.sum(_unit(expected) * _unit(got), axis=1)
+    reference = _unit(expected_probes) @ _unit(expected_gallery).T
+    exported = _unit(got_probes) @ _unit(got_gallery).T
+    k = min(top_k, reference.shape[1])
+    want = np.argsort(-reference, axis=1, kind="stable")[:, :k]
+    have = np.argsort(-exported, axis=1, kind="stable")[:, :k]
+    gaps = np.abs(np.take_along_axis(reference, have, axis=1) - np.take_along_axis(reference, want, axis=1))
+    return Parity(
+        min_cosine=float(np.min(cosines)),
+        max_abs_diff=float(np.max(np.abs(got.astype(np.float64) - expected))),
+        probes=int(expected_probes.shape[0]),
+        gallery=int(expected_gallery.shape[0]),
+        top_k=k,
+        probes_reordered=int(np.sum(np.any(gaps > tie, axis=1))),
+        min_cosine_required=min_cosine,
+    )
+
+
+def parity(
+    net: RetrievalNet, path: Path, fmt: str, height: int, width: int, seed: int = 0, min_cosine: float = MIN_COSINE
+) -> Parity:
+    """The export at ``path`` against PyTorch on random probe batches (:data:`PARITY_BATCHES`) and a gallery batch.
+
+    Raises :class:`~mclnet_cli.engine.extract.NonFiniteFeatures` when PyTorch's own features are not
+    finite, :class:`ExportError` when only the export's are.
+    """
+    from mclnet_cli.engine.extract import require_finite
+
+    expected: list[np.ndarray] = []
+    got: list[np.ndarray] = []
+    for i, batch in enumerate((*PARITY_BATCHES, RANK_GALLERY)):
         images = random_inputs(batch, height, width, seed + i)
         with torch.no_grad():
-            expected = net(images).numpy()
-        got = run_exported(path, fmt, images.numpy())
-        if got.shape != expected.shape:
-            raise ExportError(f"the {fmt} export returns shape {tuple(got.shape)} for batch {batch}, expected {expected.shape}")
-        worst = max(worst, float(np.max(np.abs(got - expected))))
-    return worst
+            reference = net(images)
+        require_finite(reference, net.model, images, net.modality)
+        out = run_exported(path, fmt, images.numpy())
+        if out.shape != tuple(reference.shape):
+            raise ExportError(f"the {fmt} export returns shape {tuple(out.shape)} for batch {batch}, expected {tuple(reference.shape)}")
+        if not np.isfinite(out).all():
+            raise ExportError(f"the {fmt} export's outputs are not finite (NaN or infinite) where PyTorch's are; nothing written")
+        expected.append(reference.numpy())
+        got.append(out)
+    probes = len(PARITY_BATCHES)
+    return compare_features(
+        np.concatenate(expected[:probes]), np.concatenate(got[:probes]), expected[probes], got[probes],
+        min_cosine=min_cosine,
+    )
 
 
 def export_model(
@@ -192,32 +296,44 @@ def export_model(
     *,
     fmt: str,
     modality: Modality | str,
-    tolerance: float = TOLERANCE,
+    min_cosine: float = MIN_COSINE,
+    force: bool = False,
 ) -> ExportReport:
     """Export ``checkpoint``'s ``modality`` retrieval path to ``out`` (``fmt``: onnx or torchscript), checked.
 
-    The file and its sidecar appear only when the parity check passes (written
-    beside ``out`` under a temporary name, then renamed).
+    The file and its sidecar appear together, and only when the parity check passes (written
+    beside ``out`` under temporary names, then renamed). An existing ``out`` (or sidecar) is
+    replaced only with ``force``; ``out`` or its sidecar being the checkpoint is always refused.
     """
     from mclnet_cli.engine.checkpoint import load_model
+    from mclnet_cli.engine.extract import NonFiniteFeatures, require_finite
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
     spectrum = Modality.parse(modality)
     out = Path(out)
-    if out.is_dir():
-        raise ExportError(f"{out} is a folder; give a file name such as model.{'onnx' if fmt == 'onnx' else 'pt'}")
+    sidecar = sidecar_path(out)
+    for target in (out, sidecar):
+        if target.is_dir():
+            raise ExportError(f"{target} is a folder; give a file name such as model.{'onnx' if fmt == 'onnx' else 'pt'}")
+    refuse_overwrite([out, sidecar], [checkpoint], force=force, error=ExportError)
     started = time.perf_counter()
     loaded = load_model(checkpoint, "cpu")
     data = loaded.config.data
     height, width = int(data.height), int(data.width)
     net = RetrievalNet(loaded.model, spectrum).eval()
     example = random_inputs(TRACE_BATCH, height, width, seed=1234)
-    diff = _write_checked(net, example, out, fmt, height, width, tolerance)
     dimension = int(getattr(loaded.model, "feature_dim", 0))
-    sidecar = sidecar_path(out)
-    description = _describe(checkpoint, out, fmt, spectrum, loaded, dimension, diff, tolerance)
-    atomic_write_text(sidecar, json.dumps(description, indent=2) + "\n")
+    try:
+        with torch.no_grad():
+            require_finite(net(example), loaded.model, example, spectrum)  # before any file: nothing to export
+        result = _write_checked(
+            net, example, out, fmt, height, width, min_cosine,
+            lambda checked: _describe(checkpoint, out, fmt, spectrum, loaded, dimension, checked),
+            checkpoint=checkpoint, force=force,
+        )
+    except NonFiniteFeatures as exc:
+        raise exc.at(checkpoint, "export, nothing written") from exc
     return ExportReport(
         path=out,
         sidecar=sidecar,
@@ -226,8 +342,7 @@ def export_model(
         feature=FEATURE,
         input_size=(height, width),
         dimension=dimension,
-        max_abs_diff=diff,
-        tolerance=tolerance,
+        parity=result,
         batch_sizes=PARITY_BATCHES,
         checkpoint=str(Path(checkpoint).resolve()),
         fingerprint=loaded.fingerprint,
@@ -235,41 +350,85 @@ def export_model(
     )
 
 
-def _write_checked(
-    net: RetrievalNet, example: torch.Tensor, out: Path, fmt: str, height: int, width: int, tolerance: float
-) -> float:
-    """Export to a temp file beside ``out``, check parity, rename into place; returns the max difference.
+def _failure(fmt: str, checked: Parity) -> str:
+    """One line on why an export does not match PyTorch."""
+    reasons = []
+    if not checked.min_cosine >= checked.min_cosine_required:
+        reasons.append(f"min cosine {checked.min_cosine:.6f} (needs >= {checked.min_cosine_required:g})")
+    if checked.probes_reordered:
+        reasons.append(
+            f"the top-{checked.top_k} neighbours of {checked.probes_reordered} of {checked.probes} probes "
+            f"among {checked.gallery} gallery images differ"
+        )
+    return (
+        f"the {fmt} export differs from PyTorch: {' and '.join(reasons)} "
+        f"(max |diff| {checked.max_abs_diff:.3g}); nothing written"
+    )
 
-    Nothing is left behind on failure; a full disk names ``out``, never the temp.
+
+def _write_checked(
+    net: RetrievalNet,
+    example: torch.Tensor,
+    out: Path,
+    fmt: str,
+    height: int,
+    width: int,
+    min_cosine: float,
+    describe: Any,
+    *,
+    checkpoint: Path | str,
+    force: bool,
+) -> Parity:
+    """Export to a temp file beside ``out``, check parity, write the sidecar's temp, rename both into place.
+
+    Nothing is left behind on failure (neither file, nor a temp); a full disk names the user's
+    file, never the temp.
     """
-    out.parent.mkdir(parents=True, exist_ok=True)
+    sidecar = sidecar_path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise (storage_error(exc, out) or exc) from exc
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    tmp_sidecar: Path | None = None
     try:
-        if fmt == "onnx":
-            _export_onnx(net, example, tmp)
-        else:
-            _export_torchscript(net, example, tmp)
-        diff = parity(net, tmp, fmt, height, width)
-        if not diff <= tolerance:
-            raise ExportError(
-                f"the {fmt} export differs from PyTorch by up to {diff:.3g} (tolerance {tolerance:g}); nothing written"
-            )
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, out)
-    except BaseException as exc:
+        try:
+            if fmt == "onnx":
+                _export_onnx(net, example, tmp)
+            else:
+                _export_torchscript(net, example, tmp)
+            checked = parity(net, tmp, fmt, height, width, min_cosine=min_cosine)
+            if not checked.passed:
+                raise ExportError(_failure(fmt, checked))
+            os.chmod(tmp, default_mode())
+            _fsync(tmp)
+        except BaseException as exc:
+            translated = storage_error(exc, out)  # a full disk names the user's file, never the temp
+            if translated is not None:
+                raise translated from exc
+            raise
+        text = json.dumps(describe(checked), indent=2) + "\n"
+        tmp_sidecar = write_temp(sidecar, lambda handle: handle.write(text.encode("utf-8")))  # names the sidecar
+        refuse_overwrite([out, sidecar], [checkpoint], force=force, error=ExportError)  # again: minutes have passed
+        commit_together([(tmp, out), (tmp_sidecar, sidecar)])
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        translated = storage_error(exc, out)  # a full disk names the user's file, never the temp
-        if translated is not None:
-            raise translated from exc
+        if tmp_sidecar is not None:
+            tmp_sidecar.unlink(missing_ok=True)
         raise
-    return diff
+    return checked
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file an exporter wrote by name to the disk before it is renamed into place."""
+    with path.open("rb+") as handle:
+        os.fsync(handle.fileno())
 
 
 def _describe(
-    checkpoint: Path | str, out: Path, fmt: str, spectrum: Modality, loaded: Any, dimension: int, diff: float,
-    tolerance: float,
+    checkpoint: Path | str, out: Path, fmt: str, spectrum: Modality, loaded: Any, dimension: int, checked: Parity
 ) -> dict[str, Any]:
     """The sidecar JSON: how to feed the exported model and what it returns."""
     data = loaded.config.data
@@ -293,16 +452,10 @@ def _describe(
         },
         "output": {"name": FEATURE if fmt == "onnx" else "output 0", "shape": ["batch", dimension], "l2_normalised": True},
         "checkpoint": {"path": str(Path(checkpoint).resolve()), "fingerprint": loaded.fingerprint},
-        "parity": {"max_abs_diff": diff, "tolerance": tolerance, "batch_sizes": list(PARITY_BATCHES)},
+        "parity": checked.to_json(),
         "opset": OPSET if fmt == "onnx" else None,
         "mclnet_version": _version(),
     }
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _version() -> str:

@@ -407,16 +407,19 @@ def _embed_shard(
 ) -> Any:
     """This rank's share of ``todo`` embedded; under torchrun, rank 0 gets every rank's rows (others get None)."""
     from mclnet_cli.engine import distributed
-    from mclnet_cli.engine.extract import extract_features
+    from mclnet_cli.engine.extract import NonFiniteFeatures, extract_features
 
     data_cfg = loaded.config.data
     start, stop = distributed.shard_bounds(len(todo), info)
     with _progress(progress, "embedding gallery", stop - start) as advance:
-        extracted = extract_features(
-            loaded.model, todo[start:stop], modality, height=data_cfg.height, width=data_cfg.width,
-            resize=data_cfg.resize, batch_size=batch_size, device=device, workers=workers, feature=FEATURE,
-            skip_bad=True, on_progress=advance,
-        )
+        try:
+            extracted = extract_features(
+                loaded.model, todo[start:stop], modality, height=data_cfg.height, width=data_cfg.width,
+                resize=data_cfg.resize, batch_size=batch_size, device=device, workers=workers, feature=FEATURE,
+                skip_bad=True, on_progress=advance,
+            )
+        except NonFiniteFeatures as exc:
+            raise exc.at(loaded.path, "index, embedding the gallery") from exc
     if not info.enabled:
         return extracted
     extracted = _gather_extracted(extracted, distributed)  # rank order is list order: the rows of one process
@@ -584,30 +587,35 @@ class SearchEngine:
         gallery: GalleryIndex | None = None,
         on_progress: Callable[[int], None] | None = None,
         workers: int = 0,
+        stage: str = "query, embedding the probes",
     ):
         """Embed image files with the ``modality`` stream exactly as the gallery was embedded (size, resize, feature).
 
         Returns :class:`mclnet_cli.engine.extract.Extracted`; files that do not decode are in its ``failed``.
+        Non-finite features raise :class:`~mclnet_cli.engine.extract.NonFiniteFeatures` naming the checkpoint and ``stage``.
         """
-        from mclnet_cli.engine.extract import extract_features
+        from mclnet_cli.engine.extract import NonFiniteFeatures, extract_features
 
         gallery = gallery if gallery is not None else self.gallery
         data_cfg = self.loaded.config.data
         height, width = gallery.extra.get("image_size") or [data_cfg.height, data_cfg.width]
-        return extract_features(
-            self.loaded.model,
-            list(paths),
-            Modality.parse(modality),
-            height=int(height),
-            width=int(width),
-            resize=str(gallery.extra.get("resize", data_cfg.resize)),
-            batch_size=self.batch_size,
-            device=self.device,
-            workers=workers,
-            feature=str(gallery.extra.get("feature", FEATURE)),
-            skip_bad=True,
-            on_progress=on_progress,
-        )
+        try:
+            return extract_features(
+                self.loaded.model,
+                list(paths),
+                Modality.parse(modality),
+                height=int(height),
+                width=int(width),
+                resize=str(gallery.extra.get("resize", data_cfg.resize)),
+                batch_size=self.batch_size,
+                device=self.device,
+                workers=workers,
+                feature=str(gallery.extra.get("feature", FEATURE)),
+                skip_bad=True,
+                on_progress=on_progress,
+            )
+        except NonFiniteFeatures as exc:
+            raise exc.at(self.checkpoint_path, stage) from exc
 
     def health_warnings(self, sample: int = 16) -> list[str]:
         """Warnings about the model, measured on one batch of up to ``sample`` gallery images (evenly spaced)."""
@@ -615,7 +623,8 @@ class SearchEngine:
         step = max(1, len(records) // sample)
         chosen = [r for r in records[::step][:sample] if Path(r.path).is_file()]
         modality = str(self.gallery.extra.get("modality") or Modality.VISIBLE.value)
-        features = self.embed([r.path for r in chosen], modality).features if len(chosen) >= 2 else None
+        stage = "checking the model on gallery images"
+        features = self.embed([r.path for r in chosen], modality, stage=stage).features if len(chosen) >= 2 else None
         return model_warnings(self.checkpoint_path, features, self.loaded.degenerate_neck_channels)
 
     def notices_for(self, modality: Modality | str, gallery: GalleryIndex | None = None) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from mclnet_cli.config import Config, flatten, upgrade_keys
+from mclnet_cli.config import Config, config_from_dict, flatten, upgrade_keys
 from mclnet_cli.engine.optim import RESUMABLE_KEYS
 from mclnet_cli.errors import CheckpointError, ConfigError
 
@@ -64,8 +64,13 @@ def seed_everything(seed: int) -> None:
 def resume_conflicts(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Config keys that differ between a run and its resume and may not change (e.g. model.arch).
 
-    Keys renamed since the run was saved are compared under their new names.
+    Keys renamed since the run was saved are compared under their new names; keys added
+    since then count as their default (what the run trained with).
     """
+    try:
+        stored = config_from_dict(dict(stored)).to_dict()
+    except (ConfigError, TypeError, ValueError):
+        pass  # compare what is there: the conflicts name the keys
     old, new = flatten(upgrade_keys(stored)[0]), flatten(upgrade_keys(current)[0])
     changed = []
     for key in sorted(set(old) | set(new)):

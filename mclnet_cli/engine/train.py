@@ -342,6 +342,8 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     per_step_images = 2 * config.data.num_ids * config.data.num_instances * run.info.world_size
     log_every = max(1, config.train.log_every)
     run.loader.set_epoch(epoch)
+    if hasattr(run.criterion, "set_epoch"):
+        run.criterion.set_epoch(epoch)
     assert run.train_model is not None
     run.train_model.train()
     run.reporter.epoch_start(epoch, steps)
@@ -444,7 +446,7 @@ def _start(
     seed_everything(config.seed)
     loader = build_train_loader(
         prepared, config.data, seed=config.seed, steps_per_epoch=config.train.steps_per_epoch,
-        rank=info.rank, world_size=info.world_size,
+        steps_rule=config.train.steps_rule, rank=info.rank, world_size=info.world_size,
     )
     label_map = {int(k): int(v) for k, v in loader.label_map.items()}
     check_validation(prepared, config, set(label_map))

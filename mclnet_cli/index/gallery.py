@@ -61,6 +61,7 @@ from mclnet_cli.atomic import atomic_write, atomic_write_text, fsync_dir, storag
 from mclnet_cli.config import IndexKind, names
 from mclnet_cli.data.records import parse_jsonl
 from mclnet_cli.errors import IndexStoreError, LockedError
+from mclnet_cli.types import FEATURES
 from mclnet_cli.index.autotune import apply_parameters, auto_index
 from mclnet_cli.locks import LOCK_FILE, folder_lock
 
@@ -698,6 +699,8 @@ def _validate_meta(meta_path: Path, meta: dict[str, Any], index: faiss.Index) ->
     for name in ("modality", "feature", "resize", "factory"):
         if name in meta and not isinstance(meta[name], str):
             raise bad(name, f"must be a string, got {meta[name]!r}")
+    if "feature" in meta and meta["feature"] not in FEATURES:
+        raise bad("feature", f"must be one of {', '.join(FEATURES)}, got {meta['feature']!r}")
     checkpoint = meta.get("checkpoint")
     if checkpoint is not None and not (
         isinstance(checkpoint, dict) and all(isinstance(checkpoint.get(k, ""), str) for k in ("path", "fingerprint"))

@@ -10,13 +10,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mclnet_cli.config import ModelConfig
-from mclnet_cli.types import Modality
+from mclnet_cli.types import FEATURES, Modality
 from mclnet_cli.errors import ConfigError
 from mclnet_cli.model.backbone import TwoStreamBackbone, build_resnet
 from mclnet_cli.model.heads import BNNeck, build_pooling, projection_head
 
 SCALES = ("layer1", "layer2", "layer3", "layer4")
-FEATURES = ("bn", "pool")
 #: what a forward returns, by name: ``features.<scale>`` (ModelOutput.features), ``bn_feature``, ``logits``
 OUTPUTS = (*(f"features.{scale}" for scale in SCALES), "bn_feature", "logits")
 

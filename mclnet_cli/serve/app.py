@@ -1,7 +1,10 @@
 """The FastAPI application behind ``mclnet serve``.
 
 Routes: ``POST /search``, ``GET``/``POST /gallery``, ``GET /images/{record}``,
-``GET /healthz``, ``GET /`` (the page), ``/docs`` and ``/openapi.json``.
+``GET /healthz``, ``GET /`` (the page), ``/docs``, ``/redoc`` and ``/openapi.json``.
+With a token, every route that reads or changes data needs it; ``/healthz``, the
+page and the API docs hold no data and load without it (a browser cannot send
+the header; ``/docs`` has an Authorize button that sends it with "Try it out").
 Every error is one line of JSON, ``{"error": "..."}``, with status 400 (bad
 input), 401 (token), 404, 413 (too large), 422 (a bad field)
 or 500 (never with a traceback). Search goes through
@@ -26,6 +29,7 @@ from typing import Any, Optional
 from mclnet_cli.types import Modality
 from mclnet_cli.errors import DataError, MclnetError
 from mclnet_cli.engine.gallery import SearchEngine
+from mclnet_cli.data.sources.layout import identify
 from mclnet_cli.serve.state import ServedIndex
 
 try:
@@ -38,6 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
 PAGE = Path(__file__).with_name("page.html")
 OPEN_PATHS = frozenset({"/healthz", "/"})  # no data behind them: the page asks for the token itself
+BEARER = "bearer"  # the OpenAPI security scheme that stands for --token
 FORMATS = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp", "TIFF": ".tif", "WEBP": ".webp"}
 THUMBNAIL = (128, 256)  # width, height at most
 
@@ -171,20 +176,45 @@ def create_app(settings: ServeSettings, engine: SearchEngine | None = None) -> F
     app.state.served = served
     app.state.settings = settings
 
+    # The API docs describe the routes and hold no data: a browser opens them without the token.
+    docs = {path for path in (app.docs_url, app.redoc_url, app.openapi_url, app.swagger_ui_oauth2_redirect_url) if path}
+    open_paths = OPEN_PATHS | docs
     app.add_middleware(BodyLimit, limit=max_request)
-    _add_guard(app, settings, max_request)
+    _add_guard(app, settings, max_request, open_paths)
     _add_error_handlers(app)
     _add_index_routes(app, settings, served, engine, model_runner, uploads)
     _add_search_route(app, settings, served, engine, model_runner)
+    if settings.token is not None:
+        _document_token(app, open_paths)
     return app
 
 
-def _add_guard(app: FastAPI, settings: ServeSettings, max_request: int) -> None:
-    """The token check, then the request size from Content-Length (before the body is parsed)."""
+def _document_token(app: FastAPI, open_paths: frozenset[str] | set[str]) -> None:
+    """Declare the bearer token in the OpenAPI description: /docs then shows Authorize, and "Try it out" sends it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # FastAPI's own, cached on the app; completed here once
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})[BEARER] = {
+                "type": "http", "scheme": "bearer", "description": "The token given to 'mclnet serve --token'.",
+            }
+            for path, operations in schema.get("paths", {}).items():
+                if path not in open_paths:
+                    for operation in operations.values():
+                        operation["security"] = [{BEARER: []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _add_guard(app: FastAPI, settings: ServeSettings, max_request: int, open_paths: frozenset[str] | set[str]) -> None:
+    """The token check (every path but ``open_paths``), then the request size from Content-Length (before the body is parsed)."""
 
     @app.middleware("http")
     async def guard(request: Request, call_next):  # token, then body size
-        if settings.token is not None and request.url.path not in OPEN_PATHS:
+        if settings.token is not None and request.url.path not in open_paths:
             given = request.headers.get("authorization", "")
             scheme, _, value = given.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), settings.token.encode()):
@@ -371,6 +401,10 @@ def _add_search_route(
         for (name, _, _), result in zip(checked, results):
             row = result.to_json()
             row["probe"] = name
+            # The probe was embedded from a temporary file: its pid and camera can only come from the name it was
+            # uploaded with (a client that sends "cam3/0007/0001.jpg"); None when that follows no dataset layout.
+            found = identify(name)
+            row["pid"], row["cam"] = (found.pid, found.cam) if found else (None, None)
             for hit in row["results"]:
                 hit["record"] = rows.get(hit["path"])
             out.append(row)
