@@ -123,7 +123,7 @@ class LossConfig:
     hks_temperature: float = 1.0
     mmd_margin: float | None = None
     mmd_bandwidth: MmdBandwidth = "detached"  # "differentiable": the bandwidth is not a constant for the gradient
-    mmd_start_epoch: int = 0  # 0-based epoch the MMD term joins the objective (0: from the start, the method)
+    mmd_gate: float | None = None  # MMD joins after the first epoch whose identity loss is below mmd_gate x ln C; None: from the start (the method)
     hks_smoothing: float = 0.0  # the code's KL adds eps to both softmaxes: (p + eps) / (1 + C eps); code: 1e-8
     label_smoothing: float = 0.0
     triplet_margin: float = 0.3
@@ -570,6 +570,7 @@ def _validate(cfg: Config) -> None:
         (0 < cfg.optim.lr < math.inf and 0 < cfg.optim.head_lr < math.inf,
          "optim.lr and optim.head_lr must be positive and finite"),
         (0 <= cfg.loss.hks_smoothing < 0.01, "loss.hks_smoothing must be at least 0 and below 0.01"),
+        (cfg.loss.mmd_gate is None or 0 < cfg.loss.mmd_gate < math.inf, "loss.mmd_gate must be null or a positive number"),
     ]
     for ok, message in checks:
         if not ok:

@@ -352,9 +352,8 @@ def test_criterion_from_config() -> None:
     assert default.weights == {"id": 1.0, "supcon": 5.0, "hks": 5.0, "mmd": 0.25}
 
 
-def test_mmd_start_epoch_keeps_mmd_out_before_it() -> None:
-    """loss.mmd_start_epoch reaches the objective: no MMD part (and a smaller total) before it, the full
-    objective from it on; through fit, the epoch rows say the same."""
+def test_mmd_inactive_leaves_mmd_out() -> None:
+    """Criterion.mmd_active (what loss.mmd_gate switches): no MMD part and a smaller total while off."""
     from mclnet_cli.config import load_config
     from mclnet_cli.losses import Criterion
     from mclnet_cli.model.net import ModelOutput
@@ -364,27 +363,37 @@ def test_mmd_start_epoch_keeps_mmd_out_before_it() -> None:
     modalities = torch.cat([torch.zeros(8), torch.ones(8)]).long()
     features = {f"layer{i}": torch.rand(16, 8) for i in range(1, 5)}
     output = ModelOutput(features=features, bn_feature=torch.rand(16, 8), logits=torch.randn(16, 4))
-    crit = Criterion.from_config(load_config("tiny", ["loss.mmd_start_epoch=2"]).loss)
-    crit.set_epoch(1)
+    crit = Criterion.from_config(load_config("tiny").loss)
+    crit.mmd_active = False
     early = crit(output, labels, modalities)
-    crit.set_epoch(2)
+    crit.mmd_active = True
     late = crit(output, labels, modalities)
     assert "mmd" not in early.parts and "mmd" in late.parts
     assert float(late.total - early.total) == pytest.approx(0.25 * float(late.parts["mmd"]), rel=1e-5)
-    with pytest.raises(ConfigError, match="mmd_start_epoch"):
-        Criterion.from_config(load_config("tiny", ["loss.mmd_start_epoch=-1"]).loss)
+    with pytest.raises(ConfigError, match="mmd_gate"):
+        load_config("tiny", ["loss.mmd_gate=0"])
 
 
-def test_mmd_start_epoch_in_training(prepared_dataset, tmp_path) -> None:
+@pytest.mark.parametrize("gate, expected", [("null", [True, True, True]), ("100", [False, True, True]), ("1e-9", [False, False, False])])
+def test_mmd_gate_in_training(prepared_dataset, tmp_path, gate: str, expected: list[bool]) -> None:
+    """loss.mmd_gate: MMD joins the epoch after the identity loss first falls below gate x ln C
+    (100: after the first epoch, whatever it learnt; 1e-9: never), and a resume keeps the state."""
+    import json
+
     from mclnet_cli.config import load_config
+    from mclnet_cli.engine.checkpoint import load_checkpoint
     from mclnet_cli.engine.runlog import read_metrics
     from mclnet_cli.engine.train import fit
 
-    config = load_config("tiny", [
+    settings = [
         "data.height=64", "data.width=32", "data.num_ids=2", "data.num_instances=2", "data.workers=0",
-        "train.epochs=3", "train.steps_per_epoch=2", "optim.warmup_epochs=1", "optim.milestones=[2]",
-        "loss.mmd_start_epoch=2",
-    ])
-    fit(config, prepared_dataset, tmp_path / "run", device="cpu")
-    rows = [r for r in read_metrics(tmp_path / "run") if r.get("kind") == "epoch"]
-    assert ["mmd" in r["parts"] for r in rows] == [False, False, True]
+        "train.steps_per_epoch=2", "optim.warmup_epochs=1", "optim.milestones=[2]", f"loss.mmd_gate={gate}",
+    ]
+    out = tmp_path / "run"
+    fit(load_config("tiny", [*settings, "train.epochs=2"]), prepared_dataset, out, device="cpu")
+    assert load_checkpoint(out / "last.pt")["mmd_open"] is expected[2]
+    fit(load_config("tiny", [*settings, "train.epochs=3"]), prepared_dataset, out, resume=True, device="cpu")
+    rows = [r for r in read_metrics(out) if r.get("kind") == "epoch"]
+    assert ["mmd" in r["parts"] for r in rows] == expected
+    joined = json.loads((out / "summary.json").read_text())["mmd_joined"]
+    assert joined == (None if gate in ("null", "1e-9") else 1)

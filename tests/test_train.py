@@ -501,7 +501,7 @@ def test_resume_of_a_run_saved_before_a_key_existed() -> None:
 
     current = _config("train.epochs=2").to_dict()
     stored = json.loads(json.dumps(current))
-    del stored["loss"]["mmd_start_epoch"], stored["train"]["health_from_epoch"]
+    del stored["loss"]["mmd_gate"], stored["train"]["health_from_epoch"]
     assert resume_conflicts(stored, current) == []
-    moved = _config("train.epochs=2", "loss.mmd_start_epoch=3").to_dict()
-    assert resume_conflicts(stored, moved) == ["loss.mmd_start_epoch (0 -> 3)"]
+    moved = _config("train.epochs=2", "loss.mmd_gate=0.9").to_dict()
+    assert resume_conflicts(stored, moved) == ["loss.mmd_gate (None -> 0.9)"]

@@ -257,6 +257,8 @@ class _Run:
     session_images: int = 0
     recalibration: NeckRecalibration | None = None  # set when the last epoch re-estimated the neck statistics
     health: dict[str, Any] | None = None  # the run's health so far (summary.json "health")
+    mmd_open: bool = True  # loss.mmd_gate: whether MMD is in the objective yet
+    mmd_joined: int | None = None  # the first epoch trained with MMD under the gate
 
     @property
     def main(self) -> bool:
@@ -342,8 +344,8 @@ def train_one_epoch(run: _Run, epoch: int) -> dict[str, Any]:
     per_step_images = 2 * config.data.num_ids * config.data.num_instances * run.info.world_size
     log_every = max(1, config.train.log_every)
     run.loader.set_epoch(epoch)
-    if hasattr(run.criterion, "set_epoch"):
-        run.criterion.set_epoch(epoch)
+    if hasattr(run.criterion, "mmd_active"):
+        run.criterion.mmd_active = run.mmd_open
     assert run.train_model is not None
     run.train_model.train()
     run.reporter.epoch_start(epoch, steps)
@@ -497,7 +499,7 @@ def _build(
         config=config, out_dir=out_dir, device=device, info=info, reporter=reporter, prepared=prepared,
         loader=loader, label_map=label_map, model=model, criterion=criterion, optimizer=optimizer,
         scheduler=scheduler, scaler=torch.amp.GradScaler("cuda", enabled=use_scaler), amp_dtype=amp_dtype,
-        channels_last=channels_last, session=session,
+        channels_last=channels_last, session=session, mmd_open=config.loss.mmd_gate is None,
     )
 
 
@@ -512,6 +514,8 @@ def _restore(run: _Run, payload: Mapping[str, Any]) -> None:
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(f"{run.last_path}: cannot restore training state ({exc})") from exc
     run.start_epoch = int(payload["epoch"])
+    run.mmd_open = bool(payload.get("mmd_open", run.config.loss.mmd_gate is None))
+    run.mmd_joined = payload.get("mmd_joined")
     run.global_step = int(payload.get("global_step", 0))
     run.best = payload.get("best")
     set_rng_state(payload["rng"])
@@ -596,8 +600,27 @@ def _save_last(run: _Run, epoch: int) -> None:
         "rng": rng_state(),
         "best": run.best,
         "neck": run.recalibration.as_dict() if run.recalibration else None,
+        "mmd_open": run.mmd_open,
+        "mmd_joined": run.mmd_joined,
     }
     save_checkpoint(run.last_path, checkpoint_payload(run.model, run.config, run.label_map, **extra))
+
+
+def _open_mmd_gate(run: _Run, epoch: int, row: dict[str, Any]) -> None:
+    """``loss.mmd_gate``: MMD joins from the next epoch once this one's identity loss is below gate x ln C.
+
+    Aligning the spectra before the features carry identity aligns them by erasing
+    everything (docs/method.md, finding 9); the identity loss, averaged over ranks, says
+    when they carry some. Every rank sees the same mean, so they open together.
+    """
+    gate = run.config.loss.mmd_gate
+    if run.mmd_open or gate is None or "id" not in row.get("parts", {}):
+        return
+    if row["parts"]["id"] < gate * math.log(max(run.loader.num_classes, 2)):
+        run.mmd_open, run.mmd_joined = True, epoch + 1
+        row["mmd_joins"] = epoch + 1
+        if epoch + 1 < run.config.train.epochs:
+            run.reporter.note(f"identity loss {row['parts']['id']:.3f} < {gate:g} x ln C: MMD joins the objective at epoch {epoch + 2}")
 
 
 def _assess(run: _Run, epoch: int, row: dict[str, Any]) -> health_check.Health:
@@ -639,6 +662,7 @@ def _end_epoch(run: _Run, epoch: int, row: dict[str, Any]) -> None:
     """
     config = run.config
     run.last_row = row
+    _open_mmd_gate(run, epoch, row)
     verdict = _assess(run, epoch, row)
     if verdict.collapsed and config.train.stop_on_collapse:
         if run.main:
@@ -735,6 +759,7 @@ def _write_summary(run: _Run, status: str, message: str | None) -> dict[str, Any
         "feature": FEATURE_STATEMENT,
         "neck": run.recalibration.as_dict() if run.recalibration else None,
         "health": run.health,
+        "mmd_joined": run.mmd_joined if run.config.loss.mmd_gate is not None else None,
         "checkpoints": {
             "last": str(out_dir / runlog.LAST_CHECKPOINT),
             "best": str(out_dir / runlog.BEST_CHECKPOINT) if best else None,

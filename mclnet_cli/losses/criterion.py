@@ -38,8 +38,8 @@ class LossOutput:
 class Criterion:
     """L = w_id L_id + w_mmd L_mmd + w_supcon sum_k L_sc(f_k) + w_hks L_hks (+ w_triplet L_tri).
 
-    Terms with weight 0 are neither computed nor reported; neither is MMD before
-    ``mmd_start_epoch`` (:meth:`set_epoch`). ``parts["supcon"]`` is
+    Terms with weight 0 are neither computed nor reported; neither is MMD while
+    :attr:`mmd_active` is false (the trainer's ``loss.mmd_gate``). ``parts["supcon"]`` is
     the unweighted sum over the four scales. MMD and triplet use pre-BN f4.
     """
 
@@ -53,7 +53,6 @@ class Criterion:
         triplet_margin: float = 0.3,
         hks_smoothing: float = 0.0,
         mmd_bandwidth: MmdBandwidth = "detached",
-        mmd_start_epoch: int = 0,
     ) -> None:
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
@@ -77,10 +76,7 @@ class Criterion:
         self.triplet_margin = triplet_margin
         self.hks_smoothing = hks_smoothing
         self.mmd_bandwidth = mmd_bandwidth
-        if isinstance(mmd_start_epoch, bool) or not isinstance(mmd_start_epoch, int) or mmd_start_epoch < 0:
-            raise ConfigError(f"loss.mmd_start_epoch must be an integer >= 0, got {mmd_start_epoch!r}")
-        self.mmd_start_epoch = mmd_start_epoch
-        self.epoch = 0
+        self.mmd_active = True  # the trainer switches MMD off until loss.mmd_gate opens
 
     @classmethod
     def from_config(cls, loss_cfg: Any) -> "Criterion":
@@ -96,16 +92,11 @@ class Criterion:
             triplet_margin=loss_cfg.triplet_margin,
             hks_smoothing=getattr(loss_cfg, "hks_smoothing", 0.0),
             mmd_bandwidth=getattr(loss_cfg, "mmd_bandwidth", "detached"),
-            mmd_start_epoch=getattr(loss_cfg, "mmd_start_epoch", 0),
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        """The 0-based epoch being trained (``mmd_start_epoch`` keeps MMD out before it)."""
-        self.epoch = int(epoch)
-
     def active_weights(self) -> dict[str, float]:
-        """The terms computed at the current epoch, with their weights."""
-        return {name: w for name, w in self.weights.items() if not (name == "mmd" and self.epoch < self.mmd_start_epoch)}
+        """The terms computed now, with their weights."""
+        return {name: w for name, w in self.weights.items() if name != "mmd" or self.mmd_active}
 
     def _term(self, name: str, output: ModelOutput, labels: Tensor, modalities: Tensor) -> Tensor:
         f4 = output.features["layer4"]
