@@ -33,13 +33,14 @@ It shares no code or drawing rule with ``mclnet_cli.data.synthetic`` or
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from sysu_layout import generator_main, write_layout
 
 H, W = 128, 64
 VISIBLE = (1, 2, 4, 5)
@@ -599,23 +600,12 @@ def generate_nir(root: Path | str, *, ids: int = 90, seed: int = 0, images_per_c
                 image = render(person, cam, np.random.default_rng([seed, person.pid, cam, index, 613]), traits[cam])
                 image.save(folder / f"{index:04d}.jpg", quality=JPEG_QUALITY)
                 images += 1
-    for cam in (1, 2, 3, 4, 5, 6):
-        (root / f"cam{cam}").mkdir(parents=True, exist_ok=True)
-    (root / "exp").mkdir(exist_ok=True)
-    for name, pids in splits.items():
-        (root / "exp" / name).write_text(",".join(str(p) for p in sorted(pids)) + "\n", encoding="utf-8")
-    (root / "exp" / "available_id.txt").write_text(",".join(str(p) for p in range(1, ids + 1)) + "\n", encoding="utf-8")
+    write_layout(root, splits, range(1, ids + 1))
     return {"root": str(root), "ids": ids, "images": images, "splits": {k: len(v) for k, v in splits.items()}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Draw the active-NIR synthetic set (SYSU-MM01 layout).")
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--ids", type=int, default=90)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--images-per-camera", type=int, default=3)
-    args = parser.parse_args()
-    print(generate_nir(args.out, ids=args.ids, seed=args.seed, images_per_camera=args.images_per_camera))
+    generator_main(generate_nir, "Draw the active-NIR synthetic set (SYSU-MM01 layout).")
 
 
 if __name__ == "__main__":

@@ -39,13 +39,14 @@ cameras 1, 2, 4, 5 and infrared 3, 6) with ``mclnet_cli.data.synthetic`` and
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from sysu_layout import generator_main, write_layout
 
 VISIBLE = (1, 2, 4, 5)
 INFRARED = (3, 6)
@@ -618,23 +619,12 @@ def generate_walker(root: Path | str, *, ids: int = 90, seed: int = 0, images_pe
             for index in range(1, images_per_camera + 1):
                 render(person, cam, np.random.default_rng([seed, pid, cam, index, 0xB2])).save(folder / f"{index:04d}.jpg", quality=92)
                 images += 1
-    for cam in (*VISIBLE, *INFRARED):
-        (root / f"cam{cam}").mkdir(parents=True, exist_ok=True)
-    (root / "exp").mkdir(exist_ok=True)
-    for name, members in splits.items():
-        (root / "exp" / name).write_text(",".join(str(q) for q in sorted(members)) + "\n", encoding="utf-8")
-    (root / "exp" / "available_id.txt").write_text(",".join(str(q) for q in pids) + "\n", encoding="utf-8")
+    write_layout(root, splits, pids)
     return {"root": str(root), "ids": ids, "images": images, "splits": {k: len(v) for k, v in splits.items()}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Draw the articulated-walker synthetic set (SYSU-MM01 layout).")
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--ids", type=int, default=90)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--images-per-camera", type=int, default=3)
-    args = parser.parse_args()
-    print(generate_walker(args.out, ids=args.ids, seed=args.seed, images_per_camera=args.images_per_camera))
+    generator_main(generate_walker, "Draw the articulated-walker synthetic set (SYSU-MM01 layout).")
 
 
 if __name__ == "__main__":
