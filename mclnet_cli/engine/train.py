@@ -614,7 +614,7 @@ def _open_mmd_gate(run: _Run, epoch: int, row: dict[str, Any]) -> None:
     when they carry some. Every rank sees the same mean, so they open together.
     """
     gate = run.config.loss.mmd_gate
-    if run.mmd_open or gate is None or "id" not in row.get("parts", {}):
+    if run.mmd_open or gate is None or run.config.loss.weights.mmd == 0 or "id" not in row.get("parts", {}):
         return
     if row["parts"]["id"] < gate * math.log(max(run.loader.num_classes, 2)):
         run.mmd_open, run.mmd_joined = True, epoch + 1
