@@ -15,7 +15,7 @@ from mclnet_cli.data.records import load_prepared
 from mclnet_cli.data import transforms
 from mclnet_cli.data.images import load_rgb
 from mclnet_cli.engine.checkpoint import load_checkpoint, load_model
-from mclnet_cli.engine.recalibrate import mixture_statistics, recalibrate_neck, spaced
+from mclnet_cli.engine.recalibrate import DEGENERATE_SPREAD, mixture_statistics, recalibrate_neck, spaced
 from mclnet_cli.engine.runlog import read_metrics
 from mclnet_cli.engine.train import fit
 from mclnet_cli.model import build_model
@@ -72,9 +72,15 @@ def test_recalibrate_neck_sets_the_statistics_of_inference_f4(prepared_dataset: 
     assert (report.visible_images, report.infrared_images) == (len(visible), len(infrared)) == (18, 18)  # train + val ids
     mean = (visible.mean(0) + infrared.mean(0)) / 2
     var = (visible.var(0) + infrared.var(0)) / 2 + ((visible.mean(0) - infrared.mean(0)) / 2) ** 2
+    expected_shift = np.mean(np.abs(mean - before.numpy()) / 1.0)  # a fresh BN: running var 1
+    # channels without a resolvable spread (here: dead ones, f4 at GeM's floor) are held constant
+    rms = np.sqrt(mean**2 + var)
+    steady = (np.sqrt(var) < DEGENERATE_SPREAD * rms) & (rms > 0)
+    mean = np.where(steady, 0.0, mean)
+    var = np.where(steady, (rms / DEGENERATE_SPREAD) ** 2, var)
+    assert report.degenerate_channels == int(steady.sum())
     np.testing.assert_allclose(model.neck.bn.running_mean.numpy(), mean, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(model.neck.bn.running_var.numpy(), var, rtol=1e-3, atol=1e-6)
-    expected_shift = np.mean(np.abs(mean - before.numpy()) / 1.0)  # a fresh BN: running var 1
     assert report.shift == pytest.approx(expected_shift, rel=1e-4)
 
 

@@ -139,10 +139,10 @@ def recalibrate_neck(model: torch.nn.Module, prepared: PreparedDataset, config: 
     finally:
         model.train(was_training)
     mean, var = mixture_statistics(features[Modality.VISIBLE], features[Modality.INFRARED])
-    mean, var, degenerate = steady_statistics(mean, var)
     bn = model.neck.bn
     old_mean, old_std = bn.running_mean.double().cpu(), bn.running_var.double().cpu().clamp(min=bn.eps).sqrt()
-    shift = float(((mean - old_mean).abs() / old_std).mean())
+    shift = float(((mean - old_mean).abs() / old_std).mean())  # of the measured mean, before steadying
+    mean, var, degenerate = steady_statistics(mean, var)
     bn.running_mean.copy_(mean.to(bn.running_mean))
     bn.running_var.copy_(var.to(bn.running_var))
     return NeckRecalibration(len(features[Modality.VISIBLE]), len(features[Modality.INFRARED]), shift, degenerate)
