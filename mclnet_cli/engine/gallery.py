@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Sequence
 
 from mclnet_cli.data.images import IMAGE_SUFFIXES, is_image_file
-from mclnet_cli.types import Modality
 from mclnet_cli.engine.health import model_warnings
 from mclnet_cli.errors import DataError, IndexStoreError
+from mclnet_cli.types import Modality
 from mclnet_cli.index.gallery import (
     BUILD_KINDS, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for, writer_lock,
 )  # fmt: skip
