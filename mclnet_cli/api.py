@@ -58,36 +58,23 @@ def embed(
 ) -> np.ndarray:
     """L2-normalised features [len(images), D] (float32) through the ``modality`` stream.
 
-    Preprocessing is the checkpoint's own (size and resize filter from its config,
-    ImageNet normalisation), as ``mclnet index`` and ``query`` do. ``feature`` is
-    ``"bn"`` (BNNeck output, the method's retrieval feature) or ``"pool"``;
-    ``flip`` averages each image with its mirror.
+    Preprocessing is the checkpoint's own record, ``model.preprocess`` (size, resize
+    filter, mean/std from its config), through the loop ``mclnet index`` and ``query``
+    run. ``feature`` is ``"bn"`` (BNNeck output, the method's retrieval feature) or
+    ``"pool"``; ``flip`` averages each image with its mirror.
     """
-    import torch
-
-    from mclnet_cli.data.images import load_rgb, to_rgb
-    from mclnet_cli.data.transforms import test_transform
-    from mclnet_cli.engine.extract import NonFiniteFeatures, embed_batch
+    from mclnet_cli.engine.extract import NonFiniteFeatures, extract_features
     from mclnet_cli.errors import ConfigError
+    from mclnet_cli.types import FEATURES
 
-    if feature not in ("bn", "pool"):
-        raise ConfigError(f"feature: unknown {feature!r}; choose from: bn, pool")
+    if feature not in FEATURES:
+        raise ConfigError(f"feature: unknown {feature!r}; choose from: {', '.join(FEATURES)}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    modality = Modality.parse(modality)
-    data = model.config.data
-    transform = test_transform(data.height, data.width, data.resize)
-    device = next(model.model.parameters()).device
-    chunks: list[np.ndarray] = []
-    for start in range(0, len(images), batch_size):
-        batch = [load_rgb(x) if isinstance(x, (str, Path)) else to_rgb(x) for x in images[start : start + batch_size]]
-        tensor = torch.stack([transform(image) for image in batch]).to(device)
-        try:
-            chunks.append(embed_batch(model.model, tensor, modality, flip)[feature].float().cpu().numpy())
-        except NonFiniteFeatures as exc:
-            raise exc.at(model.path, "embedding images") from exc
-    dim = int(getattr(model.model, "feature_dim", 0))
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, dim), dtype=np.float32)
+    try:
+        return extract_features(model, list(images), modality, feature=feature, batch_size=batch_size, flip=flip).features
+    except NonFiniteFeatures as exc:
+        raise exc.at(model.path, "embedding images") from exc
 
 
 def build_index(
@@ -96,7 +83,9 @@ def build_index(
     """Embed every image under ``gallery_dir`` and write a FAISS index to ``out_dir``; returns a ``BuildReport``.
 
     ``options`` are those of ``mclnet index``: ``kind``, ``add``, ``force``, ``batch_size``,
-    ``workers``, ``device``, ``nlist``, ``nprobe``, ``hnsw_m``, ``pq_m``. An index
+    ``workers``, ``device``, ``nlist``, ``nprobe``, ``hnsw_m``, ``pq_m``, ``dim`` and
+    ``whiten`` (PCA reduction, applied again by :func:`search`), ``chunk`` (an on-disk
+    IVF index built ``chunk`` images at a time). An index
     already in ``out_dir`` is extended with ``add=True``, replaced with ``force=True``
     (``report.replaced`` rows), and otherwise refused with ``IndexStoreError``.
     """

@@ -150,7 +150,13 @@ def write_temp(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
     except OSError as exc:
         raise (storage_error(exc, path) or exc) from exc
     remove_orphan_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # e.g. a read-only folder: the kernel names the temp, the user needs the target
+        translated = readdress(exc, None, path)
+        if translated is not exc:
+            raise translated from exc
+        raise
     recorder: _Recorder | None = None
     try:
         os.fchmod(fd, default_mode())
@@ -164,8 +170,8 @@ def write_temp(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
         recorded = recorder.error if recorder is not None else None
         if recorded is not None and not isinstance(exc, OSError):
             exc.__cause__ = exc.__cause__ or recorded
-        translated = storage_error(exc, path)
-        if translated is not None:
+        translated = readdress(exc, tmp, path)
+        if translated is not exc:
             raise translated from exc
         raise
     return Path(tmp)
@@ -182,11 +188,39 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        translated = storage_error(exc, path)
-        if translated is not None:
+        translated = readdress(exc, tmp, path)
+        if translated is not exc:
             raise translated from exc
         raise
     return path
+
+
+def readdress(exc: BaseException, temp: Path | str | None, target: Path | str) -> BaseException:
+    """``exc`` as the user should see it: about ``target``, never the temp ``temp`` written for it.
+
+    A storage failure becomes a :class:`StorageError` naming ``target``; another ``OSError``
+    (``Permission denied``, ...) that names the temp (or no file, or a file inside the temp folder
+    ``temp``) is re-raised with ``target`` as its file name. Anything else is returned unchanged.
+    """
+    translated = storage_error(exc, target)
+    if translated is not None:
+        return translated
+    if not isinstance(exc, OSError) or exc.errno is None:
+        return exc
+    name = exc.filename
+    if name is not None and temp is not None:
+        name, temp_text = os.fspath(name), os.fspath(temp)
+        if name != temp_text and not name.startswith(temp_text.rstrip(os.sep) + os.sep):
+            return exc  # about another file: its name is the right one
+    elif name is not None and temp is None and not _looks_like_temp(name, Path(target)):
+        return exc
+    return OSError(exc.errno, exc.strerror or str(exc), os.fspath(target))
+
+
+def _looks_like_temp(name: Any, target: Path) -> bool:
+    """True when ``name`` is a temp of this module's pattern beside ``target`` (what ``mkstemp`` failed to create)."""
+    candidate = Path(os.fspath(name))
+    return candidate.parent == target.parent and candidate.name.startswith(f".{target.name}.") and candidate.name.endswith(".tmp")
 
 
 def _target_error(exc: BaseException, target: Path) -> BaseException:

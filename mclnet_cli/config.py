@@ -42,7 +42,7 @@ ResizeFilter = Literal["bilinear", "lanczos"]
 IdentityDraw = Literal["cycle", "independent"]
 StepsRule = Literal["method", "official"]  # train.steps_rule: steps of an epoch when train.steps_per_epoch is null
 OptimName = Literal["sgd", "adam"]
-Protocol = Literal["sysu", "regdb", "llcm"]
+Protocol = Literal["sysu", "regdb", "llcm", "own"]  # own: a prepared folder/csv dataset (metrics/protocols.py)
 SysuMode = Literal["all", "indoor"]
 Direction = Literal["visible_to_infrared", "infrared_to_visible", "both"]
 IndexKind = Literal["flat", "ivf", "hnsw", "ivfpq", "auto"]
@@ -83,12 +83,19 @@ class DataConfig:
     identity_draw: IdentityDraw = "cycle"  # cycle: every id before any repeats | independent: P fresh ids each batch (the code)
     instances_with_replacement: bool = False  # K images of an id drawn with replacement even when it has K (the code)
     llcm_infrared_as_visible: bool = False  # LLCM only: infrared images get the visible augmentation, random grayscale included (the code)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)  # per-channel (R, G, B) normalisation of pixels / 255: ImageNet's
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
     def __post_init__(self) -> None:
         for name in ("grayscale_p", "flip_p", "erasing_p", "spectrum_p", "pseudo_infrared_p"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigError(f"data.{name} is a probability and must be in [0, 1], got {value}")
+        for name, low in (("mean", -math.inf), ("std", 0.0)):
+            value = tuple(getattr(self, name))
+            if len(value) != 3 or not all(low < v < math.inf for v in value):
+                what = "finite numbers" if name == "mean" else "positive finite numbers"
+                raise ConfigError(f"data.{name} must be 3 {what} (R, G, B), got {list(value)}")
 
 
 @dataclass(frozen=True)
@@ -165,11 +172,11 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation protocol."""
 
-    protocol: Protocol = "sysu"  # sysu | regdb | llcm
+    protocol: Protocol = "sysu"  # sysu | regdb | llcm | own
     mode: SysuMode = "all"  # sysu: all | indoor
     shots: int = 1  # sysu: 1 | 10
     trials: int = 10
-    direction: Direction = "both"  # regdb/llcm: visible_to_infrared | infrared_to_visible | both
+    direction: Direction = "both"  # regdb/llcm/own: visible_to_infrared | infrared_to_visible | both
     batch_size: int = 64
     flip: bool = False  # flip test-time augmentation
     rerank: bool = False  # k-reciprocal re-ranking

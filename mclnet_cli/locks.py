@@ -49,14 +49,18 @@ def folder_lock(
     what: str,
     wait: bool,
     on_wait: Callable[[str], None] | None = None,
+    create: bool = True,
 ) -> Iterator[Path]:
     """Hold the writer lock of ``folder`` (created if needed) for the ``with`` block.
 
     ``wait=False`` raises :class:`LockedError` at once when another process holds
     it; ``wait=True`` calls ``on_wait(message)`` once, then blocks until it is free.
+    ``create=False``: a missing ``folder`` raises :class:`FileNotFoundError` instead
+    of being made (a writer that only changes an existing folder leaves nothing behind).
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_FILE
     fd = os.open(str(path), os.O_RDWR | os.O_CREAT, 0o666)
     try:

@@ -34,6 +34,11 @@ class Modality(str, enum.Enum):
             f"unknown modality {value!r}; expected visible (vis, rgb) or infrared (ir, nir, thermal)"
         )
 
+    @classmethod
+    def words(cls) -> tuple[str, ...]:
+        """Every word :meth:`parse` accepts, visible's first (for messages and documentation)."""
+        return tuple(word for modality in cls for word in sorted(_ALIASES[modality], key=lambda w: (w != modality.value, -len(w), w)))
+
     @property
     def index(self) -> int:
         """0 for visible, 1 for infrared (used in tensors)."""

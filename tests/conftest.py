@@ -189,3 +189,39 @@ def prepared_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The prepared folder of :func:`write_train_val_test` (train, held-out val and test ids)."""
     return write_train_val_test(tmp_path_factory.mktemp("fake_train"))
 
+
+
+@pytest.fixture
+def index_lock_waits(monkeypatch: pytest.MonkeyPatch):
+    """A ``threading.Event`` set when any index writer starts waiting for a folder's writer lock.
+
+    Every writer lock of an index folder goes through ``folder_lock`` of
+    :mod:`mclnet_cli.index.gallery`; this wraps it so that its ``on_wait`` also sets
+    the event. A writer that skips the lock never sets it.
+    """
+    import threading
+
+    from mclnet_cli.index import gallery as gallery_module
+
+    waiting = threading.Event()
+    real = gallery_module.folder_lock
+
+    def spying(folder, **kwargs):  # noqa: ANN001, ANN202 - folder_lock's signature
+        given = kwargs.get("on_wait")
+
+        def on_wait(message: str) -> None:
+            waiting.set()
+            if given is not None:
+                given(message)
+
+        return real(folder, **{**kwargs, "on_wait": on_wait})
+
+    monkeypatch.setattr(gallery_module, "folder_lock", spying)
+    return waiting
+
+
+def wait_for_lock_wait(waiting, worker) -> bool:  # noqa: ANN001 - an Event and a Thread
+    """True once ``worker`` waits for a lock (``waiting`` set) while still running; False when it finished first."""
+    while not waiting.is_set() and worker.is_alive():
+        waiting.wait(0.02)
+    return waiting.is_set() and worker.is_alive()

@@ -23,7 +23,7 @@ from mclnet_cli.errors import ConfigError
 COMMANDS = (
     ["train"], ["evaluate"], ["split"], ["index"], ["query"], ["export"], ["serve"], ["convert"], ["info"],
     ["presets", "list"], ["presets", "show"], ["prepare", "sysu"], ["prepare", "regdb"], ["prepare", "llcm"],
-    ["prepare", "synthetic"], ["demo"],
+    ["prepare", "synthetic"], ["prepare", "folder"], ["prepare", "csv"], ["demo"],
 )
 COMPUTE = {"train", "evaluate", "index", "query", "export", "serve", "demo"}
 

@@ -15,7 +15,7 @@ from mclnet_cli.config import (
 )
 from mclnet_cli.errors import ConfigError, MclnetDeprecationWarning
 
-EXPECTED_PRESETS = {"base", "sysu", "regdb", "llcm", "tiny", "official-code"}
+EXPECTED_PRESETS = {"base", "sysu", "regdb", "llcm", "tiny", "official-code", "finetune"}
 
 
 def test_all_expected_presets_ship_and_load():

@@ -431,3 +431,59 @@ def test_converted_checkpoint_serves_evaluate_index_and_query(reference, prepare
         probe_feat = reference(None, load(probe))[1]
         gallery_feats = torch.cat([reference(load(p), None)[1] for p in (tmp_path / "gallery" / r["path"].split("/")[-1] for r in top)])
     assert [r["score"] for r in top] == pytest.approx((gallery_feats @ probe_feat.T).squeeze(1).tolist(), abs=1e-4)
+
+
+# --------------------------------------------------------------------------- issue 30: the remaining edges
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["model.arch=resnet50", "model.specific_stages=2", "model.pretrained=imagenet", "model={arch: resnet34}"],
+)
+def test_a_set_of_what_the_checkpoint_decides_is_refused_not_ignored(reference, tmp_path: Path, override: str) -> None:
+    """Was: parsed, then overwritten by the checkpoint's own value without a word."""
+    source = authors_file(tmp_path / "a.pth", reference)
+    line = one_line_error(runner.invoke(app, ["convert", str(source), "--out", str(tmp_path / "o.pt"), "--set", override]))
+    assert f"--set {override} does not apply to convert" in line and str(source) in line
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_a_set_that_agrees_with_the_checkpoint_is_accepted(reference, tmp_path: Path) -> None:
+    source = authors_file(tmp_path / "a.pth", reference)
+    result = runner.invoke(app, [
+        "convert", str(source), "--out", str(tmp_path / "o.pt"), "--json",
+        "--set", "model.arch=resnet18", "--set", "model.specific_stages=3", "--set", "model.last_stride=1",
+    ])
+    assert result.exit_code == 0, result.output
+    assert load_model(tmp_path / "o.pt").config.model.arch == "resnet18"
+
+
+def test_an_mclnet_checkpoint_needs_no_conversion(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Was: "not a state dict of tensors ('format' is str)"."""
+    line = one_line_error(runner.invoke(app, ["convert", str(tiny_checkpoint), "--out", str(tmp_path / "o.pt")]))
+    assert f"{tiny_checkpoint} is already an mclnet checkpoint" in line and "needs no conversion" in line
+    assert not (tmp_path / "o.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "visible_module.visible.layer3.0.shrinkage.fc.0.weight",  # a block the stream does not hold (share_net=3)
+        "base_resnet.base.layer4.7.shrinkage.fc.0.weight",  # a block that does not exist
+        "bottleneck.layer1.0.shrinkage.weight",  # under the BNNeck, not a ResNet block
+        "classifier.layer2.1.shrinkage.fc.3.bias",
+        "thermal_module.thermal.auxiliary1.0.op.shrinkage.weight",  # in a projection head
+    ],
+)
+def test_only_the_blocks_own_shrinkage_tensors_are_skipped(reference, tmp_path: Path, key: str) -> None:
+    """Any other tensor named like one is no part of the authors' network: refused, never silently dropped."""
+    path = _broken(reference, tmp_path, lambda s: s.__setitem__(key, torch.zeros(4)))
+    line = one_line_error(runner.invoke(app, ["convert", str(path), "--out", str(tmp_path / "o.pt")]))
+    assert f"unexpected key {key}" in line
+    assert not (tmp_path / "o.pt").exists()
+
+
+def test_the_blocks_shrinkage_tensors_are_reported_unused(reference, converted) -> None:
+    _, report = converted
+    shrinkage = [k for k in reference.state_dict() if ".shrinkage." in k]
+    assert shrinkage and report["tensors_unused"] == len(shrinkage)

@@ -264,3 +264,95 @@ def test_scoring_reports_progress_per_trial(tmp_path, rerank):
     name = "scoring trials (re-ranked)" if rerank else "scoring trials"
     assert seen == [(name, 3, 3)]
     assert len(report.results["features"].trials) == 3
+
+
+# ----------------------------------------------------------------------------- protocol names, own data
+
+
+def test_an_unknown_protocol_is_an_error_in_the_engine_and_the_cli(tmp_path, cli_runner):
+    from mclnet_cli.config import EvalConfig
+    from mclnet_cli.engine.evaluate import EvalSettings, score_trials
+    from mclnet_cli.errors import ConfigError
+    from mclnet_cli.metrics.protocols import Trial
+
+    samples = [s for s in fake_sysu_samples(tmp_path) if s.split == "test"]
+    features = np.eye(4, dtype=np.float32)[[s.pid for s in samples]]
+    with pytest.raises(ConfigError, match=r"unknown protocol 'nope' \(--protocol\); choose from: sysu, regdb, llcm, own"):
+        EvalSettings.resolve(EvalConfig(), protocol="nope")
+    trial = Trial("nope", 0, "visible_to_infrared", np.array([0]), np.array([1]))
+    with pytest.raises(ConfigError, match="unknown protocol 'nope'"):  # never scored as another protocol
+        score_trials(samples, {"f": features}, np.arange(len(samples)), [trial])
+    npz = write_npz(tmp_path / "f.npz", samples, features)
+    result = cli_runner.invoke(app, ["evaluate", "--features", str(npz), "--protocol", "nope"])
+    assert result.exit_code == 1 and "unknown protocol 'nope'" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def own_feature_samples() -> list[Sample]:
+    """Both spectra, cameras 0, 1 and unknown (-1), two images each."""
+    return [
+        Sample(f"/own/{m.value}/{pid}/c{cam}_{k}.jpg", pid, cam, m, "test")
+        for m in Modality for pid in (1, 2, 3) for cam in (-1, 0, 1) for k in range(2)
+    ]
+
+
+def test_own_protocol_through_evaluate_features(tmp_path, cli_runner):
+    from mclnet_cli.metrics import as_percent, rank_metrics
+    from mclnet_cli.metrics.protocols import protocol_trials
+
+    samples = own_feature_samples()
+    rng = np.random.default_rng(4)
+    features = (np.eye(4)[[s.pid for s in samples]] + 0.8 * rng.normal(size=(len(samples), 4))).astype(np.float32)
+    npz = write_npz(tmp_path / "f.npz", samples, features)
+    whole = invoke_json(cli_runner, ["evaluate", "--features", str(npz), "--protocol", "own", "--trials", "0", "--json"])
+    assert list(whole["results"]) == ["visible_to_infrared/features", "infrared_to_visible/features"]
+    assert whole["protocol"]["draws"] == "none" and whole["protocol"]["trials"] == [0]
+    assert whole["protocol"]["cmc"] == "standard"
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    for direction, source in (("visible_to_infrared", Modality.VISIBLE), ("infrared_to_visible", Modality.INFRARED)):
+        q = np.array([i for i, s in enumerate(samples) if s.modality is source])
+        g = np.array([i for i, s in enumerate(samples) if s.modality is not source])
+        pick = lambda attr, idx: np.array([getattr(samples[i], attr) for i in idx])  # noqa: E731
+        expected = as_percent(rank_metrics(1 - unit[q] @ unit[g].T, pick("pid", q), pick("pid", g), pick("cam", q),
+                                           pick("cam", g), "own"))
+        (row,) = whole["results"][f"{direction}/features"]["trials"]
+        assert row["gallery"] == 18 and {k: row[k] for k in METRICS} == pytest.approx(expected)
+    drawn = invoke_json(cli_runner, ["evaluate", "--features", str(npz), "--protocol", "own", "--trials", "2", "--json"])
+    assert drawn["protocol"]["draws"] == "agw" and drawn["protocol"]["shots"] == 1
+    expected_sizes = [len(t.gallery) for t in protocol_trials(samples, "own", trials=2)]
+    sizes = [row["gallery"] for result in drawn["results"].values() for row in result["trials"]]
+    assert sizes == expected_sizes == [9] * 4  # one image per (pid, camera): 3 ids x 3 cameras (unknown included)
+    table = cli_runner.invoke(app, ["-q", "evaluate", "--features", str(npz), "--protocol", "own", "--trials", "0"])
+    assert table.exit_code == 0 and "own | whole gallery | trials 0" in table.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--protocol", "own", "--shots", "10"], "--shots applies to sysu and llcm (own draws one image"),
+        (["--protocol", "own", "--mode", "all"], "--mode applies to sysu only"),
+        (["--protocol", "own", "--trials", "0", "--draws", "agw"], "--trials 0 compares with the whole gallery"),
+        (["--protocol", "own", "--draws", "official"], "--draws official exists for the sysu protocol only"),
+        (["--protocol", "own", "--trials", "11"], "--trials must be between 0 and 10 (0: the whole gallery)"),
+        (["--protocol", "llcm", "--trials", "0"], "--trials must be between 1 and 10"),
+    ],
+)
+def test_own_refuses_options_it_does_not_use(tmp_path, cli_runner, args, message):
+    npz = write_npz(tmp_path / "f.npz", own_feature_samples(), np.ones((36, 3), dtype=np.float32))
+    result = cli_runner.invoke(app, ["evaluate", "--features", str(npz), *args])
+    assert result.exit_code == 1 and message in result.output.replace("\n", " "), result.output
+
+
+def test_folder_and_csv_datasets_imply_the_own_protocol(tmp_path):
+    from mclnet_cli.engine.evaluate import dataset_protocol, split_trial
+    from mclnet_cli.metrics.protocols import protocol_trials
+
+    assert dataset_protocol({"dataset": "folder"}) == dataset_protocol({"reader": "csv"}) == "own"
+    assert dataset_protocol({"dataset": "llcm", "reader": "llcm"}) == "llcm"
+    assert dataset_protocol({"dataset": "synthetic"}) is None
+    samples = own_feature_samples()
+    prepared = write_prepared(tmp_path / "prep", samples, {"dataset": "folder", "reader": "folder"})
+    view = split_trial(prepared, 1, direction="visible_to_infrared")
+    expected = protocol_trials(view.samples, "own", trials=[1], direction="visible_to_infrared")[0]
+    assert view.trial.protocol == "own" and view.trial.trial == 1
+    assert [view.samples[i].path for i in view.trial.gallery] == [view.samples[i].path for i in expected.gallery]

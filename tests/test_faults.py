@@ -315,6 +315,43 @@ def test_a_kill_while_writing_the_new_files_keeps_the_old_index_and_leaves_no_or
     assert leftovers == []
 
 
+# Kill `mclnet index --remove` at one step of its save: while the new files are staged (before
+# the commit), or between two renames of the swap (after it).
+KILL_IN_REMOVAL = """
+import os, signal, sys
+from pathlib import Path
+out, where = Path(sys.argv[1]).resolve(), sys.argv[2]
+real = os.replace
+def replace(src, dst, *a, **k):
+    d = Path(dst).resolve()
+    staged = d.name == "meta.json" and d.parent != out  # the new meta.json, in the staging folder
+    swapping = d == out / "records.jsonl"  # index.faiss is already the new one
+    if (where == "staging" and staged) or (where == "swap" and swapping):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *a, **k)
+os.replace = replace
+from mclnet_cli.cli.app import app
+app(sys.argv[3:], prog_name="mclnet")
+"""
+
+
+@pytest.mark.parametrize("where, survivor", [("staging", "old"), ("swap", "new")])
+def test_a_kill_during_a_removal_leaves_the_old_or_the_new_index(where: str, survivor: str, tmp_path: Path) -> None:
+    out = tmp_path / "idx"
+    paths = [f"/g/{i}.jpg" for i in range(6)]
+    GalleryIndex.build(np.random.default_rng(3).normal(size=(6, 8)), [IndexRecord(p, "visible") for p in paths]).save(out)
+    killed = _child(KILL_IN_REMOVAL, str(out), where, "index", "--remove", "/g/1.jpg", "/g/4.jpg", "-o", str(out))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    expected = paths if survivor == "old" else [p for p in paths if p not in ("/g/1.jpg", "/g/4.jpg")]
+    loaded = GalleryIndex.load(out)  # one complete save, never a mix of the two
+    assert [r.path for r in loaded.records] == expected and len(loaded) == len(expected)
+    assert {h.path for h in loaded.search(np.ones((1, 8)), 10)[0]} == set(expected)
+    again = runner.invoke(app, ["index", "--remove", "/g/0.jpg", "-o", str(out), "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["count"] == len(expected) - 1
+    assert [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".mclnet-lock"] == []
+
+
 # --------------------------------------------------------------------------- full disk
 
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import faiss
@@ -13,6 +17,11 @@ from mclnet_cli.errors import IndexStoreError
 from mclnet_cli.index import gallery as gallery_module
 from mclnet_cli.index.gallery import GalleryIndex, IndexRecord, plan_index
 from mclnet_cli.data.sources.layout import identify
+from mclnet_cli.index.autotune import apply_parameters
+
+from conftest import wait_for_lock_wait
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -400,3 +409,187 @@ def test_invalid_values_are_found_in_any_block(monkeypatch: pytest.MonkeyPatch) 
     features[9] *= 2.0  # one long row in a middle block: the whole matrix is normalised
     out = gallery_module._as_matrix(features, "build")
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- removing rows
+
+
+def _scores(results: list) -> list[dict[str, float]]:
+    return [{h.path: h.score for h in hits} for hits in results]
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_remove_drops_the_rows_and_the_others_keep_their_scores(kind: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    x = _clustered(rng, 1000, 32, 25)
+    gallery = GalleryIndex.build(x, _records(1000), kind=kind, nlist=16, nprobe=16)
+    assert gallery.kind == kind
+    q = x[[0, 1, 500, 998]] + 0.05 * rng.normal(size=(4, 32))
+    before = _scores(gallery.search(q, 20))
+    gone = {f"/gallery/{i:05d}.jpg" for i in (0, 7, 500, 999)}
+    assert gallery.remove(gone | {"/not/indexed.jpg"}) == 4
+    assert len(gallery) == len(gallery.records) == 996
+    assert [r.path for r in gallery.records] == [r.path for r in _records(1000) if r.path not in gone]  # order kept
+    loaded = GalleryIndex.load(gallery.save(tmp_path / "idx"))
+    for searched in (gallery, loaded):
+        after = _scores(searched.search(q, 20))
+        for old, new in zip(before, after):
+            assert not gone & set(new)
+            common = set(old) & set(new)
+            assert len(common) >= 10
+            assert max(abs(old[p] - new[p]) for p in common) < 1e-5
+    assert loaded.remove([]) == 0 and len(loaded) == 996
+
+
+@pytest.mark.parametrize("factory", ["IVF16,PQ8x4np", "IVF16_HNSW32,PQ8x4np,Refine(SQ8)", "OPQ8,IVF16_HNSW32,PQ8x4np"])
+def test_removal_keeps_the_stored_codes_of_compressed_and_wrapped_indices(factory: str) -> None:
+    """ivfpq and what --kind auto builds: rows leave their inverted lists, the others' codes (so scores) stay."""
+    rng = np.random.default_rng(13)
+    x = _unit(_clustered(rng, 1500, 32, 30))
+    index = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(x)
+    index.add(x)
+    apply_parameters(index, {"nprobe": 16})  # every cell: the search is exhaustive over the codes
+    q = _unit(x[:6] + 0.05 * rng.normal(size=(6, 32)))
+    old_scores, old_rows = index.search(q, 10)
+    keep = np.ones(1500, dtype=bool)
+    keep[[0, 3, 700, 1499]] = False
+    gallery_module._remove_rows(index, keep)
+    index = faiss.deserialize_index(faiss.serialize_index(index))  # as saved and loaded
+    apply_parameters(index, {"nprobe": 16})
+    assert index.ntotal == 1496
+    new_scores, new_rows = index.search(q, 10)
+    kept_rows = np.flatnonzero(keep)
+    for i in range(len(q)):
+        old = {int(r): float(s) for r, s in zip(old_rows[i], old_scores[i])}
+        new = {int(kept_rows[r]): float(s) for r, s in zip(new_rows[i], new_scores[i]) if r >= 0}
+        assert not {0, 3, 700, 1499} & set(new)
+        common = set(old) & set(new)
+        assert len(common) >= 6 and max(abs(old[r] - new[r]) for r in common) < 1e-5
+
+
+MAPPED_CHANGES = """
+import sys
+import numpy as np
+from mclnet_cli.errors import IndexStoreError
+from mclnet_cli.index import gallery as gallery_module
+from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
+gallery_module.MMAP_AUTO_BYTES = 1  # mmap=None maps this small file too
+for mmap in (True, None):
+    for change in ("add", "remove"):
+        mapped = GalleryIndex.load(sys.argv[1], mmap=mmap)
+        try:
+            if change == "add":
+                mapped.add(np.ones((1, mapped.dimension)), [IndexRecord("/new/0.jpg")])
+            else:
+                mapped.remove([mapped.records[0].path])
+        except IndexStoreError as exc:
+            print("refused:", exc, flush=True)
+        else:
+            print("changed", change, flush=True)
+"""
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_a_memory_mapped_index_refuses_add_and_remove_with_one_line(kind: str, tmp_path: Path) -> None:
+    """FAISS aborts the whole process when a mapped flat or HNSW index grows: in a child, so that pytest survives."""
+    x = _clustered(np.random.default_rng(14), 700, 16, 10)
+    out = GalleryIndex.build(x, _records(700), kind=kind, nlist=16).save(tmp_path / "idx")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    child = subprocess.run(
+        [sys.executable, "-c", MAPPED_CHANGES, str(out)], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert child.returncode == 0, child.stdout + child.stderr
+    lines = child.stdout.splitlines()
+    assert len(lines) == 4, child.stdout
+    assert all(line.startswith("refused: ") and "memory-mapped" in line for line in lines), child.stdout
+    assert [r.path for r in GalleryIndex.load(out).records] == [r.path for r in _records(700)]
+
+
+# --------------------------------------------------------------------------- the writer lock and the swap order
+
+
+def _live_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+def test_save_without_the_lock_takes_it_and_waits_for_the_writer_holding_it(
+    tmp_path: Path, index_lock_waits: threading.Event
+) -> None:
+    rng = np.random.default_rng(15)
+    target = GalleryIndex.build(rng.normal(size=(8, 16)), _records(8)).save(tmp_path / "idx")
+    before = _live_files(target)
+    new = GalleryIndex.build(rng.normal(size=(3, 16)), _records(3, "/new"))
+    failures: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            new.save(target)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            failures.append(exc)
+
+    saver = threading.Thread(target=save)
+    with gallery_module.writer_lock(target):  # another writer is at work
+        saver.start()
+        assert wait_for_lock_wait(index_lock_waits, saver), "save wrote without waiting for the writer lock"
+        assert _live_files(target) == before
+    saver.join(timeout=120)
+    assert not saver.is_alive() and not failures, failures
+    assert [r.path for r in GalleryIndex.load(target).records] == [r.path for r in _records(3, "/new")]
+
+
+def test_the_swap_renames_meta_json_last_so_a_reader_that_sees_it_reads_the_whole_new_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """meta.json commits the set: the server reloads when it changes, so the files it names must be in place."""
+    rng = np.random.default_rng(16)
+    target = GalleryIndex.build(rng.normal(size=(8, 16)), _records(8)).save(tmp_path / "idx")
+    new = GalleryIndex.build(rng.normal(size=(12, 16)), _records(12, "/other"))
+    real_replace = gallery_module.os.replace
+    renamed: list[str] = []
+    seen_by_readers: list[list[str]] = []
+
+    def watched_replace(src, dst):  # noqa: ANN001, ANN202 - os.replace's signature
+        result = real_replace(src, dst)
+        if Path(dst).parent == target and Path(dst).name in ("index.faiss", "records.jsonl", "meta.json"):
+            renamed.append(Path(dst).name)
+            if json.loads((target / "meta.json").read_text())["count"] == 12:  # a reader now sees the new meta.json
+                seen_by_readers.append([r.path for r in GalleryIndex._load_once(target).records])
+        return result
+
+    monkeypatch.setattr(gallery_module.os, "replace", watched_replace)
+    new.save(target)
+    monkeypatch.undo()
+    assert sorted(renamed) == ["index.faiss", "meta.json", "records.jsonl"] and renamed[-1] == "meta.json"
+    assert seen_by_readers == [[r.path for r in _records(12, "/other")]]
+
+
+class _Crash(BaseException):
+    """The process dies here (nothing after it runs, no handler catches it)."""
+
+
+@pytest.mark.parametrize("after", [1, 2, 3])
+def test_a_crash_between_the_swap_renames_loads_the_complete_new_index(
+    after: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(17)
+    target = GalleryIndex.build(rng.normal(size=(8, 16)), _records(8)).save(tmp_path / "idx")
+    new = GalleryIndex.build(rng.normal(size=(12, 16)), _records(12, "/other"))
+    real_replace = gallery_module.os.replace
+    done: list[str] = []
+
+    def dying_replace(src, dst):  # noqa: ANN001, ANN202 - os.replace's signature
+        result = real_replace(src, dst)
+        if Path(dst).parent == target and Path(dst).name in ("index.faiss", "records.jsonl", "meta.json"):
+            done.append(Path(dst).name)
+            if len(done) == after:
+                raise _Crash
+        return result
+
+    monkeypatch.setattr(gallery_module.os, "replace", dying_replace)
+    with pytest.raises(_Crash):
+        new.save(target)
+    monkeypatch.undo()
+    loaded = GalleryIndex.load(target)  # rolls the committed swap forward
+    assert [r.path for r in loaded.records] == [r.path for r in _records(12, "/other")] and len(loaded) == 12
+    assert sorted(p.name for p in target.iterdir()) == [".mclnet-lock", "index.faiss", "meta.json", "records.jsonl"]

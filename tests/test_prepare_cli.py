@@ -232,8 +232,10 @@ def test_one_sub_command_per_entry_of_the_dataset_table() -> None:
     assert (*SOURCES, "synthetic") == names(Dataset)
     import typer
 
+    from mclnet_cli.data.own import FORMATS
+
     commands = typer.main.get_command(app).commands["prepare"].commands
-    assert list(commands) == [*SOURCES, "synthetic"]
+    assert list(commands) == [*SOURCES, "synthetic", *FORMATS]  # own data (folder, csv): test_own_data.py
     for source in SOURCES.values():
         assert commands[source.name].help == source.layout
 

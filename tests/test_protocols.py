@@ -231,7 +231,7 @@ def test_protocol_names_and_checks_have_one_owner():
     from mclnet_cli.engine.evaluate import EvalSettings
     from mclnet_cli.metrics import ranking
 
-    assert PROTOCOLS == ("sysu", "regdb", "llcm")
+    assert PROTOCOLS == ("sysu", "regdb", "llcm", "own")
     assert check_protocol(" SYSU ") == "sysu"
     with pytest.raises(ConfigError, match=r"unknown protocol 'market' \(--protocol\); choose from: sysu, regdb, llcm"):
         check_protocol("market", "--protocol")
@@ -436,3 +436,134 @@ def test_official_draws_mat_layout_errors_are_one_line(tmp_path):
         draws.pick(1, 1, 2, 1, 2)
     with pytest.raises(DataError, match="no permutation for camera 1, pid 2"):
         draws.pick(2, 1, 0, 1, 2)
+
+
+# ----------------------------------------------------------------------------
+# ProtocolSpec: one record per protocol; the fourth protocol, own (prepared folder/csv data)
+
+
+def test_every_protocol_name_has_one_spec_and_unknown_names_are_refused():
+    from mclnet_cli import config
+    from mclnet_cli.metrics.protocols import PROTOCOL_SPECS, get_protocol
+
+    assert tuple(PROTOCOL_SPECS) == config.names(config.Protocol) == PROTOCOLS
+    assert all(get_protocol(name).name == name for name in PROTOCOLS)
+    assert get_protocol(" LLCM ").name == "llcm"
+    with pytest.raises(ConfigError, match=r"unknown protocol 'nope'; choose from: sysu, regdb, llcm, own$"):
+        get_protocol("nope")
+    samples = [Sample("/a.jpg", 1, 1, Modality.VISIBLE, "test"), Sample("/b.jpg", 1, 2, Modality.INFRARED, "test")]
+    with pytest.raises(ConfigError, match="unknown protocol 'nope'"):
+        protocol_trials(samples, "nope", trials=1)
+
+
+def test_ranking_imports_nothing_from_the_project():
+    import ast
+
+    from mclnet_cli.metrics import ranking
+
+    tree = ast.parse(Path(ranking.__file__).read_text(encoding="utf-8"))
+    modules = [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    modules += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    assert not [m for m in modules if m.startswith("mclnet_cli")], modules
+
+
+def test_own_hand_computed_case_with_known_and_unknown_cameras():
+    from mclnet_cli.metrics import rank_metrics
+
+    # gallery (infrared): g0 pid 1 cam 1, g1 pid 2 cam 2, g2 pid 1 camera unknown, g3 pid 1 cam 2
+    g_pids, g_cams = np.array([1, 2, 1, 1]), np.array([1, 2, -1, 2])
+    # queries: pid 1 on cam 1 (loses g0), pid 1 on an unknown camera (loses nothing, not even g2),
+    # pid 2 on cam 2 (loses g1, its only match: skipped)
+    q_pids, q_cams = np.array([1, 1, 2]), np.array([1, -1, 2])
+    dist = np.tile(np.array([0.1, 0.2, 0.3, 0.4]), (3, 1))
+    result = rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, "own", max_rank=4)
+    # q0 ranks g1, g2, g3: matches at 2 and 3; q1 ranks g0..g3: matches at 1, 3 and 4 (standard CMC)
+    assert (result.num_valid, result.num_skipped) == (2, 1)
+    assert np.allclose(result.cmc, [0.5, 1.0, 1.0, 1.0])
+    assert result.mAP == pytest.approx(((1 / 2 + 2 / 3) / 2 + (1 + 2 / 3 + 3 / 4) / 3) / 2)
+    assert result.mINP == pytest.approx((2 / 3 + 3 / 4) / 2)
+    # llcm excludes g2 for q1 as well (-1 == -1): the unknown camera is what own treats differently
+    llcm = rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, "llcm", max_rank=4)
+    assert llcm.mAP == pytest.approx(((1 / 2 + 2 / 3) / 2 + (1 + 2 / 3) / 2) / 2)
+
+
+def own_loop_reference(dist, q_pids, g_pids, q_cams, g_cams, max_rank):
+    """Per query, plainly: drop same pid on the same known camera, sort by (distance, column), standard CMC."""
+    hits, aps, inps = np.zeros(max_rank), [], []
+    for i in range(len(q_pids)):
+        kept = [j for j in range(len(g_pids)) if not (g_pids[j] == q_pids[i] and g_cams[j] == q_cams[i] >= 0)]
+        ranked = sorted(kept, key=lambda j: (dist[i, j], j))
+        matches = [r + 1 for r, j in enumerate(ranked) if g_pids[j] == q_pids[i]]
+        if not matches:
+            continue
+        if matches[0] <= max_rank:
+            hits[matches[0] - 1:] += 1
+        aps.append(np.mean([(k + 1) / r for k, r in enumerate(matches)]))
+        inps.append(len(matches) / matches[-1])
+    return hits / len(aps), float(np.mean(aps)), float(np.mean(inps)), len(aps)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_own_metrics_match_a_brute_force_loop(seed):
+    from mclnet_cli.metrics import rank_metrics
+
+    rng = np.random.default_rng(seed)
+    nq, ng = int(rng.integers(5, 30)), int(rng.integers(5, 40))
+    q_pids, g_pids = rng.integers(0, 6, nq), rng.integers(0, 6, ng)
+    q_cams, g_cams = rng.integers(-1, 3, nq), rng.integers(-1, 3, ng)
+    dist = rng.integers(0, 8, (nq, ng)).astype(np.float32) / 8  # ties on purpose
+    result = rank_metrics(dist, q_pids, g_pids, q_cams, g_cams, "own", max_rank=10)
+    cmc, m_ap, m_inp, valid = own_loop_reference(dist, q_pids, g_pids, q_cams, g_cams, 10)
+    assert result.num_valid == valid and result.num_skipped == nq - valid
+    assert np.allclose(result.cmc, cmc) and result.mAP == pytest.approx(m_ap) and result.mINP == pytest.approx(m_inp)
+
+
+def own_samples(seed: int = 3) -> list[Sample]:
+    """Both spectra, several images per (pid, camera), cameras 0-2 and unknown (-1); one training image."""
+    rng = np.random.default_rng(seed)
+    samples = [
+        Sample(f"/own/{m.value}/{pid}/c{cam}_{k}.jpg", pid, cam, m, "test")
+        for m in Modality for pid in (4, 1, 7) for cam in (-1, 0, 1, 2) if rng.random() < 0.8
+        for k in range(int(rng.integers(1, 4)))
+    ]
+    order = rng.permutation(len(samples))
+    return [samples[i] for i in order] + [Sample("/own/visible/9/c0_0.jpg", 9, 0, Modality.VISIBLE, "train")]
+
+
+def own_draw_reference(samples, direction, trial):
+    """One image per (pid, camera) of the other spectrum: pids and cameras ascending, choice(sorted paths)."""
+    other = "infrared" if direction == "visible_to_infrared" else "visible"
+    gallery = [s for s in samples if s.split == "test" and s.modality.value == other]
+    rng = random.Random(trial)
+    drawn = []
+    for pid in sorted({s.pid for s in gallery}):
+        for cam in sorted({s.cam for s in gallery}):
+            paths = sorted(s.path for s in gallery if (s.pid, s.cam) == (pid, cam))
+            if paths:
+                drawn.append(rng.choice(paths))
+    return drawn
+
+
+def test_own_trials_draw_single_shot_in_both_directions_or_take_the_whole_gallery():
+    samples = own_samples()
+    trials = protocol_trials(samples, "own", trials=3)
+    assert [(t.direction, t.trial) for t in trials] == [
+        (d, n) for d in ("visible_to_infrared", "infrared_to_visible") for n in range(3)
+    ]
+    for t in trials:
+        source = Modality.VISIBLE if t.direction == "visible_to_infrared" else Modality.INFRARED
+        assert sorted(t.query.tolist()) == [i for i, s in enumerate(samples) if s.split == "test" and s.modality is source]
+        assert paths_of(samples, t.gallery) == own_draw_reference(samples, t.direction, t.trial)
+        assert t.draws == "agw" and t.shots == 1
+    assert any(samples[i].cam == -1 for i in trials[0].gallery)  # unknown cameras form a group of their own
+    assert paths_of(samples, trials[0].gallery) != paths_of(samples, trials[1].gallery)
+    whole = protocol_trials(samples, "own", trials=0, direction="infrared_to_visible")
+    (only,) = whole
+    assert (only.trial, only.draws, only.direction) == (0, "none", "infrared_to_visible")
+    assert sorted(only.gallery.tolist()) == [
+        i for i, s in enumerate(samples) if s.split == "test" and s.modality is Modality.VISIBLE
+    ]
+    with pytest.raises(ConfigError, match="shots 10 is not allowed; choose from: 1"):
+        protocol_trials(samples, "own", trials=1, shots=10)
+    with pytest.raises(ConfigError, match="trials must be a positive count"):
+        protocol_trials(samples, "sysu", trials=0)  # only own reads 0 as the whole gallery

@@ -241,6 +241,61 @@ def test_index_errors_are_one_line(tmp_path: Path, gallery: Path, checkpoint: Pa
         assert len(result.output.strip().splitlines()) == 1, result.output
 
 
+def _live_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+def test_remove_then_query_never_returns_the_removed_images(
+    tmp_path: Path, gallery: Path, probes: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "idx"
+    _index(gallery, checkpoint, out)
+    before = _query(out, str(probes), "--modality", "infrared")
+    one = gallery / "cam1" / "0001" / "0001.jpg"
+    monkeypatch.chdir(gallery.parent)  # a folder named relative to here: every record under it goes
+    result = runner.invoke(app, ["index", "--remove", str(one), "gallery/cam1/0002", "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"index": str(out), "kind": "flat", "removed": 3, "count": 5}
+    gone = {str(one.resolve())} | {str(p.resolve()) for p in (gallery / "cam1" / "0002").iterdir()}
+    after = _query(out, str(probes), "--modality", "infrared")
+    for old_row, new_row in zip(before, after):
+        old = {h["path"]: h["score"] for h in old_row["results"]}
+        new = {h["path"]: h["score"] for h in new_row["results"]}
+        assert set(new) == set(old) - gone and len(new) == 5
+        assert all(new[path] == pytest.approx(old[path], abs=1e-6) for path in new)  # the others keep their scores
+    text = runner.invoke(app, ["index", "--remove", str(gallery / "cam1" / "0003"), "-o", str(out)])
+    assert text.exit_code == 0 and "removed 2 image(s)" in text.stdout and "(3 left, flat)" in text.stdout
+
+
+def test_removing_a_path_not_in_the_index_fails_and_changes_nothing(tmp_path: Path, gallery: Path, checkpoint: Path) -> None:
+    out = tmp_path / "idx"
+    _index(gallery, checkpoint, out)
+    before = _live_files(out)
+    known = gallery / "cam1" / "0001" / "0001.jpg"
+    missing = tmp_path / "elsewhere.jpg"
+    result = runner.invoke(app, ["index", "--remove", str(known), str(missing), "-o", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{missing} is not in the index {out}" in errors[0], result.output
+    assert _live_files(out) == before
+    # usage errors: nothing runs
+    assert runner.invoke(app, ["index", "--remove", str(known), "-o", str(out), "--add"]).exit_code == 2
+    assert runner.invoke(app, ["index", str(gallery), "-m", "visible", "-o", str(tmp_path / "new")]).exit_code == 2
+    assert runner.invoke(app, ["index", str(gallery), str(gallery), "-c", str(checkpoint), "-m", "visible", "-o", str(out)]).exit_code == 2
+    assert _live_files(out) == before and not (tmp_path / "new").exists()
+
+
+def test_an_add_of_the_other_spectrum_is_refused_before_embedding(tmp_path: Path, gallery: Path, probes: Path, checkpoint: Path) -> None:
+    out = tmp_path / "idx"
+    _index(gallery, checkpoint, out)
+    before = _live_files(out)
+    args = ["index", str(probes), "-c", str(checkpoint), "-m", "infrared", "-o", str(out), "--add", "--device", "cpu"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert f"error: {out} indexes visible images; cannot add infrared ones (use another --out)" in result.output
+    assert "embedding" not in result.output and _live_files(out) == before
+
+
 # --------------------------------------------------------------------------- query
 
 

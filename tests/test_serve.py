@@ -235,6 +235,102 @@ def test_a_broken_index_on_disk_keeps_the_served_one(served: dict, tmp_path: Pat
     assert _search(client, served["probes"][:1]).status_code == 200
 
 
+def _live_files(index_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in index_dir.iterdir() if not p.name.startswith(".")}
+
+
+def _upload(name: str, data: bytes) -> list:
+    return [("images", (name, data, "image/png"))]
+
+
+def test_an_upload_of_the_other_spectrum_is_refused_with_the_clis_line(
+    served: dict, tmp_path: Path, two_stream_checkpoint: Path, cli_runner
+) -> None:
+    index_dir = _fresh_index(served, tmp_path)
+    before = _live_files(index_dir)
+    client = _client(served, index_dir, uploads_dir=tmp_path / "uploads")
+    infrared = _tree(tmp_path / "ir", cam=3, pids=(4,), per_person=1, gray=True)[0]  # cam3: SYSU's infrared
+    refused = client.post("/gallery", files=_upload("cam3/0004/0001.png", infrared.read_bytes()), data={"modality": "ir"})
+    _assert_one_line_error(refused, 400, "indexes visible images; cannot add infrared ones")
+    args = ["index", str(tmp_path / "ir"), "-c", str(two_stream_checkpoint), "-m", "infrared", "-o", str(index_dir),
+            "--add", "--device", "cpu"]  # fmt: skip
+    result = cli_runner.invoke(cli_app, args)
+    assert result.exit_code == 1, result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith("error:")] == [f"error: {refused.json()['error']}"]
+    assert _live_files(index_dir) == before  # rows and records as they were
+    assert client.get("/gallery").json()["count"] == 6
+    assert not (tmp_path / "uploads").exists() or not any((tmp_path / "uploads").iterdir())
+
+
+def test_an_upload_named_in_the_other_spectrums_layout_is_added_with_the_clis_notice(served: dict, tmp_path: Path) -> None:
+    index_dir = _fresh_index(served, tmp_path)
+    client = _client(served, index_dir, uploads_dir=tmp_path / "uploads")
+    response = client.post("/gallery", files=_upload("cam3/0009/0001.png", _png(_person(9, 1, False))))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["added"] == 1 and answer["count"] == 7
+    assert answer["notices"] == [
+        "1 image(s) look infrared by their dataset layout (e.g. cam3/0009/0001.png) but were embedded as visible"
+    ]
+    plain = client.post("/gallery", files=_upload("ten.png", _png(_person(10, 1, False)))).json()
+    assert plain["added"] == 1 and plain["notices"] == []
+
+
+def test_an_upload_waits_for_the_index_writer_lock_before_writing(
+    served: dict, tmp_path: Path, index_lock_waits: threading.Event
+) -> None:
+    from mclnet_cli.index.gallery import writer_lock
+
+    from conftest import wait_for_lock_wait
+
+    index_dir = _fresh_index(served, tmp_path)
+    before = _live_files(index_dir)
+    client = _client(served, index_dir, uploads_dir=tmp_path / "uploads")
+    answers: list = []
+    upload = threading.Thread(
+        target=lambda: answers.append(client.post("/gallery", files=_upload("nine.png", _png(_person(9, 1, False)))))
+    )
+    with writer_lock(index_dir):  # another writer (say, mclnet index --add) is saving
+        upload.start()
+        assert wait_for_lock_wait(index_lock_waits, upload), answers and answers[0].text
+        assert _live_files(index_dir) == before
+    upload.join(timeout=300)
+    assert answers and answers[0].status_code == 200, answers and answers[0].text
+    assert answers[0].json()["count"] == 7 and len(GalleryIndex.load(index_dir)) == 7
+
+
+def test_an_upload_after_the_index_folder_was_removed_fails_naming_it_and_leaves_nothing(
+    served: dict, tmp_path: Path
+) -> None:
+    index_dir = _fresh_index(served, tmp_path)
+    client = _client(served, index_dir)  # uploads beside the index: <index>-uploads
+    shutil.rmtree(index_dir)
+    response = client.post("/gallery", files=_upload("eleven.png", _png(_person(11, 1, False))))
+    _assert_one_line_error(response, 400, "index not found", str(index_dir))
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no folder holding only a lock file, no uploads folder
+
+
+def test_delete_takes_images_out_like_index_remove(served: dict, tmp_path: Path) -> None:
+    index_dir = _fresh_index(served, tmp_path)
+    client = _client(served, index_dir)
+    probe = served["probes"][:1]
+    before = {h["path"]: h["score"] for h in _search(client, probe).json()["results"][0]["results"]}
+    records = [r.path for r in GalleryIndex.load(index_dir).records]
+    person_two = str(Path(records[2]).parent)  # cam1/0002: a folder, both its images
+    response = client.request("DELETE", "/gallery", json={"paths": [records[0], person_two]})
+    assert response.status_code == 200, response.text
+    assert response.json() == {"index": str(index_dir), "kind": "flat", "removed": 3, "count": 3}
+    gone = {records[0], records[2], records[3]}
+    after = {h["path"]: h["score"] for h in _search(client, probe).json()["results"][0]["results"]}
+    assert set(after) == set(records) - gone
+    assert all(after[p] == pytest.approx(before[p], abs=1e-6) for p in after)
+    assert [r.path for r in GalleryIndex.load(index_dir).records] == [p for p in records if p not in gone]
+    kept = _live_files(index_dir)
+    unknown = client.request("DELETE", "/gallery", json={"paths": [records[1], "/nowhere/x.png"]})
+    _assert_one_line_error(unknown, 400, "/nowhere/x.png", "not in the index")
+    assert _live_files(index_dir) == kept and client.get("/gallery").json()["count"] == 3
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -339,7 +435,9 @@ def test_token_on_every_data_route_but_not_healthz_the_page_or_the_docs(served: 
     good = {"Authorization": f"Bearer {TOKEN}"}
     assert client.get("/healthz").status_code == 200
     assert client.get("/").status_code == 200  # static HTML; it sends the token itself
-    for method, path in (("get", "/gallery"), ("get", "/images/0"), ("post", "/gallery"), ("post", "/search")):
+    for method, path in (
+        ("get", "/gallery"), ("get", "/images/0"), ("post", "/gallery"), ("delete", "/gallery"), ("post", "/search"),
+    ):  # fmt: skip
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"}):
             response = getattr(client, method)(path, headers=headers)
             _assert_one_line_error(response, 401, "token")
@@ -674,6 +772,12 @@ def test_page_in_headless_chromium(served: dict, live_server: str, tmp_path: Pat
             assert set(marks) <= {"\u2713 match", "\u2717 not a match"}, marks
             same, other = page.locator("figure.hit.same").count(), page.locator("figure.hit.other").count()
             assert same >= 1 and same + other == top_k  # person 1 has 2 of the 6 gallery images
+            # "Add to gallery" sends the chosen spectrum: an infrared image is refused by the visible
+            # gallery with the CLI's line, and nothing is added (issue 25, item 3)
+            page.click("#add")
+            page.wait_for_function("document.getElementById('status').textContent.includes('cannot add infrared')")
+            assert "indexes visible images" in page.inner_text("#status")
+            page.wait_for_function("document.getElementById('gallery').textContent.includes('6 visible images')")
             shot = tmp_path / "page.png"
             page.screenshot(path=str(shot), full_page=True)
             keep = os.environ.get("MCLNET_SCREENSHOT_DIR")

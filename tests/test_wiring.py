@@ -571,6 +571,90 @@ def test_evaluate_features_file_rerank_is_applied(tmp_path: Path, cli_runner: An
     assert differ(expected, plain)
 
 
+def test_evaluate_shots_10_is_applied_not_only_reported(
+    cli_runner: Any, sysu_eval: tuple[list[Sample], Path], tiny_checkpoint: Path
+) -> None:
+    """`--shots 10` reaches the gallery draw: every image of each (pid, camera), not one, is scored."""
+    samples, prepared = sysu_eval
+    model = load_model(tiny_checkpoint).model
+    report = _evaluate(cli_runner, tiny_checkpoint, prepared, "--shots", "10", "--trials", "2")
+    assert report["protocol"]["shots"] == 10
+    # 8 ids x visible cameras 1, 2, 4, 5 x 2 images: 10-shot takes all 64, single-shot 32
+    assert [row["gallery"] for row in report["results"]["bn"]["trials"]] == [64, 64]
+    test = _test_split(samples)
+
+    def by_hand(shots: int) -> list[dict[str, float]]:
+        rows = []
+        for t in range(2):
+            trial = sysu_trial(test, "all", shots, t)
+            query, gallery = [test[i] for i in trial.query], [test[i] for i in trial.gallery]
+            qf = engine_embed(model, [s.path for s in query], "infrared", 64, 32)
+            gf = engine_embed(model, [s.path for s in gallery], "visible", 64, 32)
+            rows.append(reference_metrics(query, gallery, 1.0 - qf @ gf.T))
+        return rows
+
+    ten = by_hand(10)
+    assert rows_of(report) == [pytest.approx(r, abs=1e-3) for r in ten]
+    assert differ(ten, by_hand(1))  # single-shot scores differ: a report of 10 shots scored as 1 would fail
+
+
+#: LLCM gallery cameras as docs/protocols.md states them, written out here
+LLCM_CAMERAS = {"infrared_to_visible": (1, 2, 3, 4, 5, 6, 7, 8, 9), "visible_to_infrared": (1, 2, 4, 5, 6, 7, 8, 9)}
+
+
+def _llcm_by_hand(samples: list[Sample], unit: np.ndarray, direction: str, cams: Sequence[int], trials: int) -> tuple:
+    """Per-trial metrics and gallery sizes of an LLCM direction drawn from ``cams`` (AGW draw, written plainly)."""
+    import random
+
+    source = Modality.INFRARED if direction == "infrared_to_visible" else Modality.VISIBLE
+    query = [i for i, s in enumerate(samples) if s.modality is source]
+    rows, sizes = [], []
+    for t in range(trials):
+        rng, gallery = random.Random(t), []
+        for pid in sorted({s.pid for s in samples}):
+            for cam in cams:
+                group = sorted((s.path, i) for i, s in enumerate(samples)
+                               if s.modality is not source and (s.pid, s.cam) == (pid, cam))
+                if group:
+                    gallery.append(dict(group)[rng.choice([p for p, _ in group])])
+        result = rank_metrics(
+            1.0 - unit[query] @ unit[gallery].T, np.array([samples[i].pid for i in query]),
+            np.array([samples[i].pid for i in gallery]), np.array([samples[i].cam for i in query]),
+            np.array([samples[i].cam for i in gallery]), "llcm",
+        )
+        rows.append({k: float(v) for k, v in as_percent(result).items() if k in METRICS})
+        sizes.append(len(gallery))
+    return rows, sizes
+
+
+def test_llcm_directions_draw_from_their_own_gallery_cameras(tmp_path: Path, cli_runner: Any) -> None:
+    """infrared->visible draws visible cameras 1-9, visible->infrared infrared cameras 1, 2, 4-9.
+
+    Both spectra have camera-3 images here, so drawing one direction from the
+    other's camera list changes the gallery (and the draws after it).
+    """
+    samples = [
+        Sample(f"/llcm/test_{'vis' if m is Modality.VISIBLE else 'nir'}/cam{cam}/{pid:04d}/{k}.jpg", pid, cam, m, "test")
+        for m in Modality for pid in range(1, 6) for cam in range(1, 10) for k in range(2)
+    ]
+    rng = np.random.default_rng(5)
+    features = _unit(np.eye(8)[[s.pid for s in samples]] + 0.7 * rng.normal(size=(len(samples), 8))).astype(np.float32)
+    npz = tmp_path / "f.npz"
+    np.savez(
+        npz, features=features, pids=np.array([s.pid for s in samples]), cams=np.array([s.cam for s in samples]),
+        modalities=np.array([s.modality.value for s in samples]), paths=np.array([s.path for s in samples]),
+    )
+    report = invoke_json(cli_runner, ["evaluate", "--features", str(npz), "--protocol", "llcm", "--trials", "2", "--json"])
+    for direction, cams in LLCM_CAMERAS.items():
+        other = next(c for d, c in LLCM_CAMERAS.items() if d != direction)
+        expected, sizes = _llcm_by_hand(samples, features, direction, cams, 2)
+        swapped, swapped_sizes = _llcm_by_hand(samples, features, direction, other, 2)
+        rows = report["results"][f"{direction}/features"]["trials"]
+        assert [row["gallery"] for row in rows] == sizes == [5 * len(cams)] * 2 != swapped_sizes
+        assert [{k: row[k] for k in METRICS} for row in rows] == [pytest.approx(r, abs=1e-3) for r in expected]
+        assert differ(expected, swapped)
+
+
 # ----------------------------------------------------------------------------- 10: index and query streams
 
 

@@ -16,7 +16,11 @@ def convert(
     out: Annotated[Path, typer.Option("--out", "-o", help="mclnet checkpoint to write (.pt).")],
     overrides: Annotated[
         Optional[list[str]],
-        typer.Option("--set", help="Override a value of the official-code config, e.g. --set eval.protocol=regdb."),
+        typer.Option(
+            "--set",
+            help="Override a value of the official-code config, e.g. --set eval.protocol=regdb (model.arch, "
+            "model.specific_stages and model.pretrained come from SOURCE: another value is refused).",
+        ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing --out (never the source checkpoint itself).")

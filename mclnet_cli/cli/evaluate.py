@@ -1,4 +1,4 @@
-"""``mclnet evaluate``: score a checkpoint (or a features file) under the SYSU-MM01 / RegDB / LLCM protocols."""
+"""``mclnet evaluate``: score a checkpoint (or a features file) under the SYSU-MM01 / RegDB / LLCM / own-data protocols."""
 
 from __future__ import annotations
 
@@ -23,15 +23,15 @@ def evaluate(
         Optional[Path],
         typer.Option("--features", help="Score an .npz of features computed elsewhere (features, pids, cams, modalities, paths)."),
     ] = None,
-    protocol: Annotated[Optional[str], choice_option("--protocol", values=PROTOCOLS, help="sysu, regdb or llcm.")] = None,
+    protocol: Annotated[Optional[str], choice_option("--protocol", values=PROTOCOLS, help="sysu, regdb, llcm or own (prepared folder/csv data).")] = None,
     mode: Annotated[Optional[str], choice_option("--mode", values=SYSU_MODES, help="sysu: all or indoor.")] = None,
     shots: Annotated[
         Optional[int], choice_option("--shots", values=("1", "10"), help="sysu/llcm gallery images per (pid, camera): 1 or 10.")
     ] = None,
-    trials: Annotated[Optional[int], typer.Option("--trials", help="Gallery draws to average (1-10).")] = None,
+    trials: Annotated[Optional[int], typer.Option("--trials", help="Gallery draws to average (1-10; own: 0 = the whole gallery, once).")] = None,
     direction: Annotated[
         Optional[str],
-        choice_option("--direction", values=DIRECTIONS, help="regdb/llcm: visible_to_infrared, infrared_to_visible or both."),
+        choice_option("--direction", values=DIRECTIONS, help="regdb/llcm/own: visible_to_infrared, infrared_to_visible or both."),
     ] = None,
     batch_size: BatchSizeOpt = None,
     device: DeviceOpt = "auto",
@@ -51,7 +51,7 @@ def evaluate(
 
     Options left out take the checkpoint's eval config. JSON results are keyed by
     feature (bn, pool) for sysu and by direction/feature (e.g. visible_to_infrared/bn)
-    for regdb and llcm; a features file is scored as the feature 'features'.
+    for regdb, llcm and own; a features file is scored as the feature 'features'.
     """
     # a features file needs no torch: only an explicit --threads imports it there
     common(quiet=quiet, debug=debug, threads=threads, compute=features is None or threads is not None)
@@ -106,9 +106,14 @@ def _run(
 
 
 def _describe(protocol: dict[str, Any]) -> str:
+    from mclnet_cli.metrics.protocols import get_protocol
+
     parts = [protocol["name"]]
-    if protocol["name"] == "sysu":
-        parts.append(f"{protocol['mode']}-search {protocol['shots']}-shot, {protocol['draws']} draws")
+    gallery = get_protocol(protocol["name"]).gallery_words(
+        protocol.get("mode"), protocol.get("shots", 1), protocol.get("draws", "none")
+    )
+    if gallery is not None:
+        parts.append(gallery)
     parts.append(f"trials {', '.join(map(str, protocol['trials']))}")
     parts.append(f"{protocol['cmc']} CMC")
     parts.append(f"distance {protocol['distance']}")

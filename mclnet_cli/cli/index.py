@@ -25,10 +25,12 @@ IndexKind = enum.Enum("IndexKind", {k: k for k in names(IndexKindName)}, type=st
 
 
 def index(
-    gallery_dir: Annotated[Path, typer.Argument(help="Folder of gallery images (searched recursively).", show_default=False)],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="Trained mclnet checkpoint (.pt).", show_default=False)],
-    modality: Annotated[
-        str, modality_option("Spectrum of the gallery images: visible or infrared.")
+    gallery_dir: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Folder of gallery images (searched recursively); with --remove, the indexed images or folders to take out.",
+            show_default=False, metavar="GALLERY_DIR",
+        ),
     ],
     out: Annotated[
         Path,
@@ -36,6 +38,13 @@ def index(
             "--out", "-o", help="Index folder to write; one that holds an index needs --add or --force.", show_default=False
         ),
     ],
+    checkpoint: Annotated[
+        Optional[Path],
+        typer.Option("--checkpoint", "-c", help="Trained mclnet checkpoint (.pt); required, but for --remove.", show_default=False),
+    ] = None,
+    modality: Annotated[
+        Optional[str], modality_option("Spectrum of the gallery images: visible or infrared; required, but for --remove.")
+    ] = None,
     kind: Annotated[
         Optional[IndexKind],
         typer.Option(
@@ -78,6 +87,25 @@ def index(
         Optional[float],
         typer.Option("--memory", min=0.001, help="--kind auto: memory budget of the index in GB (default: none).", show_default=False),
     ] = None,
+    dim: Annotated[
+        Optional[int],
+        typer.Option(
+            "--dim", min=1,
+            help="Reduce features to this many dimensions with a PCA trained on a sample of the gallery (at most 100k "
+            "images), stored with the index (reduction.npy) and applied to every probe and addition.",
+            show_default=False,
+        ),
+    ] = None,
+    whiten: Annotated[bool, typer.Option("--whiten", help="--dim: whiten the reduction (unit variance per direction).")] = False,
+    chunk: Annotated[
+        Optional[int],
+        typer.Option(
+            "--chunk", min=1,
+            help="Embed and add this many images at a time into an ivf/ivfpq index whose lists stay on disk "
+            "(lists-*.ivfdata, memory-mapped): memory is bounded by the chunk; a killed run continues when run again.",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Image-decoding worker processes.")] = 0,
     add: Annotated[
         bool, typer.Option("--add", help="Append images not yet in the index at --out (by path); IVF cells are not retrained.")
@@ -85,9 +113,20 @@ def index(
     force: Annotated[
         bool, typer.Option("--force", help="Replace the index at --out (without it, an existing index is refused).")
     ] = False,
+    remove: Annotated[
+        bool,
+        typer.Option(
+            "--remove",
+            help="Take the images named (paths as recorded in the index, or folders: every record under them) out of "
+            "the index at --out; needs no checkpoint. A name that is in no record is an error and nothing changes.",
+        ),
+    ] = False,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
-    as_json: JsonOpt = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the report as one JSON document on stdout (with --remove: removed, count left)."),
+    ] = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -96,14 +135,44 @@ def index(
     Unreadable and non-image files are skipped and listed, never fatal. The folder
     --out holds index.faiss (plain FAISS), records.jsonl and meta.json. An --out that
     already holds an index is refused unless --add (append) or --force (replace,
-    atomically). One writer at a time: a second 'mclnet index' on the same --out waits
-    for the first.
+    atomically); --remove takes images out of it. One writer at a time: a second
+    'mclnet index' on the same --out waits for the first.
     """
+    if remove:
+        if add or force:
+            raise typer.BadParameter("takes no --add or --force", param_hint="'--remove'")
+        common(quiet=quiet, debug=debug)
+        _remove(gallery_dir, out, as_json)
+        return
+    if len(gallery_dir) != 1:
+        given = len(gallery_dir)
+        raise typer.BadParameter(f"give one folder to index, not {given} (several go with --remove)", param_hint="GALLERY_DIR")
+    for value, hint in ((checkpoint, "'--checkpoint' / '-c'"), (modality, "'--modality' / '-m'")):
+        if value is None:
+            raise typer.BadParameter("required to build or add to an index (only --remove goes without it)", param_hint=hint)
     common(quiet=quiet, debug=debug, threads=threads, compute=True)
     _run(
-        gallery_dir, checkpoint, modality, out, kind.value if kind else None, batch_size, nlist, nprobe, workers, add, device,
-        as_json, force, recall, memory,
+        gallery_dir[0], checkpoint, modality, out, kind.value if kind else None, batch_size, nlist, nprobe, workers, add,
+        device, as_json, force, recall, memory, dim, whiten, chunk,
     )  # fmt: skip
+
+
+def _note_wait(message: str) -> None:
+    err_console.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True)
+
+
+@guard
+def _remove(paths: list[Path], out: Path, as_json: bool) -> None:
+    from mclnet_cli.engine.updates import remove_from_index
+
+    report = remove_from_index(out, [str(p) for p in paths], on_wait=_note_wait)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        console.print(
+            f"removed {report.removed} image(s) from {report.index_dir} ({report.count} left, {report.kind})",
+            highlight=False, soft_wrap=True,
+        )
 
 
 @guard
@@ -123,6 +192,9 @@ def _run(
     force: bool = False,
     recall: float | None = None,
     memory: float | None = None,
+    dim: int | None = None,
+    whiten: bool = False,
+    chunk: int | None = None,
 ) -> None:
     from mclnet_cli.engine.gallery import build_gallery_index
 
@@ -142,7 +214,10 @@ def _run(
         workers=workers,
         device=device,
         progress=progress_bar,
-        on_wait=lambda message: err_console.print(f"[yellow]note:[/] {message}", highlight=False, soft_wrap=True),
+        on_wait=_note_wait,
+        dim=dim,
+        whiten=whiten,
+        chunk=chunk,
     )
     from mclnet_cli.engine.distributed import env_dist_info
 

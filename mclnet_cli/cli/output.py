@@ -6,7 +6,9 @@ import functools
 import json
 import os
 import shlex
+import signal
 import sys
+import threading
 import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, TypeVar
@@ -31,6 +33,7 @@ class _State:
     debug: bool = env_debug()
     quiet: bool = False
     threads: int | None = None  # torch threads set by --threads / MCLNET_THREADS / the default
+    stopped_by: str | None = None  # "SIGTERM" once the running command was told to stop by that signal
 
 
 state = _State()
@@ -52,11 +55,74 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def interrupted(message: str) -> typer.Exit:
-    """Print ``interrupted: message`` (yellow, not an error) on stderr and return Exit(130), as a shell does for Ctrl-C."""
+    """Print ``interrupted: message`` (yellow, not an error) on stderr and return Exit(130), as a shell does for Ctrl-C.
+
+    Stopped by SIGTERM instead (``kill``, a scheduler, torchrun stopping the other ranks when
+    one failed), the line says so and the code is 143 (128 + 15), as a shell reports it.
+    """
     from rich.markup import escape
 
-    err_console.print(f"[yellow]interrupted:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(130)
+    by, state.stopped_by = state.stopped_by, None  # said once: a later command in this process starts clean
+    cause = f"stopped by {by}{' (torchrun stops every rank when one fails)' if by and os.environ.get('WORLD_SIZE') else ''}: "
+    err_console.print(f"[yellow]interrupted:[/] {cause if by else ''}{escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(128 + signal.SIGTERM if by == "SIGTERM" else 130)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: handled like Ctrl-C (every clean-up of an interruption runs: temps removed, state saved)."""
+
+
+def _on_sigterm(number: int, frame: Any) -> None:
+    state.stopped_by = "SIGTERM"
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM stops at once, without clean-up
+    raise Terminated
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread.
+
+    Without it SIGTERM ends Python on the spot: no ``finally`` runs, so a file being written
+    left its temp behind and the user got no line at all.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    state.stopped_by = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError):  # no signals here (an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+#: what gloo and NCCL say when another process of a torchrun job died or stopped answering
+_PEER_FAILURE_SIGNS = (
+    "Connection reset by peer", "Connection closed by peer", "Broken pipe", "gloo/transport", "NCCL communicator",
+    "ProcessGroupNCCL", "DistNetworkError", "Socket Timeout",
+)
+
+
+def peer_failure(exc: BaseException) -> str | None:
+    """One line for a collective that failed because another rank of a torchrun job is gone, else None."""
+    try:
+        if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+            return None
+    except ValueError:
+        return None
+    text = str(exc)
+    if not isinstance(exc, RuntimeError) or not any(sign in text for sign in _PEER_FAILURE_SIGNS):
+        return None
+    reason = next((sign for sign in _PEER_FAILURE_SIGNS[:3] if sign in text), "a failed collective")
+    return (
+        f"another process of this torchrun job stopped ({reason}), so rank {os.environ.get('RANK', '?')} stopped too; "
+        "outputs are replaced atomically, nothing half-written is left; see the first failure in torchrun's "
+        "summary, then run the job again (train: with --resume)"
+    )
 
 
 def warn(message: str) -> None:
@@ -100,7 +166,7 @@ def guard(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            with warnings.catch_warnings():  # restores the default display when the command ends
+            with warnings.catch_warnings(), sigterm_as_interrupt():  # restores the default display when the command ends
                 warnings.showwarning = _show_warning
                 warnings.simplefilter("always", MclnetDeprecationWarning)
                 return func(*args, **kwargs)
@@ -125,6 +191,11 @@ def guard(func: F) -> F:
                 raise
             where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
             raise fail(f"{exc.strerror or exc}{':' + where if where else ''}") from None
+        except RuntimeError as exc:  # under torchrun: a collective whose peer process died
+            line = peer_failure(exc)
+            if line is None or state.debug:
+                raise
+            raise fail(line) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -4,7 +4,8 @@ Thin layer: one sub-command per entry of the dataset table
 (:data:`mclnet_cli.data.sources.SOURCES`), each built by :func:`source_command`
 from the shared parameters of :func:`prepare_source` plus the entry's own options
 (RegDB's ``--trial``), so an option of one dataset is never offered by another.
-``prepare synthetic`` draws a dataset first and has options of its own.
+``prepare synthetic`` draws a dataset first and has options of its own;
+``prepare folder`` and ``prepare csv`` read your own cameras (:mod:`mclnet_cli.data.own`).
 """
 
 from __future__ import annotations
@@ -151,3 +152,106 @@ def synthetic(
 def _count_identities(description: str, total: int) -> Any:
     """The progress bar, counting identities while they are drawn and images after."""
     return progress_bar(description, total, unit="id" if description == "drawing identities" else "img")
+
+
+# --------------------------------------------------------------------------- your own cameras
+
+def _own_out(default: str) -> Any:
+    return typer.Option("--out", "-o", help=f"Folder to write the prepared dataset to (default: {default}).", show_default=False)
+
+
+OwnSkipBadOpt = Annotated[
+    bool, typer.Option("--skip-bad", help="Drop bad rows and images (each named in the report) instead of failing.")
+]
+SplitSeedOpt = Annotated[
+    Optional[int], typer.Option("--seed", min=0, help="Seed of the train/test split by identity (default 0).", show_default=False)
+]
+TestFractionOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--test-fraction", min=0.0, max=1.0, show_default=False,
+        help="Share of identities drawn into the test split (default 0.5; 0: all train, 1: all test).",
+    ),
+]
+
+
+@app.command("folder", cls=Command)
+@guard
+def folder(
+    root: Annotated[Path, typer.Argument(metavar="ROOT", help="ROOT/{visible,infrared}/<pid>/<image>.", show_default=False)],
+    out: Annotated[Optional[Path], _own_out("ROOT/prepared")] = None,
+    cameras: Annotated[
+        bool, typer.Option("--cameras", help="Image names are <camera>_<anything>: the text before the first underscore is the camera.")
+    ] = False,
+    seed: SplitSeedOpt = None,
+    test_fraction: TestFractionOpt = None,
+    skip_bad: OwnSkipBadOpt = False,
+    cache: CacheOpt = False,
+    cache_size: CacheSizeOpt = RECIPE_SIZE,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Your own cameras, one folder per spectrum: ROOT/{visible,infrared}/<pid>/[<camera>_]<name>.jpg (into ROOT/prepared)."""
+    common(quiet=quiet, debug=debug)
+    _prepare_own("folder", root, out, cameras, seed, test_fraction, skip_bad, cache, cache_size, workers, as_json)
+
+
+@app.command("csv", cls=Command)
+@guard
+def csv_manifest(
+    manifest: Annotated[
+        Path, typer.Argument(metavar="MANIFEST", help="CSV with a header row: path,pid,modality[,camera][,split].", show_default=False)
+    ],
+    out: Annotated[Optional[Path], _own_out("prepared in the manifest's folder")] = None,
+    seed: SplitSeedOpt = None,
+    test_fraction: TestFractionOpt = None,
+    skip_bad: OwnSkipBadOpt = False,
+    cache: CacheOpt = False,
+    cache_size: CacheSizeOpt = RECIPE_SIZE,
+    workers: WorkersOpt = None,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Your own cameras from a CSV manifest: path,pid,modality[,camera][,split] (into <manifest's folder>/prepared)."""
+    common(quiet=quiet, debug=debug)
+    _prepare_own("csv", manifest, out, False, seed, test_fraction, skip_bad, cache, cache_size, workers, as_json)
+
+
+def _prepare_own(
+    fmt: str, source: Path, out: Optional[Path], cameras: bool, seed: Optional[int], test_fraction: Optional[float],
+    skip_bad: bool, cache: bool, cache_size: str, workers: Optional[int], as_json: bool,
+) -> None:
+    from dataclasses import replace
+
+    from mclnet_cli.data.cache import parse_size
+    from mclnet_cli.data.own import prepare_own
+
+    size = parse_size(cache_size) if cache else None
+    report = prepare_own(
+        fmt, source, out, cameras=cameras, seed=seed, test_fraction=test_fraction, skip_bad=skip_bad, cache_size=size,
+        workers=workers, progress=progress_bar,
+    )
+    if as_json:
+        print_json(report.to_json())
+        return
+    _render(replace(report, skipped=[]), False)  # the dropped rows are listed below, with their reasons
+    split = report.split
+    how = f"drawn by identity (seed {split['seed']}, test fraction {split['test_fraction']:g})" if split["drawn"] else "as given"
+    ids = ", ".join(f"{name} {count}" for name, count in split["ids"].items())
+    console.print(f"{report.ids} ids ({ids}), split {how}; {len(report.cameras)} known camera(s)", highlight=False, soft_wrap=True)
+    if report.dropped:
+        err_console.print(f"[yellow]warning:[/] --skip-bad dropped {len(report.dropped)} problem(s):", highlight=False)
+        for problem in report.dropped[:SHOW_DROPPED]:
+            err_console.print(f"  {problem}", highlight=False, soft_wrap=True, markup=False)
+        if len(report.dropped) > SHOW_DROPPED:
+            err_console.print(f"  and {len(report.dropped) - SHOW_DROPPED} more (--json lists every one)", highlight=False)
+    if report.ignored:
+        err_console.print(
+            f"[yellow]warning:[/] not spectrum folders, not read: {', '.join(report.ignored)}", highlight=False, soft_wrap=True
+        )
+
+
+SHOW_DROPPED = 20

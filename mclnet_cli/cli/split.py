@@ -11,7 +11,7 @@ import typer
 from mclnet_cli.cli.options import DIRECTIONS, DRAWS, DebugOpt, JsonOpt, PROTOCOLS, QuietOpt, SYSU_MODES, choice_option, common
 from mclnet_cli.cli.output import console, guard, print_json
 
-PROTOCOL_HELP = "sysu, regdb or llcm (default: the prepared dataset's own, else sysu)."
+PROTOCOL_HELP = "sysu, regdb, llcm or own (default: the prepared dataset's own, else sysu)."
 
 
 def split(
@@ -25,7 +25,7 @@ def split(
     direction: Annotated[
         Optional[str],
         choice_option(
-            "--direction", values=DIRECTIONS[:2], help="regdb/llcm: infrared_to_visible (default) or visible_to_infrared."
+            "--direction", values=DIRECTIONS[:2], help="regdb/llcm/own: infrared_to_visible (default) or visible_to_infrared."
         ),
     ] = None,
     draws: Annotated[Optional[str], choice_option("--draws", values=DRAWS, help="sysu gallery draws: agw (default) or official.")] = None,
@@ -75,9 +75,12 @@ def _run(
 def _render(info: dict[str, Any], queries: list[Any], gallery: list[Any], show: int) -> None:
     from rich.table import Table
 
+    from mclnet_cli.metrics.protocols import get_protocol
+
     title = f"{info['protocol']} trial {info['trial']}, {info['direction'].replace('_', ' ')}"
-    if info["protocol"] == "sysu":
-        title += f", {info['mode']}-search, {info['shots']}-shot, {info['draws']} draws"
+    gallery_words = get_protocol(info["protocol"]).gallery_words(info["mode"], info["shots"], info["draws"])
+    if gallery_words is not None:
+        title += f", {gallery_words}"
     summary = Table(title=title, title_justify="left")
     for column in ("set", "modality", "images", "ids", "images per camera"):
         summary.add_column(column, justify="right" if column in ("images", "ids") else "left")

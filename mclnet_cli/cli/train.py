@@ -181,6 +181,13 @@ def train(
     ] = None,
     overrides: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")] = False,
+    init: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--init", help="Start a new run from this mclnet checkpoint's weights (fine-tuning; the classifier is "
+            "kept when the identity count matches, else re-made).", show_default=False,
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
@@ -192,12 +199,13 @@ def train(
     Multi-GPU: torchrun --nproc_per_node N -m mclnet_cli train ... (one process per GPU).
     """
     common(quiet=quiet, debug=debug, threads=threads, compute=True)
-    _run(data, out, preset, overrides or [], resume, device, quiet, json_output)
+    _run(data, out, preset, overrides or [], resume, device, quiet, json_output, init)
 
 
 @guard
 def _run(
-    data: Path, out: Path, preset: str | None, overrides: list[str], resume: bool, device: str, quiet: bool, json_output: bool
+    data: Path, out: Path, preset: str | None, overrides: list[str], resume: bool, device: str, quiet: bool, json_output: bool,
+    init: Path | None = None,
 ) -> None:
     from mclnet_cli.config import load_config
     from mclnet_cli.engine.runlog import CONFIG_FILE
@@ -218,9 +226,10 @@ def _run(
 
     reporter = RichReporter(show_progress=not state.quiet)
     try:
-        result = fit(config, data, out, resume=resume, device=device, reporter=reporter)
+        result = fit(config, data, out, resume=resume, device=device, reporter=reporter, init=init)
     except CollapseError as exc:
         retry = shlex.join(["mclnet", "train", "--data", str(data), "--out", f"{out}-retry", "--preset", preset,
+                            *(["--init", str(init)] if init is not None else []),
                             *[arg for item in overrides for arg in ("--set", item)], "--set", SUGGESTED_CHANGE])
         raise fail(f"{exc}; to start again with a change: {retry}") from exc
     finally:
@@ -255,6 +264,9 @@ def _render(result: Any) -> None:
     )
     if losses:
         console.print("final losses: " + _format_parts(losses), highlight=False)
+    init = summary.get("init")
+    if init:
+        console.print(f"started from {init['path']} ({init['fingerprint']}), classifier {init['classifier']}", highlight=False, soft_wrap=True)
     best = summary.get("best_val")
     if best:
         console.print(

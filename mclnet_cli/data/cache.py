@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from mclnet_cli.atomic import atomic_write_text, storage_error
+from mclnet_cli.atomic import atomic_write_text, readdress
 from mclnet_cli.data.images import load_rgb
 from mclnet_cli.types import Sample
 from mclnet_cli.errors import DataError, StorageError
@@ -73,7 +73,10 @@ def _allocate(array_path: Path, tmp: Path, count: int, height: int, width: int) 
             os.close(fd)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise (storage_error(exc, array_path) or exc) from exc
+        translated = readdress(exc, tmp, array_path)  # a full disk or a refused write names the cache, never the temp
+        if translated is not exc:
+            raise translated from exc
+        raise
     return array
 
 
@@ -144,8 +147,8 @@ def build_cache(
         os.replace(tmp, array_path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        translated = storage_error(exc, array_path)
-        if translated is not None:
+        translated = readdress(exc, tmp, array_path)
+        if translated is not exc:
             raise translated from exc
         raise
     index = {"height": height, "width": width, "count": len(paths), "token": token, "array": array_path.name, "paths": paths}

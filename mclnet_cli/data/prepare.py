@@ -133,6 +133,32 @@ def read_source(dataset: str, root: Path | str, options: Mapping[str, int] | Non
     return SOURCES[dataset].read(root, **chosen)
 
 
+def write_with_cache(
+    out_dir: Path,
+    kept: Sequence[Sample],
+    meta: dict[str, Any],
+    *,
+    cache_size: tuple[int, int] | None,
+    workers: int | None,
+    progress: ProgressFactory,
+) -> dict[str, Any] | None:
+    """Write the prepared dataset (``meta`` gains the cache record); returns the cache info or None.
+
+    Any cache of an earlier prepare in ``out_dir`` is removed first; ``cache_size``
+    (height, width) builds the uint8 cache of the training images.
+    """
+    cache_info = None
+    remove_cache(out_dir)  # a cache of an earlier prepare never outlives it
+    if cache_size is not None:
+        train = [s for s in kept if s.split in TRAINING_SPLITS]
+        height, width = cache_size
+        with progress(f"caching {height}x{width}", len(train)) as advance:
+            cache_info = build_cache(out_dir, train, height, width, workers=workers or default_workers(), on_progress=advance)
+        meta["cache"] = {"height": height, "width": width, "images": len(train), "token": cache_info["token"]}
+    write_prepared(out_dir, kept, meta)
+    return cache_info
+
+
 def prepare_dataset(
     dataset: str,
     root: Path | str,
@@ -171,15 +197,7 @@ def prepare_dataset(
     meta: dict[str, Any] = {"dataset": name, "root": str(Path(root).resolve()), "reader": dataset, **chosen}
     if bad:
         meta["skipped"] = sorted(bad_paths)
-    cache_info = None
-    remove_cache(out_dir)  # a cache of an earlier prepare never outlives it
-    if cache_size is not None:
-        train = [s for s in kept if s.split in TRAINING_SPLITS]
-        height, width = cache_size
-        with progress(f"caching {height}x{width}", len(train)) as advance:
-            cache_info = build_cache(out_dir, train, height, width, workers=workers or default_workers(), on_progress=advance)
-        meta["cache"] = {"height": height, "width": width, "images": len(train), "token": cache_info["token"]}
-    write_prepared(out_dir, kept, meta)
+    cache_info = write_with_cache(out_dir, kept, meta, cache_size=cache_size, workers=workers, progress=progress)
     return PrepareReport(
         dataset=name,
         root=meta["root"],

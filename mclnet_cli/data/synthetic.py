@@ -12,19 +12,26 @@ a seed, so tests and demos can rely on it.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import tempfile
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageFilter
 
+from mclnet_cli.atomic import PROCESS_START, readdress
 from mclnet_cli.data.sources.sysu import CAMERAS, INFRARED_CAMS, SPLIT_FILES
 from mclnet_cli.errors import DataError
 
 HEIGHT, WIDTH = 128, 64
 MARKER = ".mclnet-synthetic"
+STAGING_PREFIX = ".mclnet-synthetic-partial."  # the tree is drawn in DIR/.mclnet-synthetic-partial.<random>.tmp
 PATTERNS = ("hstripes", "vstripes", "checks", "solid")
 CARRIED = ("none", "backpack", "handbag", "box")
 SPLIT_FRACTIONS = {"train": 0.6, "val": 0.1}  # the rest is test
@@ -223,13 +230,22 @@ def person_cameras(rng: np.random.Generator) -> list[int]:
     return sorted([1, 2, 3, 6, *outdoor])
 
 
+def _is_staging(path: Path) -> bool:
+    return path.is_dir() and path.name.startswith(STAGING_PREFIX) and path.name.endswith(".tmp")
+
+
 def _clear_target(root: Path) -> None:
-    if root.exists() and any(root.iterdir()):
-        if not (root / MARKER).is_file():
-            raise DataError(f"{root} exists and is not empty; choose a new folder for the synthetic dataset")
-        for child in root.iterdir():
-            if child.is_dir() and (child.name == "exp" or child.name.startswith("cam")):
-                shutil.rmtree(child)
+    """Refuse a ``root`` that holds something other than a synthetic dataset; remove staging folders of killed runs."""
+    if not root.exists():
+        return
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder; choose a new folder for the synthetic dataset")
+    for child in root.iterdir():
+        if _is_staging(child) and child.stat().st_mtime < PROCESS_START:  # a killed run's; a newer one may be alive
+            shutil.rmtree(child, ignore_errors=True)
+    others = [child for child in root.iterdir() if not _is_staging(child)]
+    if others and not (root / MARKER).is_file():
+        raise DataError(f"{root} exists and is not empty; choose a new folder for the synthetic dataset")
 
 
 def generate_synthetic(
@@ -240,18 +256,48 @@ def generate_synthetic(
     images_per_camera: int = 4,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, object]:
-    """Draw and write the dataset under ``root`` (SYSU-MM01 layout); returns a short summary."""
+    """Draw and write the dataset under ``root`` (SYSU-MM01 layout); returns a short summary.
+
+    Everything is drawn into a hidden staging folder inside ``root`` and moved into place
+    only when complete: an interruption (Ctrl-C) or a failure (full disk) removes it and
+    leaves ``root`` as it was -- the previous synthetic dataset, or nothing (a ``root``
+    this call created is removed). A full disk is a :class:`StorageError` naming the file
+    under ``root`` that could not be written.
+    """
     if ids < 10:
         raise DataError(f"--ids must be at least 10 (got {ids}) so that train, val and test all get identities")
     if images_per_camera < 1:
         raise DataError(f"--images-per-camera must be at least 1 (got {images_per_camera})")
     root = Path(root)
     _clear_target(root)
-    root.mkdir(parents=True, exist_ok=True)
-    # The marker first (rewritten at the end): a run interrupted half-way leaves a tree that the next
-    # run recognises as its own and replaces, instead of "not empty". Split files come last, so a
-    # half tree is never read as a dataset (the SYSU reader needs them).
-    (root / MARKER).write_text("incomplete: generation was interrupted; run it again\n", encoding="utf-8")
+    created = not root.exists()
+    staging: Path | None = None
+    moved = False
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, suffix=".tmp", dir=root))
+        summary = _draw(staging, ids=ids, seed=seed, images_per_camera=images_per_camera, on_progress=on_progress)
+        with _interrupt_deferred():  # the few renames of the swap are not cut in the middle by a Ctrl-C
+            _move_into_place(staging, root)
+            moved = True
+    except BaseException as exc:
+        if moved:  # a Ctrl-C held back during the swap: the new tree is complete, keep it
+            raise
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(root, ignore_errors=True)  # only the staging folder was ever in it
+        translated = _user_error(exc, staging, root)
+        if translated is not exc:
+            raise translated from exc
+        raise
+    return {"root": str(root.resolve()), **summary}
+
+
+def _draw(
+    folder: Path, *, ids: int, seed: int, images_per_camera: int, on_progress: Callable[[int], None] | None
+) -> dict[str, object]:
+    """Write the whole tree (cameras, split files, marker) into ``folder``."""
     rng = np.random.default_rng(seed)
     pids = list(range(1, ids + 1))
     people = [draw_identity(pid, rng) for pid in pids]
@@ -260,21 +306,79 @@ def generate_synthetic(
     for person in people:
         cams = person_cameras(np.random.default_rng([seed, person.pid, 0]))
         for cam in cams:
-            folder = root / f"cam{cam}" / f"{person.pid:04d}"
-            folder.mkdir(parents=True, exist_ok=True)
+            person_dir = folder / f"cam{cam}" / f"{person.pid:04d}"
+            person_dir.mkdir(parents=True, exist_ok=True)
             for index in range(1, images_per_camera + 1):
                 image_rng = np.random.default_rng([seed, person.pid, cam, index])
                 image = render(person, cam in INFRARED_CAMS, cam, image_rng)
-                image.save(folder / f"{index:04d}.jpg", quality=92)
+                _save(image, person_dir / f"{index:04d}.jpg")
                 images += 1
         if on_progress is not None:
             on_progress(1)
     for cam in CAMERAS:
-        (root / f"cam{cam}").mkdir(exist_ok=True)
-    exp = root / "exp"
+        (folder / f"cam{cam}").mkdir(exist_ok=True)
+    exp = folder / "exp"
     exp.mkdir(exist_ok=True)
     for split, name in SPLIT_FILES.items():
         (exp / name).write_text(",".join(str(p) for p in splits[split]) + "\n", encoding="utf-8")
     (exp / "available_id.txt").write_text(",".join(str(p) for p in pids) + "\n", encoding="utf-8")
-    (root / MARKER).write_text(f"seed={seed} ids={ids} images_per_camera={images_per_camera}\n", encoding="utf-8")
-    return {"root": str(root.resolve()), "ids": ids, "seed": seed, "images": images, "splits": {k: len(v) for k, v in splits.items()}}
+    (folder / MARKER).write_text(f"seed={seed} ids={ids} images_per_camera={images_per_camera}\n", encoding="utf-8")
+    return {"ids": ids, "seed": seed, "images": images, "splits": {k: len(v) for k, v in splits.items()}}
+
+
+def _save(image: Image.Image, path: Path) -> None:
+    """``image.save(path)``; an OS error of the encoder (which names no file) names ``path``."""
+    try:
+        image.save(path, quality=92)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
+
+
+def _move_into_place(staging: Path, root: Path) -> None:
+    """Replace ``root``'s synthetic tree by the complete one in ``staging``; the marker last.
+
+    ``root``'s marker says "incomplete" while the folders move, so a run killed in between
+    is recognised (and replaced) by the next; the split files come after the images, so a
+    half-moved tree is never read as a dataset (the SYSU reader needs them).
+    """
+    (root / MARKER).write_text("incomplete: generation was interrupted; run it again\n", encoding="utf-8")
+    for child in root.iterdir():
+        if child.is_dir() and not _is_staging(child) and (child.name == "exp" or child.name.startswith("cam")):
+            shutil.rmtree(child)
+    for name in [*(f"cam{cam}" for cam in CAMERAS), "exp"]:
+        os.replace(staging / name, root / name)
+    os.replace(staging / MARKER, root / MARKER)
+    staging.rmdir()
+
+
+def _user_error(exc: BaseException, staging: Path | None, root: Path) -> BaseException:
+    """``exc`` naming the path under ``root`` it concerns, never the staging folder."""
+    name = getattr(exc, "filename", None)
+    target = root
+    if name is not None and staging is not None:
+        text = os.fspath(name)
+        if text == str(staging) or text.startswith(str(staging) + os.sep):
+            target = root / os.path.relpath(text, staging)
+    elif name is not None and not Path(os.fspath(name)).name.startswith(STAGING_PREFIX):
+        target = Path(os.fspath(name))
+    elif name is not None:  # the staging folder itself could not be made: that is ``root`` refusing it
+        return readdress(exc, name, root)
+    return readdress(exc, staging, target)
+
+
+@contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Hold back a Ctrl-C (SIGINT) until the block is done, then raise it (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: caught.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt

@@ -2,15 +2,16 @@
 
 Training (the method): resize, pad ``data.pad``, random crop back to size,
 horizontal flip, random grayscale (visible only), to tensor, optional channel
-augmentation (CAJ), ImageNet normalisation, random erasing. All randomness comes
-from torch's global generator, which the loader seeds per image. With
+augmentation (CAJ), normalisation (``data.mean``/``data.std``, ImageNet's by
+default), random erasing. All randomness comes from torch's global generator,
+which the loader seeds per image. With
 ``data.llcm_infrared_as_visible``, LLCM's infrared images get the visible
 pipeline too (:func:`train_transforms`), as the authors' code.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
@@ -35,13 +36,22 @@ def resize_step(height: int, width: int, resize: str = "bilinear") -> T.Resize:
     return T.Resize((height, width), interpolation=RESIZE_FILTERS[resize], antialias=True)
 
 
-def test_transform(height: int, width: int, resize: str = "bilinear") -> T.Compose:
-    """Resize to (height, width) with the ``resize`` filter, to tensor, ImageNet normalisation."""
+def test_transform(
+    height: int,
+    width: int,
+    resize: str = "bilinear",
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> T.Compose:
+    """Resize to (height, width) with the ``resize`` filter, to tensor, normalisation (ImageNet's by default).
+
+    Retrieval builds it from a checkpoint's record: :meth:`mclnet_cli.data.preprocess.Preprocess.transform`.
+    """
     return T.Compose(
         [
             resize_step(height, width, resize),
             T.ToTensor(),
-            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+            T.Normalize(tuple(mean), tuple(std)),
         ]
     )
 
@@ -158,7 +168,7 @@ def train_transform(data_cfg: DataConfig, modality: Modality | str) -> Callable[
         if modality is Modality.VISIBLE:
             steps.append(ChannelExchange(0.5))
         steps.append(ChannelRandomErasing(0.5))
-    steps.append(T.Normalize(IMAGENET_MEAN, IMAGENET_STD))
+    steps.append(T.Normalize(tuple(data_cfg.mean), tuple(data_cfg.std)))
     if data_cfg.erasing_p > 0:
         steps.append(T.RandomErasing(p=data_cfg.erasing_p, value=0))
     return T.Compose(steps)

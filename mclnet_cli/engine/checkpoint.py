@@ -20,6 +20,7 @@ import torch
 
 from mclnet_cli.atomic import atomic_write
 from mclnet_cli.config import Config, config_from_dict
+from mclnet_cli.data.preprocess import Preprocess
 from mclnet_cli.errors import CheckpointError, ConfigError, load_failure
 
 FORMAT = "mclnet-checkpoint/1"
@@ -27,7 +28,11 @@ FORMAT = "mclnet-checkpoint/1"
 
 @dataclass
 class LoadedModel:
-    """A model rebuilt from a checkpoint, in eval mode, with what it was trained with."""
+    """A model rebuilt from a checkpoint, in eval mode, with what it was trained with.
+
+    ``preprocess`` is the checkpoint's :class:`~mclnet_cli.data.preprocess.Preprocess` record
+    (image size, resize filter, mean/std, retrieval feature): every embedding path reads it.
+    """
 
     model: torch.nn.Module
     config: Config
@@ -36,6 +41,11 @@ class LoadedModel:
     payload: dict[str, Any]
     path: Path
     degenerate_neck_channels: int = 0  # BNNeck channels whose statistics were steadied on load (recalibrate.steady_neck)
+    preprocess: Preprocess = None  # type: ignore[assignment]  # how its images are fed; None: from ``config``
+
+    def __post_init__(self) -> None:
+        if self.preprocess is None:
+            self.preprocess = Preprocess.from_config(self.config)
 
 
 def save_checkpoint(path: Path | str, payload: Mapping[str, Any]) -> Path:

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from mclnet_cli.atomic import refuse_overwrite
-from mclnet_cli.config import load_config
+from mclnet_cli.config import flatten, load_config, parse_override
+from mclnet_cli.engine.checkpoint import FORMAT as CHECKPOINT_FORMAT
 from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
-from mclnet_cli.errors import CheckpointError, load_failure
+from mclnet_cli.errors import NOT_A_CHECKPOINT, CheckpointError, ConfigError, holds_foreign_objects, load_failure
 from mclnet_cli.model import build_model
-from mclnet_cli.model.authors import UNUSED, infer_arch, map_key, specific_stages
+from mclnet_cli.model.authors import infer_arch, map_key, specific_stages, unused_block
 
 PRESET = "official-code"
 _MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")  # numpy 2 and numpy 1 pickles
@@ -78,6 +79,8 @@ def read_authors_checkpoint(path: Path) -> Any:
         with torch.serialization.safe_globals(NUMPY_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if not holds_foreign_objects(exc):  # random bytes, another format: no pickle at all
+            raise CheckpointError(f"{path}: {NOT_A_CHECKPOINT}; give the .pth file the authors' code saved") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = f" ({found.group(1)})" if found else ""
         raise CheckpointError(
@@ -89,6 +92,11 @@ def read_authors_checkpoint(path: Path) -> Any:
 
 def _split_payload(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict, the other entries) of a ``{"main_net": ...}`` file or a bare state dict."""
+    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is already an mclnet checkpoint ({CHECKPOINT_FORMAT}): it needs no conversion; "
+            "give it to evaluate, index, query or export as it is"
+        )
     if isinstance(obj, Mapping) and isinstance(obj.get("main_net"), Mapping):
         state, extras = obj["main_net"], {k: v for k, v in obj.items() if k != "main_net"}
     elif isinstance(obj, Mapping):
@@ -163,6 +171,12 @@ def convert_authors_checkpoint(
     num_classes = _num_classes(state, extras, source)
     stages = specific_stages(list(state))
     arch = infer_arch(list(state))
+    overrides = list(overrides)
+    _refuse_determined(overrides, source, {
+        "model.arch": (arch, f"it holds a {arch}"),
+        "model.specific_stages": (stages, f"its streams hold {stages} modality-specific stages (share_net={stages})"),
+        "model.pretrained": ("none", "its own weights replace any initialisation"),
+    })
     config = load_config(
         PRESET, [*overrides, f"model.arch={arch}", "model.pretrained=none", f"model.specific_stages={stages}"]
     )
@@ -180,6 +194,24 @@ def convert_authors_checkpoint(
     )
 
 
+def _refuse_determined(overrides: Iterable[str], source: Path, determined: Mapping[str, tuple[Any, str]]) -> None:
+    """Refuse a ``--set`` of a key the authors' checkpoint decides (``determined``: key -> (its value, why)).
+
+    The same value as the checkpoint's is accepted (it changes nothing); another one would be
+    overwritten by the checkpoint's, so it is an error rather than silently ignored.
+    """
+    for text in overrides:
+        keys, value = parse_override(text)
+        key = ".".join(keys)
+        given = flatten(value, prefix=f"{key}.") if isinstance(value, Mapping) else {key: value}
+        for name, wanted in given.items():
+            if name in determined and wanted != determined[name][0]:
+                held, why = determined[name]
+                raise ConfigError(
+                    f"--set {text} does not apply to convert: {source} decides {name}={held} ({why}); leave it out"
+                )
+
+
 def _map_state(
     state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], stages: int, source: Path
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -188,7 +220,7 @@ def _map_state(
     origin: dict[str, str] = {}
     unused: list[str] = []
     for key, value in state.items():
-        if UNUSED.search(key):
+        if unused_block(key, stages, expected):  # only the blocks' own shrinkage tensors, never a look-alike name
             unused.append(key)
             continue
         ours = map_key(key, stages)

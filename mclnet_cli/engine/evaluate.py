@@ -11,10 +11,12 @@ Two entry points build an :class:`EvaluationReport` (values in percent):
 
 :func:`split_trial` gives the queries and gallery of one trial without a model
 (``mclnet split``); training's validation (:func:`validate`, at the end) reuses
-:func:`embed_samples` and :func:`score_trials`. Protocol names and checks come from ``metrics.protocols``.
+:func:`embed_samples` and :func:`score_trials`. What a protocol does (directions,
+gallery, exclusions, CMC, result keys, options that apply) is its
+``ProtocolSpec`` in ``metrics.protocols``; nothing here tests a protocol's name.
 
 Result keys: SYSU-MM01 has one direction (infrared -> visible), so results are
-keyed by feature name (``bn``, ``pool``); RegDB and LLCM always key them
+keyed by feature name (``bn``, ``pool``); RegDB, LLCM and own data always key them
 ``<direction>/<feature>`` (e.g. ``visible_to_infrared/bn``), one entry per
 direction asked. Distances are 1 - cosine similarity of L2-normalised features,
 or k-reciprocal re-ranked distances with ``rerank``.
@@ -31,6 +33,7 @@ import numpy as np
 
 from mclnet_cli.config import Config, EvalConfig
 from mclnet_cli.types import Modality, Sample
+from mclnet_cli.data.preprocess import Preprocess
 from mclnet_cli.data.records import PreparedDataset, load_prepared
 from mclnet_cli.errors import ConfigError, DataError
 from mclnet_cli.metrics.protocols import (
@@ -40,45 +43,23 @@ from mclnet_cli.metrics.protocols import (
     PROTOCOLS,
     SHOTS,
     SYSU_MODES,
+    PROTOCOL_SPECS,
     OfficialDraws,
     Trial,
     check_choice,
     check_protocol,
-    llcm_trial,
+    get_protocol,
     load_official_draws,
+    protocol_for_dataset,
+    protocol_trial,
     protocol_trials,
-    regdb_trial,
+    refuse_inapplicable,
     skipped_in_gallery_folders,
-    sysu_trial,
 )
-from mclnet_cli.metrics.ranking import cmc_kind, rank_metrics
 from mclnet_cli.metrics.report import METRIC_KEYS, as_percent, mean_std
 from mclnet_cli.progress import ProgressFactory, no_progress
 
 NPZ_ARRAYS = ("features", "pids", "cams", "modalities", "paths")
-
-
-def refuse_inapplicable(protocol: str, given: Mapping[str, Any]) -> None:
-    """One line naming an option the user gave that the protocol would ignore (never silently ignored).
-
-    sysu has one direction (infrared -> visible) and no ``--direction``; regdb has
-    no gallery draw (no ``--mode``, ``--shots``, ``--draws``, more than one ``--trials``); llcm
-    has no indoor mode. ``given`` holds only the options set explicitly.
-    """
-    checks: list[tuple[str, bool, str]] = [
-        ("direction", protocol == "sysu" and given.get("direction") not in (None, "infrared_to_visible"),
-         "sysu has one direction (infrared_to_visible); --direction applies to regdb and llcm"),
-        ("mode", protocol != "sysu" and "mode" in given, f"--mode applies to sysu only ({protocol} has no indoor/all search)"),
-        ("shots", protocol == "regdb" and "shots" in given,
-         "--shots applies to sysu and llcm (regdb's gallery is every image of the other spectrum)"),
-        ("trials", protocol == "regdb" and int(given.get("trials") or 1) > 1,
-         "regdb has one trial per direction (its ten trials are ten prepared splits, one model each): drop --trials"),
-        ("draws", protocol == "regdb" and "draws" in given,
-         "--draws applies to sysu (and agw to llcm): regdb draws no gallery"),
-    ]
-    for _name, bad, message in checks:
-        if bad:
-            raise ConfigError(f"{message}; --protocol is {protocol}")
 
 
 @dataclass(frozen=True)
@@ -107,12 +88,16 @@ class EvalSettings(EvalConfig):
         choices = {"mode": SYSU_MODES, "shots": SHOTS, "direction": DIRECTIONS + ("both",), "draws": DRAWS}
         for name, allowed in choices.items():
             check_choice(f"--{name}", getattr(self, name), allowed)
-        if not 1 <= self.trials <= MAX_TRIALS:
-            raise ConfigError(f"--trials must be between 1 and {MAX_TRIALS}, got {self.trials}")
+        spec = get_protocol(self.protocol)
+        fewest = 0 if spec.whole_at_zero_trials else 1
+        if not fewest <= self.trials <= MAX_TRIALS:
+            whole = " (0: the whole gallery)" if fewest == 0 else ""
+            raise ConfigError(f"--trials must be between {fewest} and {MAX_TRIALS}{whole}, got {self.trials}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
-        if self.draws == "official" and self.protocol != "sysu":
-            raise ConfigError("--draws official exists for the sysu protocol only")
+        if self.draws not in spec.draw_families and (spec.draw_families or self.draws != "agw"):
+            holders = [s.name for s in PROTOCOL_SPECS.values() if self.draws in s.draw_families]
+            raise ConfigError(f"--draws {self.draws} exists for the {' and '.join(holders)} protocol only")
 
 
 @dataclass
@@ -160,8 +145,8 @@ def trial_distances(query: np.ndarray, gallery: np.ndarray, rerank: bool = False
 
 
 def result_key(protocol: str, direction: str, feature: str) -> str:
-    """``feature`` for sysu; ``direction/feature`` for regdb and llcm."""
-    return feature if protocol == "sysu" else f"{direction}/{feature}"
+    """``feature`` for a one-direction protocol (sysu); ``direction/feature`` for the others."""
+    return get_protocol(protocol).result_key(direction, feature)
 
 
 def score_trials(
@@ -181,6 +166,7 @@ def score_trials(
     cams = np.array([s.cam for s in samples], dtype=np.int64)
     table: dict[str, list[dict[str, Any]]] = {}
     for trial in trials:
+        spec = get_protocol(trial.protocol)
         q, g = trial.query, trial.gallery
         if rerank:
             # k-reciprocal neighbour sets break distance ties (duplicate or near-identical images) by position,
@@ -190,13 +176,13 @@ def score_trials(
             q, g = np.sort(q), np.sort(g)
         for name, array in features.items():
             dist = trial_distances(array[rows[q]], array[rows[g]], rerank=rerank)
-            result = rank_metrics(dist, pids[q], pids[g], cams[q], cams[g], trial.protocol)
+            result = spec.rank(dist, pids[q], pids[g], cams[q], cams[g])
             row: dict[str, Any] = {"trial": trial.trial, **as_percent(result)}
             row.update(
                 queries=int(len(q)), valid_queries=result.num_valid, skipped_queries=result.num_skipped,
                 gallery=int(len(g)), ranks_available=result.num_ranks,
             )
-            table.setdefault(result_key(trial.protocol, trial.direction, name), []).append(row)
+            table.setdefault(spec.result_key(trial.direction, name), []).append(row)
             if on_progress is not None:
                 on_progress(1)
     results = {}
@@ -208,15 +194,12 @@ def score_trials(
 
 def describe_protocol(settings: EvalSettings, trials: Sequence[Trial], **extra: Any) -> dict[str, Any]:
     """The ``protocol`` block of a report: what was measured and how."""
-    info: dict[str, Any] = {"name": settings.protocol}
-    if settings.protocol == "sysu":
-        info.update(mode=settings.mode, shots=settings.shots, draws=trials[0].draws)
-    elif settings.protocol == "llcm":
-        info.update(shots=settings.shots, draws="agw")
+    spec = get_protocol(settings.protocol)
+    info: dict[str, Any] = {"name": spec.name, **spec.report_fields(settings.mode, settings.shots, trials[0].draws)}
     info.update(
         directions=sorted({t.direction for t in trials}, key=DIRECTIONS.index),
         trials=sorted({t.trial for t in trials}),
-        cmc=cmc_kind(settings.protocol),
+        cmc=spec.cmc,
         distance="k-reciprocal (k1=20, k2=6, lambda=0.3)" if settings.rerank else "1 - cosine",
         flip=settings.flip,
         rerank=settings.rerank,
@@ -263,9 +246,12 @@ def draw_notes(samples: Sequence[Sample], trials: Sequence[Trial], meta: Mapping
 
 
 def dataset_protocol(meta: Mapping[str, Any]) -> str | None:
-    """The protocol a prepared dataset's reader implies (sysu, regdb, llcm), or None (e.g. unknown reader)."""
-    reader = str(meta.get("reader") or meta.get("dataset") or "")
-    return reader if reader in PROTOCOLS else None
+    """The protocol a prepared dataset's reader implies, or None (e.g. synthetic).
+
+    sysu, regdb and llcm datasets imply their own protocol; ``mclnet prepare folder``
+    and ``prepare csv`` datasets imply ``own`` (each spec's ``datasets``).
+    """
+    return protocol_for_dataset(str(meta.get("reader") or meta.get("dataset") or ""))
 
 
 def embed_samples(
@@ -273,9 +259,10 @@ def embed_samples(
     samples: Sequence[Sample],
     indices: Sequence[int] | np.ndarray,
     *,
-    height: int,
-    width: int,
-    resize: str = "bilinear",
+    preprocess: Preprocess | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    resize: str | None = None,
     batch_size: int,
     device: Any,
     workers: int = 0,
@@ -285,8 +272,11 @@ def embed_samples(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Embed ``samples[i]`` for each i in ``indices``, each through its own modality's stream (visible first).
 
-    Returns the feature arrays by name and ``rows`` with ``rows[i]`` the row of
-    sample i in them (-1 for samples not embedded), as :func:`score_trials` takes.
+    ``model`` is a network or a ``LoadedModel``; images are preprocessed as
+    :func:`~mclnet_cli.engine.extract.extract_features` (the path ``index`` and ``query`` take)
+    does with ``preprocess`` (default: the loaded model's record; ``height``/``width``/``resize``
+    given in its place). Returns the feature arrays by name and ``rows`` with ``rows[i]``
+    the row of sample i in them (-1 for samples not embedded), as :func:`score_trials` takes.
     """
     from mclnet_cli.engine.extract import extract_features
 
@@ -299,8 +289,8 @@ def embed_samples(
         if not chosen:
             continue
         out = extract_features(
-            model, [samples[i].path for i in chosen], modality, height=height, width=width, resize=resize,
-            batch_size=batch_size, device=device, workers=workers, feature=tuple(features), flip=flip,
+            model, [samples[i].path for i in chosen], modality, preprocess=preprocess, height=height, width=width,
+            resize=resize, batch_size=batch_size, device=device, workers=workers, feature=tuple(features), flip=flip,
             on_progress=on_progress,
         )
         for name in features:
@@ -349,18 +339,14 @@ def split_trial(
     settings.check()
     if trial < 0:
         raise ConfigError(f"--trial must be 0 or more, got {trial}")
+    spec = get_protocol(name)
+    if "direction" in spec.options:
+        check_choice("--direction", settings.direction, spec.directions)
+    if spec.gallery == "whole" and trial != 0:
+        raise ConfigError(f"{name} draws no gallery: its only trial is 0 ({spec.trials_text})")
+    official = _official(settings, perm_file, prepared.meta.get("root"))
     samples = prepared.samples
-    if settings.protocol == "sysu":
-        official = _official(settings, perm_file, prepared.meta.get("root"))
-        chosen = sysu_trial(samples, settings.mode, settings.shots, trial, official=official)
-    else:
-        check_choice("--direction", settings.direction, DIRECTIONS)
-        if settings.protocol == "regdb":
-            if trial != 0:
-                raise ConfigError("regdb draws no gallery: its only trial is 0 (the data split is chosen at prepare time)")
-            chosen = regdb_trial(samples, settings.direction)
-        else:
-            chosen = llcm_trial(samples, settings.direction, trial, settings.shots)
+    chosen = protocol_trial(samples, name, settings.direction, trial, mode=settings.mode, shots=settings.shots, official=official)
     return SplitView(chosen, samples, prepared.root)
 
 
@@ -448,8 +434,9 @@ def _check_dataset(settings: EvalSettings, meta: Mapping[str, Any], protocol_giv
     """Refuse a protocol default that does not fit the prepared dataset (e.g. sysu on RegDB)."""
     reader = dataset_protocol(meta)
     if reader is not None and reader != settings.protocol and not protocol_given:
+        kind = str(meta.get("reader") or meta.get("dataset"))
         raise ConfigError(
-            f"the checkpoint's eval.protocol is {settings.protocol!r} but {data} is a {reader} dataset; "
+            f"the checkpoint's eval.protocol is {settings.protocol!r} but {data} is a {kind} dataset; "
             f"pass --protocol {reader}"
         )
 
@@ -499,8 +486,7 @@ def evaluate_checkpoint(
     with (progress or no_progress)("embedding test images", len(used)) as advance:
         try:
             features, rows = embed_samples(
-                loaded.model, samples, used, height=config.data.height, width=config.data.width,
-                resize=config.data.resize, batch_size=settings.batch_size, device=torch_device,
+                loaded, samples, used, batch_size=settings.batch_size, device=torch_device,
                 workers=config.data.workers if workers is None else workers,
                 features=FEATURES, flip=settings.flip, on_progress=advance,
             )
@@ -515,8 +501,9 @@ def evaluate_checkpoint(
     notes = draw_notes(samples, trial_list, prepared.meta)
     if notes:
         extra["notes"] = notes
-    if settings.protocol == "regdb" and prepared.meta.get("trial") is not None:
-        extra["regdb_split"] = prepared.meta["trial"]  # the idx split (1-10) prepared; one model per split
+    split_key = get_protocol(settings.protocol).split_report_key
+    if split_key is not None and prepared.meta.get("trial") is not None:
+        extra[split_key] = prepared.meta["trial"]  # regdb: the idx split (1-10) prepared; one model per split
     protocol_info = describe_protocol(
         settings, trial_list, source="checkpoint", checkpoint=str(loaded.path), fingerprint=loaded.fingerprint,
         data=str(prepared.root), dataset=prepared.name, device=str(torch_device), images_embedded=int((rows >= 0).sum()),
@@ -574,7 +561,7 @@ def validate(model: Any, prepared: PreparedDataset, config: Config, device: Any)
     was_training = model.training
     try:
         features, rows = embed_samples(
-            model, samples, gallery + query, height=config.data.height, width=config.data.width, resize=config.data.resize,
+            model, samples, gallery + query, preprocess=Preprocess.from_config(config),
             batch_size=config.eval.batch_size, device=device, features=("bn",),
         )
     finally:

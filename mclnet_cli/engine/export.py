@@ -3,8 +3,9 @@
 The exported graph is what ``mclnet index``/``query`` run for one modality: that
 stream's own stages, the shared stages, pooling, the BNNeck batch norm and the
 L2 normalisation. Input ``images`` is a float32 ``[batch, 3, H, W]`` tensor
-(dynamic batch; H x W from the checkpoint's config), RGB in 0..1 normalised with
-the ImageNet mean/std; the output (named after the feature, ``bn``) is
+(dynamic batch), RGB in 0..1, resized and normalised as the checkpoint's
+preprocessing record says (``LoadedModel.preprocess``: H x W, filter, mean/std,
+ImageNet's by default); the output (named after the feature, ``bn``) is
 ``[batch, D]``, unit length, so inner products are the cosine scores of the
 index. Every export is checked on what retrieval uses, the direction of each
 feature: on random images (batches of :data:`PARITY_BATCHES` as probes, one of
@@ -23,6 +24,7 @@ ONNX needs the ``export`` extra (onnx, onnxruntime).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import sys
@@ -36,9 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mclnet_cli.atomic import commit_together, default_mode, refuse_overwrite, storage_error, write_temp
+from mclnet_cli.atomic import commit_together, default_mode, readdress, refuse_overwrite, storage_error, write_temp
 from mclnet_cli.types import Modality
-from mclnet_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from mclnet_cli.data.preprocess import Preprocess
 from mclnet_cli.errors import MclnetError
 
 FORMATS = ("onnx", "torchscript")
@@ -150,12 +152,12 @@ def sidecar_path(path: Path | str) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def random_inputs(batch: int, height: int, width: int, seed: int) -> torch.Tensor:
-    """Images as the pipeline makes them: uniform 0..1 pixels, ImageNet-normalised."""
+def random_inputs(batch: int, preprocess: Preprocess, seed: int) -> torch.Tensor:
+    """Images as the pipeline makes them: uniform 0..1 pixels at the record's size, normalised with its mean/std."""
     generator = torch.Generator().manual_seed(seed)
-    pixels = torch.rand((batch, 3, height, width), generator=generator)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    pixels = torch.rand((batch, 3, preprocess.height, preprocess.width), generator=generator)
+    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
     return (pixels - mean) / std
 
 
@@ -187,17 +189,22 @@ def _onnx_program(net: RetrievalNet, example: torch.Tensor, batch: Any) -> Any:
     )
 
 
-def _export_torchscript(net: RetrievalNet, example: torch.Tensor, target: Path) -> None:
+def _export_torchscript(net: RetrievalNet, example: torch.Tensor) -> bytes:
+    """The traced, frozen TorchScript file's bytes (written to the disk by the caller)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)
-        _trace_and_save(net, example, target)
+        return _trace_and_save(net, example)
 
 
-def _trace_and_save(net: RetrievalNet, example: torch.Tensor, target: Path) -> None:
+def _trace_and_save(net: RetrievalNet, example: torch.Tensor) -> bytes:
     with torch.no_grad():
         traced = torch.jit.trace(net, (example,), check_trace=False)
     traced = torch.jit.freeze(traced.eval()) if hasattr(torch.jit, "freeze") else traced
-    torch.jit.save(traced, str(target))
+    # Into memory, never by file name: torch's C++ file writer aborts the whole process on a full
+    # disk (exit 134, temp left behind); Python's write path below raises ENOSPC as an OSError.
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    return buffer.getvalue()
 
 
 def run_exported(path: Path | str, fmt: str, images: np.ndarray) -> np.ndarray:
@@ -260,7 +267,7 @@ def compare_features(
 
 
 def parity(
-    net: RetrievalNet, path: Path, fmt: str, height: int, width: int, seed: int = 0, min_cosine: float = MIN_COSINE
+    net: RetrievalNet, path: Path, fmt: str, preprocess: Preprocess, seed: int = 0, min_cosine: float = MIN_COSINE
 ) -> Parity:
     """The export at ``path`` against PyTorch on random probe batches (:data:`PARITY_BATCHES`) and a gallery batch.
 
@@ -272,7 +279,7 @@ def parity(
     expected: list[np.ndarray] = []
     got: list[np.ndarray] = []
     for i, batch in enumerate((*PARITY_BATCHES, RANK_GALLERY)):
-        images = random_inputs(batch, height, width, seed + i)
+        images = random_inputs(batch, preprocess, seed + i)
         with torch.no_grad():
             reference = net(images)
         require_finite(reference, net.model, images, net.modality)
@@ -319,16 +326,15 @@ def export_model(
     refuse_overwrite([out, sidecar], [checkpoint], force=force, error=ExportError)
     started = time.perf_counter()
     loaded = load_model(checkpoint, "cpu")
-    data = loaded.config.data
-    height, width = int(data.height), int(data.width)
-    net = RetrievalNet(loaded.model, spectrum).eval()
-    example = random_inputs(TRACE_BATCH, height, width, seed=1234)
+    preprocess = loaded.preprocess  # the checkpoint's record: what the graph takes and the sidecar states
+    net = RetrievalNet(loaded.model, spectrum, preprocess.feature).eval()
+    example = random_inputs(TRACE_BATCH, preprocess, seed=1234)
     dimension = int(getattr(loaded.model, "feature_dim", 0))
     try:
         with torch.no_grad():
             require_finite(net(example), loaded.model, example, spectrum)  # before any file: nothing to export
         result = _write_checked(
-            net, example, out, fmt, height, width, min_cosine,
+            net, example, out, fmt, preprocess, min_cosine,
             lambda checked: _describe(checkpoint, out, fmt, spectrum, loaded, dimension, checked),
             checkpoint=checkpoint, force=force,
         )
@@ -339,8 +345,8 @@ def export_model(
         sidecar=sidecar,
         format=fmt,
         modality=spectrum.value,
-        feature=FEATURE,
-        input_size=(height, width),
+        feature=preprocess.feature,
+        input_size=preprocess.size,
         dimension=dimension,
         parity=result,
         batch_sizes=PARITY_BATCHES,
@@ -371,8 +377,7 @@ def _write_checked(
     example: torch.Tensor,
     out: Path,
     fmt: str,
-    height: int,
-    width: int,
+    preprocess: Preprocess,
     min_cosine: float,
     describe: Any,
     *,
@@ -389,24 +394,24 @@ def _write_checked(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise (storage_error(exc, out) or exc) from exc
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     tmp_sidecar: Path | None = None
     try:
         try:
             if fmt == "onnx":
+                tmp = _named_temp(out)
                 _export_onnx(net, example, tmp)
+                os.chmod(tmp, default_mode())
+                _fsync(tmp)
             else:
-                _export_torchscript(net, example, tmp)
-            checked = parity(net, tmp, fmt, height, width, min_cosine=min_cosine)
+                data = _export_torchscript(net, example)
+                tmp = write_temp(out, lambda handle: handle.write(data))  # full disk, permissions: name ``out``
+            checked = parity(net, tmp, fmt, preprocess, min_cosine=min_cosine)
             if not checked.passed:
                 raise ExportError(_failure(fmt, checked))
-            os.chmod(tmp, default_mode())
-            _fsync(tmp)
         except BaseException as exc:
-            translated = storage_error(exc, out)  # a full disk names the user's file, never the temp
-            if translated is not None:
+            translated = readdress(exc, tmp, out)  # a full disk or a refused write names the user's file, never the temp
+            if translated is not exc:
                 raise translated from exc
             raise
         text = json.dumps(describe(checked), indent=2) + "\n"
@@ -414,11 +419,25 @@ def _write_checked(
         refuse_overwrite([out, sidecar], [checkpoint], force=force, error=ExportError)  # again: minutes have passed
         commit_together([(tmp, out), (tmp_sidecar, sidecar)])
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
         if tmp_sidecar is not None:
             tmp_sidecar.unlink(missing_ok=True)
         raise
     return checked
+
+
+def _named_temp(out: Path) -> Path:
+    """An empty temp file beside ``out`` for an exporter that writes by file name; errors name ``out``."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    except OSError as exc:
+        translated = readdress(exc, None, out)
+        if translated is not exc:
+            raise translated from exc
+        raise
+    os.close(fd)
+    return Path(name)
 
 
 def _fsync(path: Path) -> None:
@@ -430,27 +449,24 @@ def _fsync(path: Path) -> None:
 def _describe(
     checkpoint: Path | str, out: Path, fmt: str, spectrum: Modality, loaded: Any, dimension: int, checked: Parity
 ) -> dict[str, Any]:
-    """The sidecar JSON: how to feed the exported model and what it returns."""
-    data = loaded.config.data
-    height, width = int(data.height), int(data.width)
+    """The sidecar JSON: how to feed the exported model (the checkpoint's preprocessing record) and what it returns."""
+    preprocess = loaded.preprocess
     return {
         "format": SIDECAR_FORMAT,
         "file": out.name,
         "model_format": fmt,
         "modality": spectrum.value,
-        "feature": FEATURE,
+        "feature": preprocess.feature,
         "input": {
             "name": INPUT_NAME,
-            "shape": ["batch", 3, height, width],
+            "shape": ["batch", 3, preprocess.height, preprocess.width],
             "dtype": "float32",
             "layout": "NCHW, RGB",
-            "size": [height, width],
-            "resize": data.resize,
-            "scale": "pixels / 255",
-            "mean": list(IMAGENET_MEAN),
-            "std": list(IMAGENET_STD),
+            **preprocess.to_json(),  # size, resize, scale, mean, std
         },
-        "output": {"name": FEATURE if fmt == "onnx" else "output 0", "shape": ["batch", dimension], "l2_normalised": True},
+        "output": {
+            "name": preprocess.feature if fmt == "onnx" else "output 0", "shape": ["batch", dimension], "l2_normalised": True,
+        },
         "checkpoint": {"path": str(Path(checkpoint).resolve()), "fingerprint": loaded.fingerprint},
         "parity": checked.to_json(),
         "opset": OPSET if fmt == "onnx" else None,

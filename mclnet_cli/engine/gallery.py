@@ -7,6 +7,9 @@ Applications embed search through these two functions without the CLI:
 - :func:`search_gallery`: embed probes with their own modality's stream and rank
   the gallery, refusing a checkpoint that is not the one that built the index.
 
+Adding to an index that exists goes through :func:`mclnet_cli.engine.updates.add_to_index`,
+the transaction the server's uploads use too (removing: ``remove_from_index``).
+
 Neither prints: progress goes through an optional ``progress(description, total)``
 factory that returns a context manager yielding ``advance(n)`` (default:
 :func:`mclnet_cli.progress.no_progress`); notices come back in the report.
@@ -16,6 +19,7 @@ Index parameters not given come from the checkpoint's config ``index`` section.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +33,12 @@ from mclnet_cli.index.gallery import (
     BUILD_KINDS, GalleryIndex, Hit, check_target, is_index_dir, read_meta, records_for, writer_lock,
 )  # fmt: skip
 from mclnet_cli.data.sources.layout import identify
+from mclnet_cli.engine.updates import add_to_index, check_fingerprint, check_modality, layout_notices
 from mclnet_cli.progress import ProgressFactory, no_progress
 
 if TYPE_CHECKING:
     from mclnet_cli.config import IndexConfig
+    from mclnet_cli.data.preprocess import Preprocess
 
 FEATURE = "bn"  # BNNeck output: the method's retrieval feature
 MAX_TOP_K = 10_000  # results per probe; FAISS allocates probes x k scores up front
@@ -190,16 +196,6 @@ def expand_probes(probes: Sequence[Path | str]) -> list[str]:
 # --------------------------------------------------------------------------- build
 
 
-def _layout_notice(paths: Sequence[str], modality: Modality) -> list[str]:
-    other = [p for p in paths if (found := identify(p)) is not None and found.modality is not modality]
-    if not other:
-        return []
-    return [
-        f"{len(other)} image(s) look {modality.other().value} by their dataset layout (e.g. {other[0]}) "
-        f"but were embedded as {modality.value}"
-    ]
-
-
 def build_gallery_index(
     checkpoint: Path | str,
     gallery_dir: Path | str,
@@ -220,6 +216,9 @@ def build_gallery_index(
     memory_gb: float | None = None,
     progress: ProgressFactory | None = None,
     on_wait: Callable[[str], None] | None = None,
+    dim: int | None = None,
+    whiten: bool = False,
+    chunk: int | None = None,
 ) -> BuildReport:
     """Embed every image under ``gallery_dir`` with the ``modality`` stream and save an index in ``out_dir``.
 
@@ -243,6 +242,12 @@ def build_gallery_index(
     Launched by ``torchrun`` (one process per GPU, or gloo on CPU, one or many
     nodes), each rank embeds a contiguous share of the images; rank 0 gathers them
     in order and writes the index, so the result equals a single-process run.
+
+    ``dim``: reduce features with a PCA to ``dim`` dimensions (``whiten``: whitened),
+    trained once on a sample and stored with the index (see
+    :mod:`mclnet_cli.index.reduction`). ``chunk``: embed and add ``chunk`` images at
+    a time into an on-disk IVF index, resumably, with no rank gathering features
+    (see :mod:`mclnet_cli.engine.sharded`).
     """
     from mclnet_cli.engine import distributed
 
@@ -252,18 +257,25 @@ def build_gallery_index(
         raise IndexStoreError(f"unknown index kind {kind!r}; choose from: {', '.join(BUILD_KINDS)}")
     if add and force:
         raise IndexStoreError("--add appends to the index, --force replaces it: give one of them")
+    if whiten and dim is None:
+        raise IndexStoreError("--whiten whitens the --dim reduction: give --dim too")
     info = distributed.env_dist_info()
     options: dict[str, Any] = dict(
         kind=kind, add=add, force=force, batch_size=batch_size, workers=workers, device=device, nlist=nlist, nprobe=nprobe,
-        hnsw_m=hnsw_m, pq_m=pq_m, recall=recall, memory_gb=memory_gb, on_wait=on_wait, info=info,
+        hnsw_m=hnsw_m, pq_m=pq_m, recall=recall, memory_gb=memory_gb, on_wait=on_wait, info=info, dim=dim, whiten=whiten,
     )
+    runner: Callable[..., Any] = _build
+    if chunk is not None:
+        from mclnet_cli.engine.sharded import build_chunked
+
+        runner = functools.partial(build_chunked, chunk=chunk)
     if not info.enabled:
-        return _build(checkpoint, gallery_dir, modality, out_dir, progress=progress, **options)
+        return runner(checkpoint, gallery_dir, modality, out_dir, progress=progress, **options)
     in_step = False  # every rank has passed the same collectives
     try:  # launched by torchrun: every rank embeds one shard, rank 0 writes, every rank returns rank 0's report
         report = None
         try:
-            report = _build(checkpoint, gallery_dir, modality, out_dir, progress=progress if info.is_main else None, **options)
+            report = runner(checkpoint, gallery_dir, modality, out_dir, progress=progress if info.is_main else None, **options)
         finally:
             shared = [report]
             distributed.broadcast_object(shared)
@@ -318,6 +330,8 @@ def _build(
     progress: ProgressFactory | None,
     on_wait: Callable[[str], None] | None,
     info: Any,
+    dim: int | None = None,
+    whiten: bool = False,
 ) -> BuildReport:
     """:func:`build_gallery_index` on this rank: embed its shard, gather on rank 0, which writes."""
     from mclnet_cli.engine import distributed
@@ -337,7 +351,7 @@ def _build(
     loaded = load_model(checkpoint, torch_device)
     checkpoint_path = str(Path(checkpoint).resolve())
     if existing is not None:
-        _check_fingerprint(existing, out_dir, checkpoint_path, loaded.fingerprint)
+        check_fingerprint(existing, out_dir, checkpoint_path, loaded.fingerprint)
     settings = resolve_index_settings(
         loaded.config.index, kind=kind, batch_size=batch_size, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, pq_m=pq_m,
         recall=recall, memory_gb=memory_gb,
@@ -351,38 +365,35 @@ def _build(
     seconds = time.perf_counter() - started
     skipped = skipped + [(p, r) for p, r in extracted.failed]
     records = records_for(extracted.paths, modality.value)
-    notices.extend(_layout_notice(extracted.paths, modality))
     warnings = model_warnings(checkpoint_path, extracted.features, loaded.degenerate_neck_channels)
     if existing is None and not records:
         first = f" (e.g. {extracted.failed[0][1]})" if extracted.failed else ""
         raise DataError(f"none of the {len(todo)} image files under {gallery_root} could be decoded{first}")
-
-    data_cfg = loaded.config.data
-    extra = {
-        "modality": modality.value,
-        "checkpoint": {"path": checkpoint_path, "fingerprint": loaded.fingerprint},
-        "feature": FEATURE,
-        "image_size": [data_cfg.height, data_cfg.width],
-        "resize": data_cfg.resize,
-        "gallery_dir": str(gallery_root.resolve()),
-    }
-    with writer_lock(out_dir, on_wait=on_wait):
-        replaced = _refuse_replacing(out_dir, add, force)  # another writer may have saved one since
-        if replaced is not None:
-            notices.append(f"replaced the previous index{_rows(replaced)} in {out_dir} (--force)")
-        if add and is_index_dir(out_dir):
-            # Re-read under the lock: another writer may have saved since we looked.
-            existing = GalleryIndex.load(out_dir)
-            _check_modality(existing, out_dir, modality)
-            _check_fingerprint(existing, out_dir, checkpoint_path, loaded.fingerprint)
-        gallery, added = _write_index(out_dir, existing, extracted.features, records, settings, kind, extra, notices)
+    extra = _index_meta(loaded, checkpoint_path, modality, gallery_root)
+    written = _commit(
+        out_dir, extracted.features, records, modality, settings, extra, kind, add, force, on_wait, reduce_dim=dim, whiten=whiten
+    )
+    gallery = written.gallery
     return BuildReport(
         index_dir=out_dir, modality=modality.value, kind=gallery.kind, factory=gallery.factory,
-        dimension=gallery.dimension, count=len(gallery), added=added, skipped=skipped, notices=notices,
-        warnings=warnings, checkpoint=checkpoint_path, fingerprint=loaded.fingerprint, seconds=seconds,
-        images_per_s=(len(todo) / seconds) if seconds > 0 else 0.0, appended=existing is not None,
-        auto=gallery.extra.get("auto") if existing is None else None, replaced=replaced,
+        dimension=gallery.dimension, count=len(gallery), added=written.added, skipped=skipped,
+        notices=notices + written.notices, warnings=warnings, checkpoint=checkpoint_path, fingerprint=loaded.fingerprint,
+        seconds=seconds, images_per_s=(len(todo) / seconds) if seconds > 0 else 0.0, appended=written.appended,
+        auto=gallery.extra.get("auto") if not written.appended else None, replaced=written.replaced,
     )
+
+
+def _index_meta(loaded: Any, checkpoint_path: str, modality: Modality, gallery_root: Path) -> dict[str, Any]:
+    """What a new index records in meta.json besides its structure: spectrum, checkpoint, preprocessing, source."""
+    preprocess = loaded.preprocess  # what embedded the gallery: probes get the same (SearchEngine.preprocess)
+    return {
+        "modality": modality.value,
+        "checkpoint": {"path": checkpoint_path, "fingerprint": loaded.fingerprint},
+        "feature": preprocess.feature,
+        "image_size": [preprocess.height, preprocess.width],
+        "resize": preprocess.resize,
+        "gallery_dir": str(gallery_root.resolve()),
+    }
 
 
 def _existing_index(out_dir: Path, modality: Modality, notices: list[str]) -> GalleryIndex | None:
@@ -391,7 +402,7 @@ def _existing_index(out_dir: Path, modality: Modality, notices: list[str]) -> Ga
         notices.append(f"no index in {out_dir} yet: building a new one")
         return None
     existing = GalleryIndex.load(out_dir)
-    _check_modality(existing, out_dir, modality)
+    check_modality(existing, out_dir, modality)
     return existing
 
 
@@ -409,14 +420,12 @@ def _embed_shard(
     from mclnet_cli.engine import distributed
     from mclnet_cli.engine.extract import NonFiniteFeatures, extract_features
 
-    data_cfg = loaded.config.data
     start, stop = distributed.shard_bounds(len(todo), info)
     with _progress(progress, "embedding gallery", stop - start) as advance:
         try:
             extracted = extract_features(
-                loaded.model, todo[start:stop], modality, height=data_cfg.height, width=data_cfg.width,
-                resize=data_cfg.resize, batch_size=batch_size, device=device, workers=workers, feature=FEATURE,
-                skip_bad=True, on_progress=advance,
+                loaded, todo[start:stop], modality, preprocess=loaded.preprocess,
+                batch_size=batch_size, device=device, workers=workers, skip_bad=True, on_progress=advance,
             )
         except NonFiniteFeatures as exc:
             raise exc.at(loaded.path, "index, embedding the gallery") from exc
@@ -426,35 +435,55 @@ def _embed_shard(
     return extracted if info.is_main else None
 
 
-def _write_index(
+@dataclass
+class _Written:
+    """What the locked part of a build saved."""
+
+    gallery: GalleryIndex
+    added: int
+    notices: list[str]
+    appended: bool  # added to an index already there
+    replaced: int | str | None = None  # --force: rows of the index replaced
+
+
+def _commit(
     out_dir: Path,
-    existing: GalleryIndex | None,
     features: Any,
     records: list[Any],
+    modality: Modality,
     settings: "IndexConfig",
-    kind: str | None,
     extra: dict[str, Any],
-    notices: list[str],
-) -> tuple[GalleryIndex, int]:
-    """Build a new index (or add to ``existing``) and save it when rows were added: (index, rows added)."""
-    if existing is None:
+    kind: str | None,
+    add: bool,
+    force: bool,
+    on_wait: Callable[[str], None] | None,
+    *,
+    reduce_dim: int | None = None,
+    whiten: bool = False,
+) -> _Written:
+    """Under the writer lock: add to the index at ``out_dir`` (``add``, and one is there by now) or save a new one.
+
+    ``reduce_dim``/``whiten``: a new index reduces its features (an existing one keeps its own reduction).
+    """
+    checkpoint = extra["checkpoint"]
+    with writer_lock(out_dir, on_wait=on_wait):
+        if add and is_index_dir(out_dir):  # read again under the lock: another writer may have saved since we looked
+            outcome = add_to_index(
+                out_dir, features, records, modality, checkpoint=checkpoint["path"],
+                fingerprint=checkpoint["fingerprint"], kind=kind, locked=True,
+            )  # fmt: skip
+            return _Written(outcome.gallery, outcome.added, outcome.notices, appended=True)
+        replaced = _refuse_replacing(out_dir, add, force)  # another writer may have saved one since
         gallery = GalleryIndex.build(
             features, records, settings.kind, nlist=settings.nlist, nprobe=settings.nprobe, hnsw_m=settings.hnsw_m,
             pq_m=settings.pq_m, extra=extra, recall=settings.recall,
-            memory_bytes=int(settings.memory_gb * 2**30) if settings.memory_gb else None,
+            memory_bytes=int(settings.memory_gb * 2**30) if settings.memory_gb else None, reduce_dim=reduce_dim, whiten=whiten,
         )
-        added = len(records)
-    else:
-        gallery = existing
-        if kind is not None and kind != gallery.kind:
-            notices.append(f"--kind {kind} ignored: adding to the existing {gallery.kind} index")
-        added = gallery.add(features, records) if records else 0
-    notices.extend(gallery.notices)
-    if added:
         gallery.save(out_dir, locked=True)
-    elif existing is not None:
-        notices.append("nothing new to add: the index is unchanged")
-    return gallery, added
+    notices = layout_notices([r.path for r in records], modality)
+    if replaced is not None:
+        notices.append(f"replaced the previous index{_rows(replaced)} in {out_dir} (--force)")
+    return _Written(gallery, len(records), notices + list(gallery.notices), appended=False, replaced=replaced)
 
 
 def _gather_extracted(extracted: Any, distributed: Any) -> Any:
@@ -470,23 +499,6 @@ def _gather_extracted(extracted: Any, distributed: Any) -> Any:
     paths = [path for p in parts for path in p[1]]
     failed = [item for p in parts for item in p[2]]
     return Extracted(features, paths, failed, {FEATURE: features})
-
-
-def _check_modality(gallery: GalleryIndex, index_dir: Path, modality: Modality) -> None:
-    built_with = str(gallery.extra.get("modality", modality.value))
-    if built_with != modality.value:
-        raise IndexStoreError(
-            f"{index_dir} indexes {built_with} images; cannot add {modality.value} ones (use another --out)"
-        )
-
-
-def _check_fingerprint(gallery: GalleryIndex, index_dir: Path, checkpoint: str, fingerprint: str) -> None:
-    recorded = dict(gallery.extra.get("checkpoint") or {}).get("fingerprint")
-    if recorded and recorded != fingerprint:
-        raise IndexStoreError(
-            f"checkpoint {checkpoint} (fingerprint {fingerprint}) is not the one that built {index_dir} "
-            f"(fingerprint {recorded}); use that checkpoint or rebuild the index"
-        )
 
 
 # --------------------------------------------------------------------------- search
@@ -564,12 +576,12 @@ class SearchEngine:
 
     def check_gallery(self, gallery: GalleryIndex) -> None:
         """Refuse a gallery built by another checkpoint or holding features of another dimension."""
-        _check_fingerprint(gallery, self.index_dir, self.checkpoint_path, self.fingerprint)
+        check_fingerprint(gallery, self.index_dir, self.checkpoint_path, self.fingerprint)
         feature_dim = int(getattr(self.loaded.model, "feature_dim", 0))
-        if feature_dim != gallery.dimension:
+        if feature_dim != gallery.feature_dimension:
             raise IndexStoreError(
                 f"checkpoint {self.checkpoint_path} makes {feature_dim}-d features but {self.index_dir} "
-                f"holds {gallery.dimension}-d ones"
+                f"holds {gallery.feature_dimension}-d ones"
             )
 
     def reload_gallery(self) -> GalleryIndex:
@@ -578,6 +590,12 @@ class SearchEngine:
         self.check_gallery(gallery)
         self.gallery = gallery
         return gallery
+
+    def preprocess(self, gallery: GalleryIndex | None = None) -> "Preprocess":
+        """How probes are fed to match ``gallery`` (default: :attr:`gallery`): the checkpoint's record with
+        what the index recorded (size, resize filter, feature) in its place."""
+        gallery = gallery if gallery is not None else self.gallery
+        return self.loaded.preprocess.recorded_in(gallery.extra)
 
     def embed(
         self,
@@ -597,20 +615,15 @@ class SearchEngine:
         from mclnet_cli.engine.extract import NonFiniteFeatures, extract_features
 
         gallery = gallery if gallery is not None else self.gallery
-        data_cfg = self.loaded.config.data
-        height, width = gallery.extra.get("image_size") or [data_cfg.height, data_cfg.width]
         try:
             return extract_features(
-                self.loaded.model,
+                self.loaded,
                 list(paths),
                 Modality.parse(modality),
-                height=int(height),
-                width=int(width),
-                resize=str(gallery.extra.get("resize", data_cfg.resize)),
+                preprocess=self.preprocess(gallery),
                 batch_size=self.batch_size,
                 device=self.device,
                 workers=workers,
-                feature=str(gallery.extra.get("feature", FEATURE)),
                 skip_bad=True,
                 on_progress=on_progress,
             )
@@ -713,7 +726,7 @@ def search_gallery(
     with _progress(progress, "embedding probes", len(probe_paths)) as advance:
         results, _, _ = engine.rank(probe_paths, modality, top_k, on_progress=advance, workers=workers)
     gallery_modality = str(engine.gallery.extra.get("modality", ""))
-    feature = str(engine.gallery.extra.get("feature", FEATURE))
+    feature = engine.preprocess().feature
     return SearchReport(
         results, Path(index_dir), gallery_modality, modality.value, engine.checkpoint_path, notices, feature=feature,
         mapped=engine.gallery.mapped,

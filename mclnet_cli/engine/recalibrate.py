@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from torch.utils.data import DataLoader
 
 from mclnet_cli.config import Config
 from mclnet_cli.data.loader import training_samples
+from mclnet_cli.data.preprocess import Preprocess
 from mclnet_cli.data.records import PreparedDataset
-from mclnet_cli.engine.extract import ImageFiles, collate_images
+from mclnet_cli.engine.extract import image_batches, resolve_preprocess
 from mclnet_cli.errors import DataError
 from mclnet_cli.types import Modality, Sample
 
@@ -63,17 +63,17 @@ def spaced(samples: Sequence[Sample], limit: int) -> list[Sample]:
 
 
 @torch.no_grad()
-def inference_f4(model: torch.nn.Module, paths: Sequence[str], modality: Modality, *, height: int, width: int,
-                 resize: str, batch_size: int, device: torch.device) -> torch.Tensor:
-    """Pre-BN f4 [N, C] (float64, on the CPU) of image files through one stream, in inference mode."""
-    loader = DataLoader(ImageFiles(paths, height, width, resize), batch_size=batch_size, shuffle=False,
-                        num_workers=0, collate_fn=collate_images)
-    parts = []
-    for images, _, bad in loader:
-        if bad:
-            raise DataError(bad[0][1])
-        parts.append(model.pooled(images.to(device), modality).double().cpu())
-    return torch.cat(parts)
+def inference_f4(model: torch.nn.Module, paths: Sequence[str], modality: Modality, *, preprocess: Preprocess | None = None,
+                 height: int | None = None, width: int | None = None, resize: str | None = None, batch_size: int,
+                 device: torch.device) -> torch.Tensor:
+    """Pre-BN f4 [N, C] (float64, on the CPU) of image files through one stream, in inference mode.
+
+    Images come through :func:`~mclnet_cli.engine.extract.image_batches` with ``preprocess``
+    (``height``/``width``/``resize`` given in its place), as every retrieval feature does.
+    """
+    net, record = resolve_preprocess(model, preprocess, height=height, width=width, resize=resize)
+    batches = image_batches(paths, record, batch_size=batch_size, device=device)
+    return torch.cat([net.pooled(batch.images, modality).double().cpu() for batch in batches])
 
 
 def mixture_statistics(visible: torch.Tensor, infrared: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,8 +133,8 @@ def recalibrate_neck(model: torch.nn.Module, prepared: PreparedDataset, config: 
             if len(chosen) < 2:
                 raise DataError(f"{prepared.root}: recalibrating the BNNeck needs 2 or more {modality.value} training images, found {len(chosen)}")
             features[modality] = inference_f4(
-                model, [s.path for s in chosen], modality, height=config.data.height, width=config.data.width,
-                resize=config.data.resize, batch_size=config.eval.batch_size, device=device,
+                model, [s.path for s in chosen], modality, preprocess=Preprocess.from_config(config),
+                batch_size=config.eval.batch_size, device=device,
             )
     finally:
         model.train(was_training)

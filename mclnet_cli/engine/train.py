@@ -41,10 +41,11 @@ from mclnet_cli.engine.state import (  # noqa: F401  (RESUME_MUTABLE, resume_con
     set_rng_state,
 )
 from mclnet_cli.engine import health as health_check
-from mclnet_cli.errors import CheckpointError, CollapseError, StorageError, TrainingError
+from mclnet_cli.errors import CheckpointError, CollapseError, ConfigError, StorageError, TrainingError
 from mclnet_cli.losses.criterion import TERM_OUTPUTS
 
 if TYPE_CHECKING:
+    from mclnet_cli.engine.finetune import InitCheckpoint
     from mclnet_cli.model.net import MCLNet
 
 __all__ = [
@@ -259,6 +260,7 @@ class _Run:
     health: dict[str, Any] | None = None  # the run's health so far (summary.json "health")
     mmd_open: bool = True  # loss.mmd_gate: whether MMD is in the objective yet
     mmd_joined: int | None = None  # the first epoch trained with MMD under the gate
+    init: dict[str, Any] | None = None  # --init: where the weights came from (engine.finetune.InitRecord)
 
     @property
     def main(self) -> bool:
@@ -281,6 +283,7 @@ def fit(
     resume: bool = False,
     device: str = "auto",
     reporter: Reporter | None = None,
+    init: Path | str | None = None,
 ) -> TrainResult:
     """Train MCLNet on a prepared dataset into ``out_dir`` (or continue it with ``resume=True``).
 
@@ -289,6 +292,7 @@ def fit(
     for bad input and TrainingError when a loss part stops being finite. A
     KeyboardInterrupt (Ctrl-C) at any point never escapes: it returns a result with
     ``status="interrupted"`` and the epochs safely in ``last.pt`` (0 if none was saved yet).
+    ``init``: a new run starts from that mclnet checkpoint's weights (:mod:`mclnet_cli.engine.finetune`).
     """
     out_dir, epochs = Path(out_dir), config.train.epochs
     progress = _Progress(out_dir=out_dir, epochs=epochs)
@@ -298,7 +302,7 @@ def fit(
         info, torch_device = dist_utils.init_distributed(torch_device)
         progress.rank = info.rank
         with runlog.run_dir_lock(out_dir, main=info.is_main):  # one training per run directory
-            run = _start(config, Path(data_dir), out_dir, resume, torch_device, info, reporter, progress)
+            run = _start(config, Path(data_dir), out_dir, resume, torch_device, info, reporter, progress, init)
             run.reporter.start(_start_info(run))
             run.completed = progress.completed = run.start_epoch
             progress.best = run.best
@@ -438,11 +442,13 @@ def _start(
     info: dist_utils.DistInfo,
     reporter: Reporter | None,
     progress: _Progress,
+    init: Path | str | None = None,
 ) -> _Run:
     """Check the input (every rank, before anything is written), build, restore and open the run directory."""
     from mclnet_cli.data.loader import build_train_loader
 
     session = runlog.Stopwatch()
+    init_checkpoint = _read_init(init, resume, config)
     runlog.check_run_dir(out_dir, resume)
     prepared = load_prepared(data_dir)
     seed_everything(config.seed)
@@ -460,7 +466,7 @@ def _start(
     dist_utils.barrier()  # every rank has checked the run directory before rank 0 writes to it
 
     reporter = reporter if (reporter is not None and info.is_main) else Reporter()
-    run = _build(config, out_dir, device, info, reporter, prepared, loader, label_map, session)
+    run = _build(config, out_dir, device, info, reporter, prepared, loader, label_map, session, init_checkpoint)
     if payload is not None:
         _restore(run, payload)
     _wrap(run)
@@ -480,12 +486,18 @@ def _build(
     loader: Any,
     label_map: dict[int, int],
     session: runlog.Stopwatch,
+    init: "InitCheckpoint | None" = None,
 ) -> _Run:
-    """Model, loss, optimiser, scheduler and AMP scaler of a new run."""
+    """Model, loss, optimiser, scheduler and AMP scaler of a new run (its weights from ``init`` when given)."""
+    from mclnet_cli.engine.finetune import apply_init, build_config
     from mclnet_cli.losses import Criterion
     from mclnet_cli.model import build_model
 
-    model = build_model(config.model, loader.num_classes).to(device)
+    model = build_model(build_config(config) if init is not None else config.model, loader.num_classes)
+    record = apply_init(model, init, loader.num_classes) if init is not None else None
+    if record is not None:
+        reporter.note(f"--init: {record.describe()}")
+    model = model.to(device)
     channels_last = device.type == "cuda" and config.train.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -500,7 +512,23 @@ def _build(
         loader=loader, label_map=label_map, model=model, criterion=criterion, optimizer=optimizer,
         scheduler=scheduler, scaler=torch.amp.GradScaler("cuda", enabled=use_scaler), amp_dtype=amp_dtype,
         channels_last=channels_last, session=session, mmd_open=config.loss.mmd_gate is None,
+        init=record.to_json() if record is not None else None,
     )
+
+
+def _read_init(init: Path | str | None, resume: bool, config: Config) -> "InitCheckpoint | None":
+    """The ``--init`` checkpoint, checked against the run's model section; refused together with ``--resume``."""
+    if init is None:
+        return None
+    if resume:
+        raise ConfigError(
+            "--init starts a new run from a checkpoint's weights and --resume continues the run in --out; give one of them"
+        )
+    from mclnet_cli.engine.finetune import check_model, read_init
+
+    checkpoint = read_init(init)
+    check_model(checkpoint, config.model)
+    return checkpoint
 
 
 def _restore(run: _Run, payload: Mapping[str, Any]) -> None:
@@ -516,6 +544,7 @@ def _restore(run: _Run, payload: Mapping[str, Any]) -> None:
     run.start_epoch = int(payload["epoch"])
     run.mmd_open = bool(payload.get("mmd_open", run.config.loss.mmd_gate is None))
     run.mmd_joined = payload.get("mmd_joined")
+    run.init = payload.get("init")
     run.global_step = int(payload.get("global_step", 0))
     run.best = payload.get("best")
     set_rng_state(payload["rng"])
@@ -550,7 +579,7 @@ def _open_run_dir(run: _Run, resume: bool) -> None:
     runlog.write_config(out_dir, config)
     env = runlog.environment_info(device=str(run.device), seed=config.seed, world_size=run.info.world_size)
     env.update(amp=_amp_name(run.amp_dtype), channels_last=run.channels_last, compile=config.train.compile,
-               resumed_from_epoch=run.start_epoch if resume else None)
+               resumed_from_epoch=run.start_epoch if resume else None, init=run.init)
     runlog.write_environment(out_dir, env, resume)
     run.metrics = runlog.MetricsLog(out_dir)
     if resume:
@@ -584,7 +613,7 @@ def _start_info(run: _Run) -> dict[str, Any]:
         **describe(run.loader),
         "epochs": run.config.train.epochs, "start_epoch": run.start_epoch, "steps_per_epoch": len(run.loader),
         "device": str(run.device), "world_size": run.info.world_size, "num_classes": run.loader.num_classes,
-        "dataset": run.prepared.name, "amp": _amp_name(run.amp_dtype), "out_dir": str(run.out_dir),
+        "dataset": run.prepared.name, "amp": _amp_name(run.amp_dtype), "out_dir": str(run.out_dir), "init": run.init,
     }
 
 
@@ -602,6 +631,7 @@ def _save_last(run: _Run, epoch: int) -> None:
         "neck": run.recalibration.as_dict() if run.recalibration else None,
         "mmd_open": run.mmd_open,
         "mmd_joined": run.mmd_joined,
+        "init": run.init,
     }
     save_checkpoint(run.last_path, checkpoint_payload(run.model, run.config, run.label_map, **extra))
 
@@ -714,7 +744,7 @@ def _validate_epoch(run: _Run, epoch: int, row: dict[str, Any], *, recalibrate: 
         run.best = {"epoch": epoch, **val}
         save_checkpoint(run.best_path, checkpoint_payload(
             model, run.config, run.label_map, kind="best", epoch=epoch + 1, val=val,
-            protocol=validation_statement(run.config), feature=FEATURE_STATEMENT,
+            protocol=validation_statement(run.config), feature=FEATURE_STATEMENT, init=run.init,
             neck=recalibration.as_dict() if recalibration else None,
         ))
 
@@ -759,6 +789,7 @@ def _write_summary(run: _Run, status: str, message: str | None) -> dict[str, Any
         "feature": FEATURE_STATEMENT,
         "neck": run.recalibration.as_dict() if run.recalibration else None,
         "health": run.health,
+        "init": run.init,
         "mmd_joined": run.mmd_joined if run.config.loss.mmd_gate is not None else None,
         "checkpoints": {
             "last": str(out_dir / runlog.LAST_CHECKPOINT),

@@ -10,6 +10,11 @@ On disk a gallery index is a folder of three files:
   parameters, counts, timestamps, plus whatever the builder adds (checkpoint
   path and fingerprint, modality, image size).
 
+Two more files appear when asked for: ``reduction.npy`` (``--dim``: the PCA every
+feature goes through before it meets the index, see :mod:`mclnet_cli.index.reduction`)
+and ``lists-<id>.ivfdata`` (``--chunk``: the IVF inverted lists on disk, memory-mapped,
+see :mod:`mclnet_cli.index.ondisk`); ``meta.json`` describes both.
+
 Kinds: ``flat`` is exact and the default. ``hnsw`` is a graph index (no
 training). ``ivf`` and ``ivfpq`` cluster the gallery into ``nlist`` cells
 trained on the features given to :meth:`GalleryIndex.build`; ``ivfpq`` also
@@ -21,6 +26,11 @@ and says so in :attr:`GalleryIndex.notices`.
 IVF cells trained on a small gallery still work after large additions but get
 unbalanced (slower, lower recall): rebuild without ``--add`` when the gallery
 has grown several times over (``meta.json`` keeps ``trained_on``).
+:meth:`GalleryIndex.remove` drops rows exactly, keeping the others' order, vectors
+and scores: ``flat`` through FAISS's ``remove_ids``, IVF kinds by taking the rows
+out of their inverted lists (trained cells and stored codes untouched, rows
+renumbered), ``hnsw`` (whose graph FAISS cannot shrink) by rebuilding the graph
+from its stored, exact vectors.
 
 Writing is crash-safe and single-writer (see :mod:`mclnet_cli.locks`):
 
@@ -62,7 +72,9 @@ from mclnet_cli.config import IndexKind, names
 from mclnet_cli.data.records import parse_jsonl
 from mclnet_cli.errors import IndexStoreError, LockedError
 from mclnet_cli.types import FEATURES
+from mclnet_cli.index import ondisk
 from mclnet_cli.index.autotune import apply_parameters, auto_index
+from mclnet_cli.index.reduction import REDUCTION_FILE, Reduction, ReductionMismatch, sample_rows, train_reduction
 from mclnet_cli.locks import LOCK_FILE, folder_lock
 
 FORMAT = "mclnet-index/1"
@@ -71,7 +83,7 @@ RECORDS_FILE = "records.jsonl"
 META_FILE = "meta.json"
 JOURNAL_FILE = ".swap.json"
 STAGING_PREFIX = ".staging-"
-OWN_HIDDEN = (LOCK_FILE, JOURNAL_FILE)  # hidden entries of an index folder that do not make it "not empty"
+OWN_HIDDEN = (LOCK_FILE, JOURNAL_FILE, ondisk.BUILD_DIR)  # hidden entries of an index folder that do not make it "not empty"
 READ_ATTEMPTS = 50  # a reader racing a writer's swap reads again, this many times at most
 READ_RETRY_S = 0.1
 MMAP_AUTO_BYTES = 1 << 30  # load(mmap=None) maps index files at least this large instead of reading them
@@ -247,7 +259,10 @@ def is_index_dir(directory: Path | str) -> bool:
 
 
 def _own_entry(name: str) -> bool:
-    return name in OWN_HIDDEN or name.startswith(STAGING_PREFIX) or (name.startswith(".") and name.endswith(".tmp"))
+    return (
+        name in OWN_HIDDEN or name.startswith(STAGING_PREFIX) or (name.startswith(".") and name.endswith(".tmp"))
+        or (name.startswith(ondisk.LISTS_PREFIX) and name.endswith(ondisk.LISTS_SUFFIX))  # a merge not yet committed
+    )
 
 
 def check_target(directory: Path | str) -> Path:
@@ -264,9 +279,12 @@ def check_target(directory: Path | str) -> Path:
     return directory
 
 
-def writer_lock(directory: Path | str, on_wait: Any = None) -> Any:
-    """The index folder's writer lock (a context manager); a second writer waits, calling ``on_wait(message)``."""
-    return folder_lock(directory, what="index writer", wait=True, on_wait=on_wait)
+def writer_lock(directory: Path | str, on_wait: Any = None, *, create: bool = True) -> Any:
+    """The index folder's writer lock (a context manager); a second writer waits, calling ``on_wait(message)``.
+
+    ``create=False``: a missing ``directory`` raises :class:`FileNotFoundError` instead of being made.
+    """
+    return folder_lock(directory, what="index writer", wait=True, on_wait=on_wait, create=create)
 
 
 def _complete(folder: Path) -> bool:
@@ -310,18 +328,33 @@ def _finish_swap(directory: Path) -> None:
             raise IndexStoreError(f"{journal}: unreadable swap journal ({exc}); remove it and rebuild the index") from exc
         staging = directory / Path(staging_name).name
         if staging.is_dir():
-            for name in (INDEX_FILE, RECORDS_FILE, META_FILE):  # meta.json last: it commits the set for readers
+            for name in (INDEX_FILE, RECORDS_FILE, REDUCTION_FILE, META_FILE):  # meta.json last: it commits the set
                 source = staging / name
                 if source.is_file():
                     os.replace(source, directory / name)
             fsync_dir(directory)
         journal.unlink(missing_ok=True)
         fsync_dir(directory)
+        _remove_stale_files(directory)  # only after a commit: a writer may have merged lists it has not saved yet
     for leftover in directory.glob(f"{STAGING_PREFIX}*"):
         shutil.rmtree(leftover, ignore_errors=True)
-    for name in (INDEX_FILE, RECORDS_FILE, META_FILE):
+    for name in (INDEX_FILE, RECORDS_FILE, REDUCTION_FILE, META_FILE):
         for orphan in directory.glob(f".{name}.*.tmp"):
             orphan.unlink(missing_ok=True)
+
+
+def _remove_stale_files(directory: Path) -> None:
+    """Lists files and a reduction the live meta.json does not use (earlier saves, killed writers). Needs the lock."""
+    try:
+        meta = json.loads((directory / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no readable live index: nothing can be told apart, keep everything
+    if not isinstance(meta, dict):
+        return
+    block = meta.get("ondisk")
+    ondisk.remove_unreferenced(directory, str(block.get("lists")) if isinstance(block, dict) else None)
+    if not meta.get("reduction"):
+        (directory / REDUCTION_FILE).unlink(missing_ok=True)
 
 
 def writer_active(directory: Path | str) -> bool:
@@ -368,6 +401,75 @@ def _tune(index: faiss.Index, kind: str, params: dict[str, int], top_k: int = 0)
         hnsw_index.hnsw.efSearch = max(int(params.get("ef_search", HNSW_EF_SEARCH)), top_k)
 
 
+def _layers(index: faiss.Index) -> list[Any]:
+    """``index`` and the indices it wraps (a pre-transform such as OPQ, a refine stage), outermost first."""
+    layers = [faiss.downcast_index(index)]
+    while True:
+        top = layers[-1]
+        if isinstance(top, faiss.IndexPreTransform):
+            layers.append(faiss.downcast_index(top.index))
+        elif isinstance(top, faiss.IndexRefine):
+            layers.append(faiss.downcast_index(top.base_index))
+        else:
+            return layers
+
+
+def _remove_rows(index: faiss.Index, keep: np.ndarray) -> None:
+    """Drop the rows of ``index`` where ``keep`` is False, in place; the others become rows 0..n-1, in order."""
+    removed = np.flatnonzero(~keep).astype(np.int64)
+    layers = _layers(index)
+    inner = layers[-1]
+    ivf = faiss.try_extract_index_ivf(inner)
+    if ivf is not None:
+        _compact_inverted_lists(ivf, keep)
+    elif isinstance(inner, faiss.IndexHNSW):  # FAISS cannot take nodes out of the graph: rebuild it
+        vectors = _kept_vectors(inner, keep)
+        inner.reset()
+        if vectors.shape[0]:
+            inner.add(vectors)
+    else:  # flat codes: FAISS removes and renumbers
+        inner.remove_ids(faiss.IDSelectorBatch(removed.size, faiss.swig_ptr(removed)))
+    for layer in layers:
+        if isinstance(layer, faiss.IndexRefine):
+            layer.refine_index.remove_ids(faiss.IDSelectorBatch(removed.size, faiss.swig_ptr(removed)))
+        layer.ntotal = int(np.count_nonzero(keep))
+
+
+def _kept_vectors(index: faiss.Index, keep: np.ndarray) -> np.ndarray:
+    """The stored vectors of the rows ``keep`` marks, read back in row blocks."""
+    parts = [np.zeros((0, index.d), dtype=np.float32)]
+    for start in range(0, int(index.ntotal), _BLOCK_ROWS):
+        mask = keep[start : start + _BLOCK_ROWS]
+        if mask.any():
+            parts.append(index.reconstruct_n(start, mask.size)[mask])
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+def _compact_inverted_lists(ivf: Any, keep: np.ndarray) -> None:
+    """Take the removed rows out of every inverted list of ``ivf`` and renumber the rest; codes stay as stored."""
+    map_type = ivf.direct_map.type
+    if map_type != faiss.DirectMap.NoMap:
+        ivf.set_direct_map_type(faiss.DirectMap.NoMap)
+    new_ids = (np.cumsum(keep) - 1).astype(np.int64)
+    lists, code_size = ivf.invlists, ivf.invlists.code_size
+    for list_no in range(ivf.nlist):
+        size = lists.list_size(list_no)
+        if size == 0:
+            continue
+        ids = faiss.rev_swig_ptr(lists.get_ids(list_no), size).copy()
+        if keep[ids].all() and np.array_equal(new_ids[ids], ids):
+            continue  # nothing removed here and no row renumbered
+        codes = faiss.rev_swig_ptr(lists.get_codes(list_no), size * code_size).copy().reshape(size, code_size)
+        kept_ids = np.ascontiguousarray(new_ids[ids[keep[ids]]])  # named: FAISS reads them through raw pointers
+        kept_codes = np.ascontiguousarray(codes[keep[ids]])
+        lists.resize(list_no, 0)
+        if kept_ids.size:
+            lists.add_entries(list_no, kept_ids.size, faiss.swig_ptr(kept_ids), faiss.swig_ptr(kept_codes))
+    ivf.ntotal = int(np.count_nonzero(keep))
+    if map_type != faiss.DirectMap.NoMap:
+        ivf.set_direct_map_type(map_type)
+
+
 @dataclass
 class GalleryIndex:
     """Embeddings of gallery images in a FAISS index plus one :class:`IndexRecord` per row."""
@@ -382,6 +484,8 @@ class GalleryIndex:
     created: str = field(default_factory=_now)
     notices: list[str] = field(default_factory=list)  # parameter fallbacks of the last build/add (not saved)
     mapped: bool = False  # opened memory-mapped (read-only): searchable, not extendable
+    reduction: Reduction | None = None  # --dim: PCA applied to every feature before it meets the index
+    ondisk: ondisk.OnDisk | None = None  # IVF lists in a lists-*.ivfdata file (chunked builds)
 
     # ------------------------------------------------------------------ building
 
@@ -399,12 +503,17 @@ class GalleryIndex:
         extra: dict[str, Any] | None = None,
         recall: float = 0.95,
         memory_bytes: int | None = None,
+        reduce_dim: int | None = None,
+        whiten: bool = False,
     ) -> "GalleryIndex":
         """Index ``features`` [N, D] (re-normalised) with ``records`` in the same order.
 
         ``kind="auto"`` chooses the structure within ``memory_bytes`` and tunes its
         search so that recall@10 against exact search reaches ``recall`` (see
         :mod:`mclnet_cli.index.autotune`); the outcome is kept under ``extra["auto"]``.
+        ``reduce_dim``: train a PCA to that many dimensions (``whiten``: unit variance
+        per direction) on a sample of ``features`` and index the reduced, re-normalised
+        features (see :mod:`mclnet_cli.index.reduction`).
         """
         matrix = _as_matrix(features, "build")
         records = list(records)
@@ -415,6 +524,10 @@ class GalleryIndex:
         paths = [r.path for r in records]
         if len(set(paths)) != len(paths):
             raise IndexStoreError("build: the same image path appears twice in the records")
+        reduction = None
+        if reduce_dim is not None:
+            reduction = train_reduction(matrix[sample_rows(matrix.shape[0])], reduce_dim, whiten=whiten)
+            matrix = reduction.apply(matrix)
         dim = matrix.shape[1]
         if kind == "auto":
             if not 0 < recall <= 1:
@@ -422,7 +535,7 @@ class GalleryIndex:
             index, choice = auto_index(matrix, recall, memory_bytes)
             auto_extra = {**dict(extra or {}), "auto": choice.meta()}
             gallery = cls(index, records, choice.kind, choice.factory, dict(choice.params), auto_extra, matrix.shape[0])
-            gallery.notices = list(choice.notices)
+            gallery.notices, gallery.reduction = list(choice.notices), reduction
             return gallery
         plan = plan_index(kind, matrix.shape[0], dim, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, pq_m=pq_m)
         index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
@@ -435,7 +548,7 @@ class GalleryIndex:
             index.train(matrix)
         index.add(matrix)
         gallery = cls(index, records, plan.kind, plan.factory, dict(plan.params), dict(extra or {}), matrix.shape[0])
-        gallery.notices = list(plan.notices)
+        gallery.notices, gallery.reduction = list(plan.notices), reduction
         _tune(gallery.index, gallery.kind, gallery.params)
         return gallery
 
@@ -443,7 +556,7 @@ class GalleryIndex:
         """Append rows whose path is not indexed yet (trained cells are kept); returns how many were added."""
         if self.mapped:
             raise IndexStoreError("add: this index was opened memory-mapped (read-only); load it with mmap=False to add")
-        matrix = _as_matrix(features, "add", self.dimension)
+        matrix = self.prepare(features, "add")
         records = list(records)
         if matrix.shape[0] != len(records):
             raise IndexStoreError(f"add: {matrix.shape[0]} feature rows but {len(records)} records")
@@ -456,7 +569,10 @@ class GalleryIndex:
         self.notices = []
         if not keep:
             return 0
-        self.index.add(np.ascontiguousarray(matrix[keep]))
+        if self.ondisk is not None:
+            self.ondisk.stage(self.index, matrix[keep])  # merged into a new lists file by save()
+        else:
+            self.index.add(np.ascontiguousarray(matrix[keep]))
         self.records.extend(records[i] for i in keep)
         if self.kind in ("ivf", "ivfpq") and len(self.records) > 4 * max(self.trained_on, 1):
             self.notices.append(
@@ -465,14 +581,43 @@ class GalleryIndex:
             )
         return len(keep)
 
+    def remove(self, paths: Iterable[str]) -> int:
+        """Drop the rows whose recorded path is in ``paths`` (see the module doc); returns how many went."""
+        if self.mapped:
+            raise IndexStoreError(
+                "remove: this index was opened memory-mapped (read-only); load it with mmap=False to remove rows"
+            )
+        if self.ondisk is not None:
+            raise IndexStoreError("remove: the index keeps its lists on disk (--chunk); rebuild it without those images")
+        gone = set(paths)
+        keep = np.fromiter((r.path not in gone for r in self.records), dtype=bool, count=len(self.records))
+        removed = int(keep.size - np.count_nonzero(keep))
+        self.notices = []
+        if removed:
+            _remove_rows(self.index, keep)
+            self.records = [r for r, kept in zip(self.records, keep) if kept]
+            _tune(self.index, self.kind, self.params)
+        return removed
+
     # ------------------------------------------------------------------ querying
 
     @property
     def dimension(self) -> int:
+        """Dimension of the indexed vectors (the reduced one under ``--dim``)."""
         return int(self.index.d)
 
+    @property
+    def feature_dimension(self) -> int:
+        """Dimension of the features :meth:`search` and :meth:`add` take (the model's, before any reduction)."""
+        return self.reduction.input_dimension if self.reduction is not None else self.dimension
+
+    def prepare(self, features: np.ndarray, what: str = "search") -> np.ndarray:
+        """``features`` [N, feature_dimension] as the index holds them: unit rows, reduced when it has a reduction."""
+        matrix = _as_matrix(features, what, self.feature_dimension)
+        return matrix if self.reduction is None else self.reduction.apply(matrix)
+
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return int(self.index.ntotal) + (self.ondisk.pending_count if self.ondisk is not None else 0)
 
     def paths(self) -> set[str]:
         """The set of indexed image paths (as recorded)."""
@@ -482,12 +627,15 @@ class GalleryIndex:
         """Top-``top_k`` gallery records per query row, best (highest cosine) first."""
         if top_k < 1:
             raise IndexStoreError(f"top_k must be at least 1, got {top_k}")
-        queries = _as_matrix(query_features, "search", self.dimension)
+        queries = self.prepare(query_features, "search")
         k = min(int(top_k), len(self))
         if queries.shape[0] == 0 or k == 0:
             return [[] for _ in range(queries.shape[0])]
         _tune(self.index, self.kind, self.params, k)
-        scores, rows = self.index.search(queries, k)
+        if self.ondisk is not None:
+            scores, rows = self.ondisk.search(self.index, queries, k)
+        else:
+            scores, rows = self.index.search(queries, k)
         results: list[list[Hit]] = []
         for score_row, id_row in zip(scores, rows):
             hits: list[Hit] = []
@@ -517,6 +665,8 @@ class GalleryIndex:
             "trained_on": self.trained_on,
             "created": self.created,
             "updated": _now(),
+            **({"reduction": self.reduction.meta()} if self.reduction is not None else {}),
+            **({"ondisk": self.ondisk.meta()} if self.ondisk is not None else {}),
             **self.extra,
         }
 
@@ -553,6 +703,10 @@ class GalleryIndex:
         return directory
 
     def _write_files(self, folder: Path) -> None:
+        if self.ondisk is not None:  # staged rows, or lists kept elsewhere: a new lists file beside the staging folder
+            self.index = self.ondisk.commit(self.index, folder.parent)
+        if self.reduction is not None:
+            self.reduction.save(folder)
         atomic_write(folder / INDEX_FILE, self._write_index)
         atomic_write_text(folder / RECORDS_FILE, "".join(json.dumps(r.to_json()) + "\n" for r in self.records))
         meta = self.meta()
@@ -606,7 +760,12 @@ class GalleryIndex:
         try:
             try:
                 flags = MMAP_FLAGS.get(str(meta.get("kind")), MMAP_FLAGS_DEFAULT) | faiss.IO_FLAG_READ_ONLY if mmap else 0
-                index = faiss.read_index(str(index_path), flags)
+                if "ondisk" in meta:  # lists in their own file, always mapped read-only
+                    index = ondisk.read_index(directory, meta["ondisk"] if isinstance(meta["ondisk"], dict) else {})
+                else:
+                    index = faiss.read_index(str(index_path), flags)
+            except ondisk.StaleLists as exc:
+                raise _Torn(str(exc)) from exc
             except RuntimeError as exc:
                 raise IndexStoreError(f"{index_path}: cannot read the FAISS index") from exc
             records = _read_records(records_path)
@@ -625,7 +784,13 @@ class GalleryIndex:
             raise
         _validate_meta(meta_path, meta, index)
         known = {"format", "mclnet_version", "dimension", "metric", "kind", "factory", "params", "count",
-                 "trained_on", "created", "updated", "files"}  # fmt: skip
+                 "trained_on", "created", "updated", "files", "reduction", "ondisk"}  # fmt: skip
+        try:
+            reduction = Reduction.load(directory, meta["reduction"]) if meta.get("reduction") else None
+        except ReductionMismatch as exc:  # replaced by a save racing this read, or damaged: read again, then say so
+            raise _Torn(str(exc)) from exc
+        if reduction is not None and reduction.dimension != index.d:
+            raise IndexStoreError(f"{directory}: {REDUCTION_FILE} reduces to {reduction.dimension}-d, the index holds {index.d}-d")
         gallery = cls(
             index=index,
             records=records,
@@ -636,6 +801,8 @@ class GalleryIndex:
             trained_on=int(meta.get("trained_on", index.ntotal)),
             created=str(meta.get("created", _now())),
             mapped=bool(mmap),
+            reduction=reduction,
+            ondisk=ondisk.OnDisk.of(index) if ondisk.is_ondisk(index) else None,
         )
         _tune(gallery.index, gallery.kind, gallery.params)
         return gallery

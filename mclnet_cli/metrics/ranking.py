@@ -1,6 +1,9 @@
 """Ranking metrics for re-identification: CMC, mAP and mINP from a distance matrix.
 
 Pure numpy, vectorised over queries (processed in chunks so memory stays bounded).
+It knows no dataset protocol: exclusions come as plain arguments of
+:func:`exclusion_mask` and the CMC kind as an argument; ``metrics.protocols``
+(one ``ProtocolSpec`` per protocol) turns a protocol name into them.
 
 Definitions, for one query, after dropping the gallery entries its validity mask
 excludes and sorting the rest by ascending distance (ties keep gallery order,
@@ -28,13 +31,11 @@ in the tests. NaN distances are refused.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import functools
 
 import numpy as np
-
-from mclnet_cli.metrics.protocols import check_protocol
 
 CmcKind = Literal["standard", "dedup"]
 _CHUNK_ELEMENTS = 1 << 18  # entries per chunk: 2 MB of uint64 keys stays in cache
@@ -295,42 +296,33 @@ def evaluate_ranking(
 
 
 def exclusion_mask(
-    protocol: str,
     query_pids: np.ndarray,
     gallery_pids: np.ndarray,
     query_cams: np.ndarray,
     gallery_cams: np.ndarray,
+    *,
+    camera_pairs: Sequence[tuple[int, int]] = (),
+    same_pid_same_camera: bool = False,
+    known_cameras_only: bool = False,
 ) -> np.ndarray | None:
-    """Validity mask of a protocol (True = gallery entry counts), or None when nothing is excluded.
+    """Validity mask [queries, gallery] (True = the gallery entry counts), or None when no rule is given.
 
-    sysu: a query from camera 3 ignores every camera-2 gallery image (same room).
-    llcm: gallery images with the query's pid and camera are ignored.
-    regdb: nothing is excluded.
+    ``camera_pairs``: each (query camera, gallery camera) pair is ignored whatever
+    the identities (SYSU-MM01: (3, 2), the same room). ``same_pid_same_camera``:
+    gallery images with the query's pid and the query's camera are ignored;
+    with ``known_cameras_only`` only where the camera is known (camid >= 0; a
+    negative camid, such as -1 for "unknown", excludes nothing).
     """
-    protocol = check_protocol(protocol)
+    if not camera_pairs and not same_pid_same_camera:
+        return None
     q_pids, g_pids = np.asarray(query_pids).reshape(-1), np.asarray(gallery_pids).reshape(-1)
     q_cams, g_cams = np.asarray(query_cams).reshape(-1), np.asarray(gallery_cams).reshape(-1)
-    if protocol == "sysu":
-        return ~((q_cams[:, None] == 3) & (g_cams[None, :] == 2))
-    if protocol == "llcm":
-        return ~((q_pids[:, None] == g_pids[None, :]) & (q_cams[:, None] == g_cams[None, :]))
-    return None
-
-
-def cmc_kind(protocol: str) -> CmcKind:
-    """Deduplicated CMC for sysu and llcm (what the field reports), standard for regdb."""
-    return "standard" if check_protocol(protocol) == "regdb" else "dedup"
-
-
-def rank_metrics(
-    distmat: np.ndarray,
-    query_pids: np.ndarray,
-    gallery_pids: np.ndarray,
-    query_cams: np.ndarray,
-    gallery_cams: np.ndarray,
-    protocol: str,
-    max_rank: int = 20,
-) -> RankingResult:
-    """Score a distance matrix under a dataset protocol: its exclusions and its CMC kind."""
-    mask = exclusion_mask(protocol, query_pids, gallery_pids, query_cams, gallery_cams)
-    return evaluate_ranking(distmat, query_pids, gallery_pids, mask, cmc=cmc_kind(protocol), max_rank=max_rank)
+    excluded = np.zeros((len(q_cams), len(g_cams)), dtype=bool)
+    for query_cam, gallery_cam in camera_pairs:
+        excluded |= (q_cams[:, None] == query_cam) & (g_cams[None, :] == gallery_cam)
+    if same_pid_same_camera:
+        same = (q_pids[:, None] == g_pids[None, :]) & (q_cams[:, None] == g_cams[None, :])
+        if known_cameras_only:  # equal cameras: one known means both are
+            same &= q_cams[:, None] >= 0
+        excluded |= same
+    return ~excluded

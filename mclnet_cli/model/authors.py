@@ -18,24 +18,30 @@ never calls; those tensors are reported as unused, never loaded.
 from __future__ import annotations
 
 import re
+from typing import Container
 
 from mclnet_cli.types import Modality
 
 #: prefixes of the two modality streams in the authors' state dict
 STREAM_PREFIXES = {"visible_module.visible.": Modality.VISIBLE, "thermal_module.thermal.": Modality.INFRARED}
 SHARED_PREFIX = "base_resnet.base."
-#: a tensor of a bottleneck's ``shrinkage`` module, built but never used by the authors' forward
-UNUSED = re.compile(r"(^|\.)layer\d+\.\d+\.shrinkage\.")
+#: a tensor of a ResNet block's ``shrinkage`` module (built but never used by the authors' forward), under
+#: a stream or the shared part; ``block`` is the block's own name. Only :func:`unused_block` decides.
+UNUSED = re.compile(
+    r"^(?P<block>(?:visible_module\.visible|thermal_module\.thermal|base_resnet\.base)\.layer[1-4]\.\d+)\.shrinkage\."
+)
 
 _STEM = {"conv1.": "0.0.", "bn1.": "0.1."}
 _LAYER = re.compile(r"^layer(\d)\.(.*)$")
+_BLOCK_CONV = re.compile(r"^layer(\d)\.\d+\.conv1\.weight$")
 _HEAD = re.compile(r"^auxiliary(\d)\.(\d+)\.op\.(\d+)\.(.*)$")
 
 
 def specific_stages(keys: list[str]) -> int:
     """The authors' ``share_net``: 1 + the number of ResNet layers inside the visible stream."""
     prefix = next(iter(STREAM_PREFIXES))
-    layers = {m.group(1) for k in keys if k.startswith(prefix) and (m := _LAYER.match(k[len(prefix):]))}
+    # a layer counts by its blocks' convolutions: a stray tensor (a lone shrinkage one) makes no layer
+    layers = {m.group(1) for k in keys if k.startswith(prefix) and (m := _BLOCK_CONV.match(k[len(prefix):]))}
     return 1 + len(layers)
 
 
@@ -46,6 +52,20 @@ def infer_arch(keys: list[str]) -> str:
     if bottleneck:
         return "resnet50"
     return "resnet34" if len(blocks) > 2 else "resnet18"
+
+
+def unused_block(key: str, num_specific: int, expected: Container[str]) -> bool:
+    """True when ``key`` is a ``shrinkage`` tensor of a ResNet block this network really has.
+
+    Only those are skipped as unused: a ``shrinkage`` name anywhere else (a head, the BNNeck,
+    a block or layer the network does not have) is no part of the authors' model and is
+    refused like any unexpected key.
+    """
+    found = UNUSED.match(key)
+    if found is None:
+        return False
+    block = map_key(found.group("block") + ".conv1.weight", num_specific)
+    return block is not None and block in expected
 
 
 def map_key(key: str, num_specific: int) -> str | None:

@@ -1,6 +1,6 @@
 """The FastAPI application behind ``mclnet serve``.
 
-Routes: ``POST /search``, ``GET``/``POST /gallery``, ``GET /images/{record}``,
+Routes: ``POST /search``, ``GET``/``POST``/``DELETE /gallery``, ``GET /images/{record}``,
 ``GET /healthz``, ``GET /`` (the page), ``/docs``, ``/redoc`` and ``/openapi.json``.
 With a token, every route that reads or changes data needs it; ``/healthz``, the
 page and the API docs hold no data and load without it (a browser cannot send
@@ -33,7 +33,7 @@ from mclnet_cli.data.sources.layout import identify
 from mclnet_cli.serve.state import ServedIndex
 
 try:
-    from fastapi import FastAPI, File, Form, Request, UploadFile
+    from fastapi import Body, FastAPI, File, Form, Request, UploadFile
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -282,7 +282,7 @@ def _add_index_routes(
     app: FastAPI, settings: ServeSettings, served: ServedIndex, engine: SearchEngine, model_runner: ThreadPoolExecutor,
     uploads: Path,
 ) -> None:
-    """``/healthz``, the page, ``GET``/``POST /gallery`` and ``/images/{record}``."""
+    """``/healthz``, the page, ``GET``/``POST``/``DELETE /gallery`` and ``/images/{record}``."""
 
     @app.get("/healthz", summary="Liveness: no token needed")
     def healthz() -> dict[str, Any]:
@@ -309,8 +309,12 @@ def _add_index_routes(
         }
 
     @app.post("/gallery", summary="Add images to the index (atomic; visible to the next search)")
-    def gallery_add(images: list[UploadFile] = File(..., description="Gallery images, in the index's spectrum")) -> dict[str, Any]:
+    def gallery_add(
+        images: list[UploadFile] = File(..., description="Gallery images, in the index's spectrum"),
+        modality: Optional[str] = Form(None, description="Their spectrum, if you want it checked (default: the index's)"),
+    ) -> dict[str, Any]:
         checked = read_uploads(images, "images", settings)
+        spectrum = served.add_spectrum(parse_modality(modality) if modality is not None else None)  # before any write
         uploads.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
         paths: list[str] = []
@@ -323,7 +327,10 @@ def _add_index_routes(
                 written.append(target)
             paths.append(str(target))
         try:
-            result = served.add(paths, run=lambda f, *a, **k: model_runner.submit(f, *a, **k).result())
+            result = served.add(
+                paths, run=lambda f, *a, **k: model_runner.submit(f, *a, **k).result(), modality=spectrum,
+                origins=[name for name, _, _ in checked],
+            )  # fmt: skip
         except BaseException:
             for path in written:
                 path.unlink(missing_ok=True)
@@ -331,7 +338,15 @@ def _add_index_routes(
         names = {path: name for (name, _, _), path in zip(checked, paths)}
         for record in result.records:
             record["upload"] = names.get(record["path"])
-        return {"added": result.added, "count": result.count, "records": result.records}
+        return {"added": result.added, "count": result.count, "records": result.records, "notices": result.notices}
+
+    @app.delete("/gallery", summary="Take images out of the index (as 'mclnet index --remove'; atomic)")
+    def gallery_remove(
+        paths: list[str] = Body(..., embed=True, description="Paths as recorded in the index, or folders (every record under them)"),
+    ) -> dict[str, Any]:
+        if not paths:
+            raise ApiError(422, "paths: no path given")
+        return served.remove(paths).to_json()
 
     @app.get("/images/{record}", summary="A thumbnail of one indexed image (by its row in the index)")
     def image(record: str) -> Response:

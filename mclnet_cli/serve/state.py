@@ -7,10 +7,10 @@ renames a new ``meta.json`` in, last) with the one it loaded; when it changed,
 the folder is read again with :meth:`GalleryIndex.load`, which reads again when
 a save raced it, so a half-written index is never served; until the new one is
 loaded, the complete one in memory answers. Searches work on a snapshot (the
-gallery object of the moment); uploads read the folder under the index's writer
-lock (:func:`mclnet_cli.index.gallery.writer_lock`, the one ``mclnet index``
-takes), append, save, and swap the new gallery in, never mutating one a search
-may be using.
+gallery object of the moment); uploads and removals go through the transactions
+``mclnet index --add``/``--remove`` use (:mod:`mclnet_cli.engine.updates`: the
+index's writer lock, a fresh read, the same checks, a crash-safe save), then swap
+the new gallery in, never mutating one a search may be using.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mclnet_cli.errors import DataError, IndexStoreError, MclnetError
-from mclnet_cli.index.gallery import META_FILE, GalleryIndex, records_for, writer_lock
+from mclnet_cli.index.gallery import META_FILE, GalleryIndex, records_for
 from mclnet_cli.engine.gallery import SearchEngine
+from mclnet_cli.engine.updates import RemoveReport, add_to_index, check_modality, remove_from_index, require_index
+from mclnet_cli.types import Modality
 
 Signature = tuple[int, int, int, int]
 
@@ -46,6 +48,7 @@ class AddResult:
     count: int
     records: list[dict]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
 
 
 class ServedIndex:
@@ -88,31 +91,64 @@ class ServedIndex:
             self.reloads += 1
             return gallery
 
-    def add(self, paths: Sequence[str], run: Callable[..., Any] | None = None) -> AddResult:
-        """Embed image files with the gallery's spectrum and append them to the index on disk, atomically.
+    def add_spectrum(self, modality: Modality | str | None = None) -> Modality:
+        """The spectrum uploads are embedded with: the index's; ``modality``, when a client gives one, must be it.
 
-        Reads the folder under the writer lock (so a concurrent ``mclnet index --add``
-        is never lost; a running one is waited for), appends, saves (temp folder + rename), then serves the new gallery.
-        On any failure the folder and the served gallery are left as they were. ``run(f, *args,
+        A wrong one is refused with the line ``mclnet index --add`` gives, and a folder
+        that no longer holds an index with a line naming it: both before anything is written.
+        """
+        gallery = self.current()
+        built_with = str(gallery.extra.get("modality") or "")
+        if not built_with:
+            raise IndexStoreError(f"{self.index_dir}/meta.json records no modality; cannot add to it")
+        require_index(self.index_dir)
+        spectrum = Modality.parse(modality if modality is not None else built_with)
+        check_modality(gallery, self.index_dir, spectrum)
+        return spectrum
+
+    def add(
+        self,
+        paths: Sequence[str],
+        run: Callable[..., Any] | None = None,
+        *,
+        modality: Modality | str | None = None,
+        origins: Sequence[str] | None = None,
+    ) -> AddResult:
+        """Embed image files in the index's spectrum and append them on disk with :func:`add_to_index`.
+
+        The images are embedded first (no lock held); then, as for ``mclnet index --add``,
+        the writer lock is taken (a running writer is waited for), the folder read as it
+        is now, spectrum and checkpoint checked, the rows appended and saved; then the new
+        gallery is served. On any failure the folder and the served gallery stay as they
+        were. ``modality``: see :meth:`add_spectrum`; ``origins``: the names the files were
+        uploaded as, in ``paths`` order (read for the dataset-layout notice). ``run(f, *args,
         **kwargs)`` calls the embedding (default: directly), e.g. on the server's model thread.
         """
         run = run or (lambda f, *args, **kwargs: f(*args, **kwargs))
-        modality = str(self.current().extra.get("modality") or "")
-        if not modality:
-            raise IndexStoreError(f"{self.index_dir}/meta.json records no modality; cannot add to it")
-        with writer_lock(self.index_dir):
-            gallery = GalleryIndex.load(self.index_dir)
-            self.engine.check_gallery(gallery)
-            extracted = run(self.engine.embed, paths, modality, gallery=gallery)
-            if not extracted.paths:
-                raise DataError(f"none of the {len(paths)} image(s) could be decoded (e.g. {extracted.failed[0][1]})")
-            records = records_for(extracted.paths, modality)
-            added = gallery.add(extracted.features, records)
-            if added:
-                gallery.save(self.index_dir, locked=True)
-            with self._guard:
-                self.engine.gallery = gallery
-                self._signature = signature(self.index_dir)
-        rows = self.rows(gallery)
+        spectrum = self.add_spectrum(modality)
+        extracted = run(self.engine.embed, paths, spectrum, gallery=self.current())
+        if not extracted.paths:
+            raise DataError(f"none of the {len(paths)} image(s) could be decoded (e.g. {extracted.failed[0][1]})")
+        records = records_for(extracted.paths, spectrum.value)
+        names = dict(zip(paths, origins if origins is not None else paths))
+        outcome = add_to_index(
+            self.index_dir, extracted.features, records, spectrum, checkpoint=self.engine.checkpoint_path,
+            fingerprint=self.engine.fingerprint, origins=[names.get(p, p) for p in extracted.paths],
+        )  # fmt: skip
+        self._serve(outcome.gallery)
+        rows = self.rows(outcome.gallery)
         out = [dict(r.to_json(), record=rows[r.path]) for r in records]
-        return AddResult(added, len(gallery), out, list(extracted.failed))
+        return AddResult(outcome.added, len(outcome.gallery), out, list(extracted.failed), outcome.notices)
+
+    def remove(self, paths: Sequence[str]) -> RemoveReport:
+        """Take indexed images (recorded paths, or folders) out of the index with :func:`remove_from_index`; serve the rest."""
+        report = remove_from_index(self.index_dir, paths)
+        if report.gallery is not None:
+            self._serve(report.gallery)
+        return report
+
+    def _serve(self, gallery: GalleryIndex) -> None:
+        """Make ``gallery``, just saved, the one requests see."""
+        with self._guard:
+            self.engine.gallery = gallery
+            self._signature = signature(self.index_dir)
