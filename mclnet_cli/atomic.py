@@ -115,15 +115,18 @@ def remove_orphan_temps(path: Path | str, *, any_age: bool = False) -> list[Path
 
 
 class _Recorder:
-    """Wraps the temp file so the first ``OSError`` of a ``write`` is remembered.
+    """Wraps the temp file so the first ``OSError`` of a ``write`` -- or a Ctrl-C / SIGTERM in it -- is remembered.
 
     Libraries that write through a Python callback (torch.save, FAISS) turn that
-    error into their own RuntimeError; the record lets us report the real cause.
+    error into their own RuntimeError; the record lets us report the real cause,
+    and re-raise an interruption as the interruption it was (not as torch's
+    "enforce fail ... unexpected pos" traceback).
     """
 
     def __init__(self, handle: BinaryIO) -> None:
         self._handle = handle
         self.error: OSError | None = None
+        self.interrupt: KeyboardInterrupt | None = None
 
     def write(self, data: Any) -> int:
         try:
@@ -131,6 +134,10 @@ class _Recorder:
         except OSError as exc:
             if self.error is None:
                 self.error = exc
+            raise
+        except KeyboardInterrupt as exc:
+            if self.interrupt is None:
+                self.interrupt = exc
             raise
 
     def __getattr__(self, name: str) -> Any:
@@ -167,6 +174,9 @@ def write_temp(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
             os.fsync(handle.fileno())
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        interrupt = recorder.interrupt if recorder is not None else None
+        if interrupt is not None and not isinstance(exc, KeyboardInterrupt):
+            raise interrupt from None  # a library wrapped the Ctrl-C / SIGTERM of its write callback in its own error
         recorded = recorder.error if recorder is not None else None
         if recorded is not None and not isinstance(exc, OSError):
             exc.__cause__ = exc.__cause__ or recorded

@@ -211,13 +211,18 @@ def test_serve_reloads_an_on_disk_index_after_an_add(archive: dict, tmp_path: Pa
 
     out = tmp_path / "idx"
     api.build_index(archive["checkpoint"], archive["gallery"], "visible", out, chunk=60, kind="ivf", nlist=3, device="cpu")
-    client = TestClient(create_app(ServeSettings(index_dir=out, device="cpu")))
+    client = TestClient(create_app(ServeSettings(index_dir=out, device="cpu", uploads_dir=tmp_path / "uploads")))
     assert client.get("/gallery").json()["count"] == 120
     api.build_index(archive["checkpoint"], archive["more"], "visible", out, add=True, device="cpu")
-    assert client.get("/gallery").json()["count"] == 140
-    files = [("probes", (p.name, p.read_bytes(), "image/png")) for p in archive["probes"][:1]]
-    response = client.post("/search", files=files, data={"modality": "infrared", "top_k": "3"})
-    assert response.status_code == 200 and len(response.json()["results"][0]["results"]) == 3
+    assert client.get("/gallery").json()["count"] == 140  # the new meta.json was picked up
+    upload = archive["probes"][0]  # an upload adds through the same staged merge
+    response = client.post("/gallery", files=[("images", ("new.png", upload.read_bytes(), "image/png"))])
+    assert response.status_code == 200 and response.json()["count"] == 141, response.text
+    assert len(GalleryIndex.load(out)) == 141 and len(list(out.glob("lists-*"))) == 1
+    files = [("probes", (upload.name, upload.read_bytes(), "image/png"))]
+    response = client.post("/search", files=files, data={"modality": "visible", "top_k": "3"})
+    best = response.json()["results"][0]["results"][0]
+    assert best["record"] == 140 and best["score"] == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])

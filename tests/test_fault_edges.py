@@ -29,6 +29,7 @@ from mclnet_cli.cli.app import app
 from mclnet_cli.data import synthetic
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_faults import _FullDisk, _fill_disk  # noqa: E402  (one full-disk simulation for both files)
 from test_sources import make_sysu  # noqa: E402
 
 runner = CliRunner()
@@ -51,40 +52,6 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- full disk
-
-
-class _FullDisk:
-    """A file whose writes fail with ENOSPC once ``room`` bytes are written."""
-
-    def __init__(self, handle, room: int) -> None:
-        self._handle, self._room = handle, room
-
-    def write(self, data) -> int:
-        self._room -= len(data)
-        if self._room < 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return self._handle.write(data)
-
-    def __getattr__(self, name):
-        return getattr(self._handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._handle.close()
-
-
-def _fill_disk(monkeypatch: pytest.MonkeyPatch, only: str, room: int = 1024) -> None:
-    """Writes into atomic-write temps of targets named ``only...`` fail past ``room`` bytes."""
-    real_fdopen = os.fdopen
-
-    def fdopen(fd, *args, **kwargs):
-        handle = real_fdopen(fd, *args, **kwargs)
-        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
-        return _FullDisk(handle, room) if name.startswith(f".{only}") else handle
-
-    monkeypatch.setattr(atomic_module.os, "fdopen", fdopen)
 
 
 def _export_args(checkpoint: Path, out: Path, fmt: str = "torchscript") -> list[str]:
@@ -336,3 +303,66 @@ def test_ctrl_c_in_the_demo_exits_130_with_one_line(tmp_path: Path, monkeypatch)
     assert len(lines) == 1 and lines[0].startswith("interrupted:") and "cannot resume" in lines[0], result.output
     assert f"mclnet demo --out {out} --force --quick" in lines[0]
     assert not (out / "synthetic").exists()  # the half-drawn dataset went with its staging folder
+
+
+# --------------------------------------------------------------------------- SIGTERM
+
+
+class _InterruptedWrite(_FullDisk):
+    """A file whose write past ``room`` bytes meets a Ctrl-C (or the KeyboardInterrupt a SIGTERM becomes)."""
+
+    def write(self, data) -> int:
+        self._room -= len(data)
+        if self._room < 0:
+            raise KeyboardInterrupt
+        return self._handle.write(data)
+
+
+def test_a_ctrl_c_inside_torch_save_stays_a_ctrl_c_and_leaves_no_temp(tmp_path: Path, monkeypatch) -> None:
+    """torch's C++ writer turned the KeyboardInterrupt of its write callback into "enforce fail ... unexpected pos"."""
+    from mclnet_cli.engine.checkpoint import save_checkpoint
+
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        return _InterruptedWrite(real_fdopen(fd, *args, **kwargs), 100_000)
+
+    monkeypatch.setattr(atomic_module.os, "fdopen", fdopen)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path / "model.pt", {"format": "mclnet-checkpoint/1", "weights": torch.zeros(200_000)})
+    assert _leftovers(tmp_path) == []
+
+
+# SIGTERM arrives while torch.save is half-way through the first checkpoint write (the rest of the
+# write would follow); the command must clean up as for Ctrl-C, not vanish and leave the temp.
+SIGTERM_IN_SAVE = """
+import os, signal, sys, torch
+from mclnet_cli.engine import checkpoint
+real_save = torch.save
+def save_then_sigterm(obj, handle, *a, **k):
+    handle.write(b"PK" + b"x" * 4096); handle.flush()
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real_save(obj, handle, *a, **k)
+checkpoint.torch.save = save_then_sigterm
+from mclnet_cli.cli.app import app
+app(sys.argv[1:], prog_name="mclnet")
+"""
+
+
+def test_sigterm_during_a_checkpoint_write_removes_the_temp_and_says_so(prepared_dataset: Path, tmp_path: Path) -> None:
+    import subprocess
+    import textwrap
+
+    out = tmp_path / "run"
+    sets = ["data.num_ids=2", "data.num_instances=2", "data.workers=0", "train.steps_per_epoch=1", "train.epochs=1"]
+    args = ["train", "--preset", "tiny", "--data", str(prepared_dataset), "--out", str(out), "--quiet",
+            *[x for item in sets for x in ("--set", item)]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(SIGTERM_IN_SAVE), *args], env=env,
+                          capture_output=True, text=True, timeout=300)  # a hang guard, not a timing
+    assert proc.returncode == 143, proc.stderr[-2000:]  # 128 + SIGTERM, as a shell reports it
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("interrupted:")]
+    assert len(lines) == 1 and "stopped by SIGTERM" in lines[0], proc.stderr[-2000:]
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # the half-written temp is gone
+    assert not (out / "last.pt").exists()

@@ -44,3 +44,40 @@ def test_nothing_imports_upward() -> None:
         if owner != target and LAYER[target] >= LAYER[owner]
     ]
     assert not upward, "\n".join(upward)
+
+
+ARCHITECTURE = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def _documented_layers() -> list[set[str]]:
+    """The groups of docs/architecture.md's "Layers, lowest first: a -> b, c -> ..." sentence."""
+    import re
+
+    text = " ".join(ARCHITECTURE.read_text(encoding="utf-8").split())
+    sentence = re.search(r"Layers, lowest first: (.*?)\. A module", text)
+    assert sentence, "docs/architecture.md lost its 'Layers, lowest first:' sentence"
+    return [set(re.findall(r"`(\w+)`", group)) for group in sentence.group(1).split("->")]
+
+
+def test_the_documented_layer_order_is_the_checked_one() -> None:
+    groups = _documented_layers()
+    checked = {name: level for name, level in LAYER.items() if name not in ("__init__", "__main__")}
+    assert set().union(*groups) == set(checked), "every layer named once in the docs, none missing"
+    for lower, higher in zip(groups, groups[1:]):
+        for a in lower:
+            for b in higher:
+                assert checked[a] < checked[b], f"docs put {a} below {b}; tests/test_layers.py does not"
+    for group in groups:
+        assert len({checked[name] for name in group}) == 1, f"docs put {sorted(group)} on one layer; the test does not"
+
+
+def test_the_layout_names_every_module() -> None:
+    """docs/architecture.md's layout block names every module of the sub-packages."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    layout = text.split("## Layout", 1)[1].split("```", 2)[1]
+    missing = []
+    for package in ("data", "engine", "index", "metrics", "serve", "model", "losses"):
+        for path in (PACKAGE / package).glob("*.py"):
+            if path.stem != "__init__" and path.stem not in layout:
+                missing.append(f"{package}/{path.name}")
+    assert not missing, f"not in docs/architecture.md's layout: {missing}"

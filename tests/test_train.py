@@ -326,7 +326,7 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path: Path) -> None
 def test_cli_reports_interruption_with_a_resume_hint(prepared_dataset: Path, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "my run"
 
-    def interrupted_fit(config, data_dir, out_dir, *, resume, device, reporter):
+    def interrupted_fit(config, data_dir, out_dir, *, resume, device, reporter, init=None):
         return train_mod.TrainResult(
             out_dir=Path(out_dir), status="interrupted", epochs=3, epochs_completed=1,
             last_checkpoint=Path(out_dir) / "last.pt", best_checkpoint=None, final_losses={}, best=None,

@@ -72,30 +72,43 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM arrived: handled like Ctrl-C (every clean-up of an interruption runs: temps removed, state saved)."""
 
 
-def _on_sigterm(number: int, frame: Any) -> None:
-    state.stopped_by = "SIGTERM"
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM stops at once, without clean-up
-    raise Terminated
+class SigtermGate:
+    """Whether a SIGTERM raises :class:`Terminated` now: while a command's body runs, not once it is ending."""
+
+    def __init__(self) -> None:
+        self.raising = True
+
+    def body_done(self) -> None:
+        """From here on (the command's last line is being printed) a SIGTERM is only noted: the line is not cut."""
+        self.raising = False
 
 
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[SigtermGate]:
     """While the block runs, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread.
 
     Without it SIGTERM ends Python on the spot: no ``finally`` runs, so a file being written
-    left its temp behind and the user got no line at all.
+    left its temp behind and the user got no line at all. A second SIGTERM stops at once.
     """
+    gate = SigtermGate()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield gate
         return
     state.stopped_by = None
+
+    def on_sigterm(number: int, frame: Any) -> None:
+        state.stopped_by = "SIGTERM"
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM stops at once, without clean-up
+        if gate.raising:
+            raise Terminated
+
     try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
     except (ValueError, OSError):  # no signals here (an embedded interpreter)
-        yield
+        yield gate
         return
     try:
-        yield
+        yield gate
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -165,37 +178,42 @@ def guard(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            with warnings.catch_warnings(), sigterm_as_interrupt():  # restores the default display when the command ends
-                warnings.showwarning = _show_warning
-                warnings.simplefilter("always", MclnetDeprecationWarning)
-                return func(*args, **kwargs)
-        except Interrupted as exc:
-            if state.debug:
-                raise
-            raise interrupted(str(exc)) from None
-        except MclnetError as exc:
-            if state.debug:
-                raise
-            raise fail(str(exc)) from None
-        except KeyboardInterrupt:
-            if state.debug:
-                raise
-            again = invoked_command()
-            raise interrupted(
-                "nothing half-written is left (outputs are replaced atomically); run the same command again to redo it"
-                + (f": {again}" if again else "")
-            ) from None
-        except OSError as exc:  # disk full, permissions, a folder where a file should be
-            if state.debug:
-                raise
-            where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-            raise fail(f"{exc.strerror or exc}{':' + where if where else ''}") from None
-        except RuntimeError as exc:  # under torchrun: a collective whose peer process died
-            line = peer_failure(exc)
-            if line is None or state.debug:
-                raise
-            raise fail(line) from None
+        # The SIGTERM handler spans the error handling too: a SIGTERM while the last line is printed is only noted.
+        with sigterm_as_interrupt() as gate:
+            try:
+                try:
+                    with warnings.catch_warnings():  # restores the default display when the command ends
+                        warnings.showwarning = _show_warning
+                        warnings.simplefilter("always", MclnetDeprecationWarning)
+                        return func(*args, **kwargs)
+                finally:
+                    gate.body_done()
+            except Interrupted as exc:
+                if state.debug:
+                    raise
+                raise interrupted(str(exc)) from None
+            except MclnetError as exc:
+                if state.debug:
+                    raise
+                raise fail(str(exc)) from None
+            except KeyboardInterrupt:
+                if state.debug:
+                    raise
+                again = invoked_command()
+                raise interrupted(
+                    "nothing half-written is left (outputs are replaced atomically); run the same command again to redo it"
+                    + (f": {again}" if again else "")
+                ) from None
+            except OSError as exc:  # disk full, permissions, a folder where a file should be
+                if state.debug:
+                    raise
+                where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+                raise fail(f"{exc.strerror or exc}{':' + where if where else ''}") from None
+            except RuntimeError as exc:  # under torchrun: a collective whose peer process died
+                line = peer_failure(exc)
+                if line is None or state.debug:
+                    raise
+                raise fail(line) from None
 
     return wrapper  # type: ignore[return-value]
 
