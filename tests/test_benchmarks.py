@@ -85,3 +85,22 @@ def test_alt_attributes_redraws_the_persons_the_generator_drew(tmp_path: Path) -
     order = [int(p) for p in rng.permutation(np.arange(1, 7))]
     written = (tmp_path / "raw" / "exp" / "train_id.txt").read_text().strip()
     assert written == ",".join(str(p) for p in sorted(order[:4]))
+
+
+def test_bench_archive_redraws_chunks_and_its_recall_matches_exact_search(tmp_path: Path) -> None:
+    import argparse
+
+    import numpy as np
+
+    import bench_archive
+
+    archive = bench_archive.Archive(size=2500, dim=16, chunk=1000, clusters=20, noise=0.5)
+    first = [x for _, _, x in archive.chunks()]
+    again = [x for _, _, x in archive.chunks()]
+    assert [len(x) for x in first] == [1000, 1000, 500] and all(np.array_equal(a, b) for a, b in zip(first, again))
+    args = argparse.Namespace(size=2500, dim=16, chunk=1000, clusters=20, noise=0.5, queries=20, workdir=tmp_path)
+    result = bench_archive.run_archive(args)
+    assert result["lists_bytes"] == 2500 * (16 * 4 + 8) and not list(tmp_path.iterdir())  # work folder removed
+    by_nprobe = {row["nprobe"]: row["recall_at_10"] for row in result["search"]}
+    assert by_nprobe[max(by_nprobe)] == 1.0  # every cell probed: exact
+    assert result["build_peak_anon_mb"] > 0
