@@ -299,3 +299,14 @@ def test_own_prepared_folder_serves_split_evaluate_and_index(tmp_path: Path, tin
     indexed = runner.invoke(app, ["index", str(root / "visible"), "-c", str(tiny_checkpoint), "-m", "visible",
                                   "-o", str(tmp_path / "idx"), "--device", "cpu", "--threads", "1", "--quiet", "--json"])
     assert indexed.exit_code == 0, indexed.output
+
+
+def test_folder_cache_is_written_at_the_given_size(tmp_path: Path) -> None:
+    """``prepare folder --cache --cache-size`` reaches the shared cache writer (as ``prepare sysu`` does)."""
+    root = make_folder(tmp_path / "mine", cameras=True)
+    result = invoke("prepare", "folder", root, "--cameras", "--cache", "--cache-size", "12x6", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    _, meta, _, _ = read_prepared(root / "prepared")
+    assert report["cache"]["height"] == 12 and meta["cache"]["height"] == 12 and meta["cache"]["width"] == 6
+    assert meta["cache"]["images"] > 0
