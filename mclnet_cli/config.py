@@ -79,6 +79,8 @@ class DataConfig:
     channel_aug: bool = False  # CAJ channel exchange / random channel erasing
     spectrum_p: float = 0.0  # random signed channel mix, both modalities (transforms.RandomSpectrum); not in the method
     pseudo_infrared_p: float = 0.0  # share of pairs whose infrared image is their visible one, spectrally mixed; not in the method
+    jitter: float = 0.0  # random brightness and contrast in [1 - jitter, 1 + jitter], both modalities; not in the method
+    blur_p: float = 0.0  # share of images blurred (Gaussian, sigma 0.1-1.5 px), both modalities; not in the method
     resize: ResizeFilter = "bilinear"  # bilinear | lanczos (the authors' code: lanczos)
     identity_draw: IdentityDraw = "cycle"  # cycle: every id before any repeats | independent: P fresh ids each batch (the code)
     instances_with_replacement: bool = False  # K images of an id drawn with replacement even when it has K (the code)
@@ -87,10 +89,12 @@ class DataConfig:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
     def __post_init__(self) -> None:
-        for name in ("grayscale_p", "flip_p", "erasing_p", "spectrum_p", "pseudo_infrared_p"):
+        for name in ("grayscale_p", "flip_p", "erasing_p", "spectrum_p", "pseudo_infrared_p", "blur_p"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigError(f"data.{name} is a probability and must be in [0, 1], got {value}")
+        if not 0 <= self.jitter <= 1:
+            raise ConfigError(f"data.jitter must be in [0, 1] (factors in [1 - jitter, 1 + jitter]), got {self.jitter}")
         for name, low in (("mean", -math.inf), ("std", 0.0)):
             value = tuple(getattr(self, name))
             if len(value) != 3 or not all(low < v < math.inf for v in value):
@@ -187,7 +191,7 @@ class IndexConfig:
     """Defaults of ``mclnet index`` and ``mclnet query`` (their command-line options override them).
 
     ``None`` means automatic, chosen from the gallery size by
-    :func:`mclnet_cli.index.gallery.plan_index`: ``nlist ~ 4 sqrt(N)``,
+    :func:`mclnet_cli.index.store.plan_index`: ``nlist ~ 4 sqrt(N)``,
     ``nprobe = nlist / 8`` (at least 16), ``pq_m`` the largest divisor of the
     feature dimension up to ``dim / 8``.
     """

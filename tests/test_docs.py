@@ -25,7 +25,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 USAGE = ROOT / "docs" / "usage.md"
-CHECKED_DOCS = ("usage.md", "protocols.md", "troubleshooting.md")  # commands and options checked, not run
+README = ROOT / "README.md"
+CHECKED_DOCS = ("usage.md", "protocols.md", "troubleshooting.md", "../README.md")  # commands and options checked
 BIN = Path(sys.executable).parent
 MCLNET = BIN / "mclnet"
 FENCE = re.compile(r"^```(.*)$")
@@ -311,18 +312,16 @@ def test_non_runnable_bash_blocks_say_why(blocks: list[Block]) -> None:
     assert not unexplained, "plain bash blocks must follow a line saying why they do not run here:\n" + "\n".join(unexplained)
 
 
-@pytest.mark.slow
-def test_runnable_blocks_run_in_order(blocks: list[Block], tmp_path: Path) -> None:
-    commands = [c for b in blocks if b.runnable for c in split_commands(b.lines)]
-    assert commands, "docs/usage.md has no runnable block"
+def run_in_order(doc: str, commands: list[str], cwd: Path) -> None:
+    """Run ``commands`` one after another in ``cwd``; each must exit 0, and a lone ``--json`` one print one JSON document."""
     env = subprocess_env()
     for command in commands:
         result = subprocess.run(
             ["bash", "-o", "pipefail", "-c", command],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+            cwd=cwd, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
         )
         assert result.returncode == 0, (
-            f"docs/usage.md command failed (exit {result.returncode}): {command}\n"
+            f"{doc} command failed (exit {result.returncode}): {command}\n"
             f"stdout: {result.stdout[-2000:]}\nstderr: {result.stderr[-3000:]}"
         )
         calls = invocations(command)
@@ -332,6 +331,38 @@ def test_runnable_blocks_run_in_order(blocks: list[Block], tmp_path: Path) -> No
                 json.loads(result.stdout)
             except json.JSONDecodeError as exc:
                 raise AssertionError(f"{command}: stdout is not one JSON document ({exc}): {result.stdout[:500]}")
+
+
+@pytest.mark.slow
+def test_runnable_blocks_run_in_order(blocks: list[Block], tmp_path: Path) -> None:
+    commands = [c for b in blocks if b.runnable for c in split_commands(b.lines)]
+    assert commands, "docs/usage.md has no runnable block"
+    run_in_order("docs/usage.md", commands, tmp_path)
+
+
+def readme_commands() -> list[str]:
+    return [c for b in code_blocks(README.read_text(encoding="utf-8")) if b.runnable for c in split_commands(b.lines)]
+
+
+def test_readme_runs_its_step_by_step_path_and_exports_its_own_model() -> None:
+    """The README's runnable blocks are its synthetic journey: train, evaluate, index, query, then
+    export of the checkpoint those steps wrote (the export a new user tries next)."""
+    commands = readme_commands()
+    words = [parse(args).path for c in commands for args in invocations(c)]
+    for command in ("prepare", "train", "evaluate", "index", "query", "export"):
+        assert any(path[:1] == (command,) for path in words), f"README.md has no runnable 'mclnet {command}'"
+    train = next(c for c in commands if " train " in f" {c} ")
+    out = shlex.split(train)[shlex.split(train).index("--out") + 1]
+    exports = [c for c in commands if " export " in f" {c} "]
+    assert exports and all(shlex.split(c)[2] == f"{out}/last.pt" for c in exports), (
+        f"README's export must use the model its own steps train ({out}/last.pt): {exports}"
+    )
+
+
+@pytest.mark.slow
+def test_readme_step_by_step_runs_in_order(tmp_path: Path) -> None:
+    """Every runnable README command, the full `tiny` training included, succeeds in a fresh folder."""
+    run_in_order("README.md", readme_commands(), tmp_path)
 
 
 def test_checks_reject_made_up_commands_and_options() -> None:

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from mclnet_cli.config import DataConfig
+from mclnet_cli.errors import ConfigError
 from mclnet_cli.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -174,3 +175,27 @@ def test_pseudo_infrared_is_the_visible_image_through_one_spectral_response() ->
     gray = (np.asarray(image, dtype=np.float32) / 255.0 * w).sum(-1)
     expected = (gray - gray.min()) / (gray.max() - gray.min())
     assert np.abs(pixels[..., 0] - expected).max() <= 1.0 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("modality", ["visible", "infrared"])
+def test_jitter_scales_brightness_and_contrast_within_its_range(modality: str) -> None:
+    image = colour_image(16, 8, seed=7)
+    plain = unnormalise(train_transform(PLAIN, modality)(image))
+    cfg = dataclasses.replace(PLAIN, jitter=0.4)
+    torch.manual_seed(0)
+    means = [unnormalise(train_transform(cfg, modality)(image)).mean().item() for _ in range(20)]
+    assert max(means) - min(means) > 0.02  # applied: the brightness moves from draw to draw
+    assert all(0.6 * plain.mean().item() - 0.1 < m < 1.4 * plain.mean().item() + 0.1 for m in means)
+    with pytest.raises(ConfigError, match="data.jitter"):
+        DataConfig(jitter=1.5)
+
+
+@pytest.mark.parametrize("modality", ["visible", "infrared"])
+def test_blur_smooths_edges_when_on(modality: str) -> None:
+    board = Image.fromarray(((np.indices((16, 8)).sum(0) % 2) * 255).astype(np.uint8)).convert("RGB")
+    sharp = unnormalise(train_transform(PLAIN, modality)(board))
+    step = lambda x: (x[:, :, 1:] - x[:, :, :-1]).abs().mean().item()  # noqa: E731
+    torch.manual_seed(0)
+    blur = train_transform(dataclasses.replace(PLAIN, blur_p=1.0), modality)
+    steps = [step(unnormalise(blur(board))) for _ in range(10)]  # sigma is drawn per image
+    assert step(sharp) > 0.99 and min(steps) < 0.7 and max(steps) <= step(sharp) + 1e-6

@@ -161,6 +161,10 @@ def train_transform(data_cfg: DataConfig, modality: Modality | str) -> Callable[
     steps += [T.RandomCrop(size), T.RandomHorizontalFlip(data_cfg.flip_p)]
     if modality is Modality.VISIBLE and data_cfg.grayscale_p > 0:
         steps.append(T.RandomGrayscale(data_cfg.grayscale_p))
+    if data_cfg.jitter > 0:
+        steps.append(T.ColorJitter(brightness=data_cfg.jitter, contrast=data_cfg.jitter))
+    if data_cfg.blur_p > 0:
+        steps.append(T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 1.5))], p=data_cfg.blur_p))
     steps.append(T.ToTensor())
     if data_cfg.spectrum_p > 0:
         steps.append(RandomSpectrum(data_cfg.spectrum_p))
