@@ -79,6 +79,7 @@ class DataConfig:
     channel_aug: bool = False  # CAJ channel exchange / random channel erasing
     spectrum_p: float = 0.0  # random signed channel mix, both modalities (transforms.RandomSpectrum); not in the method
     pseudo_infrared_p: float = 0.0  # share of pairs whose infrared image is their visible one, spectrally mixed; not in the method
+    spectrum_knots: int = 0  # >= 2: spectral mixes (spectrum_p, pseudo_infrared_p) first bend each channel by a random curve
     jitter: float = 0.0  # random brightness and contrast in [1 - jitter, 1 + jitter], both modalities; not in the method
     blur_p: float = 0.0  # share of images blurred (Gaussian, sigma 0.1-1.5 px), both modalities; not in the method
     resize: ResizeFilter = "bilinear"  # bilinear | lanczos (the authors' code: lanczos)
@@ -93,6 +94,8 @@ class DataConfig:
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigError(f"data.{name} is a probability and must be in [0, 1], got {value}")
+        if self.spectrum_knots == 1 or self.spectrum_knots < 0:
+            raise ConfigError(f"data.spectrum_knots must be 0 (a linear mix) or at least 2, got {self.spectrum_knots}")
         if not 0 <= self.jitter <= 1:
             raise ConfigError(f"data.jitter must be in [0, 1] (factors in [1 - jitter, 1 + jitter]), got {self.jitter}")
         for name, low in (("mean", -math.inf), ("std", 0.0)):

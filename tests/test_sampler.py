@@ -254,3 +254,34 @@ def test_pseudo_infrared_pairs_take_the_visible_layout(tmp_path: Path, data_cfg)
     assert layouts(1.0) == {"left-right"}
     assert layouts(0.0) == {"top-bottom"}
     assert layouts(0.5) == {"left-right", "top-bottom"}
+
+
+def test_spectrum_knots_reach_the_pseudo_infrared_pairs_of_the_loader(tmp_path: Path, data_cfg) -> None:
+    """data.spectrum_knots bends the pseudo-infrared mixes the loader draws (not only the transform's)."""
+    from mclnet_cli.data.loader import build_train_loader
+
+    ramp = np.linspace(0, 255, 8, dtype=np.float32)
+    samples = []
+    for pid in (1, 2):
+        for k in range(2):
+            visible = np.stack([np.tile(ramp, (16, 1)), np.tile(ramp[::-1], (16, 1)), np.full((16, 8), 90.0)], -1)
+            for cam, array, modality in ((1, visible.astype(np.uint8), Modality.VISIBLE),
+                                         (3, np.full((16, 8), 128, np.uint8), Modality.INFRARED)):
+                path = tmp_path / "raw" / f"{pid}_{cam}_{k}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(array).save(path)
+                samples.append(Sample(str(path), pid, cam, modality, "train"))
+    write_prepared(tmp_path / "prepared", samples, {"dataset": "sysu"})
+    prepared = load_prepared(tmp_path / "prepared")
+    plain = dataclasses.replace(data_cfg, pad=0, flip_p=0.0, erasing_p=0.0, spectrum_p=0.0, grayscale_p=0.0,
+                                use_cache=False, pseudo_infrared_p=1.0)
+
+    def infrared(knots: int) -> torch.Tensor:
+        cfg = dataclasses.replace(plain, spectrum_knots=knots)
+        return torch.cat([batch.infrared for batch in build_train_loader(prepared, cfg, seed=0, steps_per_epoch=2)])
+
+    linear, curved = infrared(0), infrared(5)
+    assert torch.equal(linear, infrared(0))  # the same seed draws the same mixes
+    # a linear mix of a ramp is a ramp (monotone along the row); a random curve bends it
+    monotone = lambda x: bool(((x[:, 0, 0, 1:] - x[:, 0, 0, :-1]).sign().abs().sum(-1) == (x[:, 0, 0, 1:] - x[:, 0, 0, :-1]).sign().sum(-1).abs()).all())  # noqa: E731
+    assert monotone(linear) and not monotone(curved)

@@ -199,3 +199,34 @@ def test_blur_smooths_edges_when_on(modality: str) -> None:
     blur = train_transform(dataclasses.replace(PLAIN, blur_p=1.0), modality)
     steps = [step(unnormalise(blur(board))) for _ in range(10)]  # sigma is drawn per image
     assert step(sharp) > 0.99 and min(steps) < 0.7 and max(steps) <= step(sharp) + 1e-6
+
+
+def test_random_curves_are_per_channel_piecewise_linear_tables() -> None:
+    from mclnet_cli.data.transforms import random_curves
+
+    image = torch.rand(3, 8, 4)
+    image[0, 0, 0], image[1, 0, 0] = 1.0, 0.0  # both ends of the table
+    torch.manual_seed(3)
+    out = random_curves(image, 5)
+    torch.manual_seed(3)
+    values = torch.rand(3, 5).numpy()
+    expected = np.stack([np.interp(image[c].numpy(), np.linspace(0, 1, 5), values[c]) for c in range(3)])
+    assert np.allclose(out.numpy(), expected, atol=1e-6)
+
+
+def test_spectrum_knots_reach_the_training_mix_and_the_pseudo_infrared_pairs() -> None:
+    image = colour_image(16, 8, seed=2)
+    cfg = dataclasses.replace(PLAIN, spectrum_p=1.0, spectrum_knots=4)
+    assert "knots=4" in repr(train_transform(cfg, "visible"))
+    torch.manual_seed(9)
+    curved = unnormalise(train_transform(cfg, "visible")(image))
+    torch.manual_seed(9)
+    linear = unnormalise(train_transform(dataclasses.replace(cfg, spectrum_knots=0), "visible")(image))
+    assert not torch.allclose(curved, linear, atol=1e-3)
+    torch.manual_seed(9)
+    a = np.asarray(pseudo_infrared(image, 4), dtype=np.float32)
+    torch.manual_seed(9)
+    b = np.asarray(pseudo_infrared(image), dtype=np.float32)
+    assert np.abs(a - b).max() > 10
+    with pytest.raises(ConfigError, match="spectrum_knots"):
+        DataConfig(spectrum_knots=1)

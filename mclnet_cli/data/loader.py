@@ -97,12 +97,14 @@ class PairDataset(Dataset):
         transforms: dict[Modality, Callable[[Image.Image], torch.Tensor]],
         cache: ImageCache | None = None,
         pseudo_infrared_p: float = 0.0,
+        spectrum_knots: int = 0,
     ) -> None:
         self.visible = [s.path for s in visible]
         self.infrared = [s.path for s in infrared]
         self.transforms = transforms
         self.cache = cache
         self.pseudo_infrared_p = pseudo_infrared_p
+        self.spectrum_knots = spectrum_knots
 
     def __len__(self) -> int:
         return len(self.visible) + len(self.infrared)
@@ -121,7 +123,7 @@ class PairDataset(Dataset):
                 visible_image = self.load(self.visible[v_index])
                 visible = self.transforms[Modality.VISIBLE](visible_image)
                 if self.pseudo_infrared_p > 0 and torch.rand(1).item() < self.pseudo_infrared_p:
-                    infrared_image = pseudo_infrared(visible_image)
+                    infrared_image = pseudo_infrared(visible_image, self.spectrum_knots)
                 else:
                     infrared_image = self.load(self.infrared[i_index])
                 infrared = self.transforms[Modality.INFRARED](infrared_image)
@@ -209,7 +211,8 @@ def build_train_loader(
     use_cache = data_cfg.use_cache and data_cfg.resize == "bilinear"
     cache = open_prepared_cache(prepared.root, prepared.meta, data_cfg.height, data_cfg.width, samples) if use_cache else None
     transforms = train_transforms(data_cfg, str(prepared.meta.get("reader") or prepared.meta.get("dataset") or ""))
-    dataset = PairDataset(visible, infrared, transforms, cache, pseudo_infrared_p=data_cfg.pseudo_infrared_p)
+    dataset = PairDataset(visible, infrared, transforms, cache, pseudo_infrared_p=data_cfg.pseudo_infrared_p,
+                          spectrum_knots=data_cfg.spectrum_knots)
     workers = usable_workers(data_cfg.workers)
     return TrainLoader(dataset, sampler, label_map, workers=workers, seed=seed, cached=cache is not None)
 

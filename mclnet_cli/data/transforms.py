@@ -104,12 +104,28 @@ class ChannelRandomErasing:
         return f"ChannelRandomErasing(p={self.p})"
 
 
-def random_spectral_mix(image: torch.Tensor) -> torch.Tensor:
+def random_curves(image: torch.Tensor, knots: int) -> torch.Tensor:
+    """Each channel of a [C, H, W] image (values in [0, 1]) through its own random piecewise-linear
+    curve: ``knots`` values drawn from U(0, 1) at evenly spaced inputs, not monotone. Draws from
+    torch's global generator."""
+    values = torch.rand(image.shape[0], knots)
+    position = image.clamp(0, 1) * (knots - 1)
+    low = position.floor().long().clamp(max=knots - 2)
+    frac = position - low
+    channels = [values[c].take(low[c]) * (1 - frac[c]) + values[c].take(low[c] + 1) * frac[c] for c in range(image.shape[0])]
+    return torch.stack(channels)
+
+
+def random_spectral_mix(image: torch.Tensor, knots: int = 0) -> torch.Tensor:
     """A [C, H, W] image (values in [0, 1]) through one random spectral response.
 
     gray = sum_c w_c x_c with w_c ~ U(-1, 1), rescaled to [0, 1] and repeated on the
-    C channels. Draws from torch's global generator.
+    C channels. With ``knots`` >= 2 each channel first goes through a random curve
+    (:func:`random_curves`), so a material's gray level no longer follows its colour
+    linearly (as a near-infrared reflectance does not). Draws from torch's global generator.
     """
+    if knots >= 2:
+        image = random_curves(image, knots)
     w = torch.rand(image.shape[0]) * 2 - 1
     g = (w.view(-1, 1, 1) * image).sum(0, keepdim=True)
     lo, hi = g.min(), g.max()
@@ -117,13 +133,13 @@ def random_spectral_mix(image: torch.Tensor) -> torch.Tensor:
     return g.expand_as(image).clone()
 
 
-def pseudo_infrared(image: Image.Image) -> Image.Image:
+def pseudo_infrared(image: Image.Image, knots: int = 0) -> Image.Image:
     """A visible PIL image as a random spectral response sees it: gray, returned in RGB mode.
 
     Used by ``data.pseudo_infrared_p``: the infrared stream gets a visible image whose
     region layout is exactly the one the visible stream sees in the same pair.
     """
-    return TF.to_pil_image(random_spectral_mix(TF.to_tensor(image.convert("RGB"))))
+    return TF.to_pil_image(random_spectral_mix(TF.to_tensor(image.convert("RGB")), knots))
 
 
 class RandomSpectrum:
@@ -139,16 +155,17 @@ class RandomSpectrum:
     it is a random polarity).
     """
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float = 0.5, knots: int = 0) -> None:
         self.p = p
+        self.knots = knots
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if torch.rand(1).item() >= self.p:
             return image
-        return random_spectral_mix(image)
+        return random_spectral_mix(image, self.knots)
 
     def __repr__(self) -> str:
-        return f"RandomSpectrum(p={self.p})"
+        return f"RandomSpectrum(p={self.p}, knots={self.knots})"
 
 
 def train_transform(data_cfg: DataConfig, modality: Modality | str) -> Callable[[Image.Image], torch.Tensor]:
@@ -167,7 +184,7 @@ def train_transform(data_cfg: DataConfig, modality: Modality | str) -> Callable[
         steps.append(T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 1.5))], p=data_cfg.blur_p))
     steps.append(T.ToTensor())
     if data_cfg.spectrum_p > 0:
-        steps.append(RandomSpectrum(data_cfg.spectrum_p))
+        steps.append(RandomSpectrum(data_cfg.spectrum_p, data_cfg.spectrum_knots))
     if data_cfg.channel_aug:
         if modality is Modality.VISIBLE:
             steps.append(ChannelExchange(0.5))
