@@ -46,7 +46,7 @@ def _pipeline(n_images: int, batch_size: int, repeats: int = 3, workers: int = 0
     from mclnet_cli.data.images import load_rgb
     from mclnet_cli.data.transforms import test_transform
     from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
-    from mclnet_cli.engine.gallery import build_gallery_index
+    from mclnet_cli.engine.indexing import build_gallery_index
     from mclnet_cli.model import build_model
 
     cfg = load_config(preset, [] if preset == "tiny" else ["model.pretrained=none"])
@@ -129,7 +129,7 @@ def _ann(x: np.ndarray, q: np.ndarray, kinds: list[str], top_k: int = 10, recall
          memory_gb: float | None = None, source: str = "synthetic", pids: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
     """One row per kind: build time, latency, recall@10 against exact search (and, with ``pids``
     = (gallery pids, query pids), how often the probe's person is in the top 10)."""
-    from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
+    from mclnet_cli.index.store import GalleryIndex, IndexRecord
 
     n, dim = x.shape
     n_queries = q.shape[0]

@@ -69,7 +69,7 @@ def _setup(root: Path, preset: str, size: int) -> tuple[Path, Path]:
 
     from mclnet_cli.config import load_config
     from mclnet_cli.engine.checkpoint import checkpoint_payload, file_fingerprint, save_checkpoint
-    from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
+    from mclnet_cli.index.store import GalleryIndex, IndexRecord
     from mclnet_cli.model import build_model
 
     cfg = load_config(preset, ["model.pretrained=none"])
@@ -104,7 +104,7 @@ def _paired(index_dir: Path, probe: Path, url: str, requests: int) -> dict:
 
     from mclnet_cli.data.images import load_rgb
     from mclnet_cli.data.transforms import test_transform
-    from mclnet_cli.engine.gallery import SearchEngine
+    from mclnet_cli.engine.search import SearchEngine
 
     faiss.omp_set_num_threads(1)  # as the server does (ServeSettings.faiss_threads): same conditions on both sides
     engine = SearchEngine.open(index_dir, device="cpu")

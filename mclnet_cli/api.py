@@ -28,7 +28,8 @@ from mclnet_cli.engine.checkpoint import LoadedModel
 
 if TYPE_CHECKING:
     from mclnet_cli.engine.evaluate import EvaluationReport
-    from mclnet_cli.engine.gallery import BuildReport, SearchReport
+    from mclnet_cli.engine.indexing import BuildReport
+    from mclnet_cli.engine.search import SearchReport
 
 ImageLike = Union[str, Path, Image.Image]
 
@@ -89,7 +90,7 @@ def build_index(
     already in ``out_dir`` is extended with ``add=True``, replaced with ``force=True``
     (``report.replaced`` rows), and otherwise refused with ``IndexStoreError``.
     """
-    from mclnet_cli.engine.gallery import build_gallery_index
+    from mclnet_cli.engine.indexing import build_gallery_index
 
     return build_gallery_index(checkpoint, gallery_dir, modality, out_dir, **options)
 
@@ -102,7 +103,7 @@ def search(
     ``report.results[i].hits`` are ranked ``Hit``s (rank, score = cosine, path, pid,
     cam); ``report.to_json()`` is what ``mclnet query --json`` prints.
     """
-    from mclnet_cli.engine.gallery import search_gallery
+    from mclnet_cli.engine.search import search_gallery
 
     return search_gallery(index_dir, probes, modality, top_k, **options)
 

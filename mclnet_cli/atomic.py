@@ -12,16 +12,22 @@ readers see the old file or the new one. Besides:
 - **Orphans**: temps of this module's own pattern (``.NAME.<random>.tmp``) beside
   the target and older than this process -- left by a killed writer -- are
   removed at the start of the next write to the same path.
+
+A writer that needs a file name rather than a handle (numpy memmap, ONNX export,
+``torch.jit.save``) writes inside :func:`replacing`. Outside this module the package renames
+only in its two folder swaps, which move a staged folder's contents into place: the index
+staging folder of :mod:`mclnet_cli.index.store` and the staged draw of :mod:`mclnet_cli.data.synthetic`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 from mclnet_cli.errors import MclnetError, StorageError
 
@@ -152,18 +158,7 @@ def write_temp(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
     gone then.
     """
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise (storage_error(exc, path) or exc) from exc
-    remove_orphan_temps(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:  # e.g. a read-only folder: the kernel names the temp, the user needs the target
-        translated = readdress(exc, None, path)
-        if translated is not exc:
-            raise translated from exc
-        raise
+    fd, tmp = _create_temp(path)
     recorder: _Recorder | None = None
     try:
         os.fchmod(fd, default_mode())
@@ -185,6 +180,73 @@ def write_temp(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
             raise translated from exc
         raise
     return Path(tmp)
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """A new temp file of this module's pattern beside ``path`` (folder made, orphans removed): (fd, name).
+
+    Errors name ``path``, never the temp: a full disk is a :class:`StorageError`.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise (storage_error(exc, path) or exc) from exc
+    remove_orphan_temps(path)
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # e.g. a read-only folder: the kernel names the temp, the user needs the target
+        translated = readdress(exc, None, path)
+        if translated is not exc:
+            raise translated from exc
+        raise
+
+
+def named_temp(path: Path | str) -> Path:
+    """An empty temp file beside ``path`` for a writer that writes by file name; errors name ``path``.
+
+    The caller writes it, calls :func:`settle_temp`, then renames it into place
+    (:func:`commit_together`) or removes it; :func:`replacing` does all of that.
+    """
+    path = Path(path)
+    fd, tmp = _create_temp(path)
+    try:
+        os.fchmod(fd, default_mode())
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return Path(tmp)
+
+
+def settle_temp(temp: Path | str) -> None:
+    """Ready a temp that a library wrote by name for its rename: the mode ``open()`` gives, contents fsync-ed."""
+    os.chmod(temp, default_mode())
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
+def replacing(path: Path | str) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on a clean exit fsync it and rename it over ``path``.
+
+    For writers that need a file name rather than a handle (numpy memmap, ONNX export,
+    ``torch.jit.save``). On any exception the temp is removed and the error re-raised
+    about ``path``, never the temp (a full disk as :class:`StorageError`), as
+    :func:`atomic_write` does; ``path`` keeps its previous content then.
+    """
+    path = Path(path)
+    tmp = named_temp(path)
+    try:
+        yield tmp
+        settle_temp(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        translated = readdress(exc, tmp, path)
+        if translated is not exc:
+            raise translated from exc
+        raise
 
 
 def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:

@@ -196,15 +196,15 @@ def index_lock_waits(monkeypatch: pytest.MonkeyPatch):
     """A ``threading.Event`` set when any index writer starts waiting for a folder's writer lock.
 
     Every writer lock of an index folder goes through ``folder_lock`` of
-    :mod:`mclnet_cli.index.gallery`; this wraps it so that its ``on_wait`` also sets
+    :mod:`mclnet_cli.index.store`; this wraps it so that its ``on_wait`` also sets
     the event. A writer that skips the lock never sets it.
     """
     import threading
 
-    from mclnet_cli.index import gallery as gallery_module
+    from mclnet_cli.index import store as store_module
 
     waiting = threading.Event()
-    real = gallery_module.folder_lock
+    real = store_module.folder_lock
 
     def spying(folder, **kwargs):  # noqa: ANN001, ANN202 - folder_lock's signature
         given = kwargs.get("on_wait")
@@ -216,7 +216,7 @@ def index_lock_waits(monkeypatch: pytest.MonkeyPatch):
 
         return real(folder, **{**kwargs, "on_wait": on_wait})
 
-    monkeypatch.setattr(gallery_module, "folder_lock", spying)
+    monkeypatch.setattr(store_module, "folder_lock", spying)
     return waiting
 
 

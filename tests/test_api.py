@@ -97,7 +97,8 @@ def test_every_public_function_is_typed_and_documented() -> None:
     import typing
 
     from mclnet_cli.engine.evaluate import EvaluationReport
-    from mclnet_cli.engine.gallery import BuildReport, SearchReport
+    from mclnet_cli.engine.indexing import BuildReport
+    from mclnet_cli.engine.search import SearchReport
 
     names = {"BuildReport": BuildReport, "SearchReport": SearchReport, "EvaluationReport": EvaluationReport}
     hints = {name: typing.get_type_hints(getattr(api, name), localns=names)["return"] for name in ("build_index", "search", "evaluate")}
@@ -117,7 +118,7 @@ def test_an_index_saved_by_another_writer_meanwhile_is_not_replaced(tiny_checkpo
     """The refusal is checked again under the writer lock, not only before embedding."""
     import shutil
 
-    from mclnet_cli.engine import gallery as engine
+    from mclnet_cli.engine import indexing as engine
     from mclnet_cli.errors import IndexStoreError
 
     images = tmp_path / "gallery"
@@ -144,7 +145,7 @@ def test_an_index_saved_by_another_writer_meanwhile_is_not_replaced(tiny_checkpo
 
 def test_an_existing_index_is_refused_before_any_embedding(tiny_checkpoint, prepared_dataset, tmp_path, monkeypatch) -> None:
     """No minutes of embedding before the refusal: it comes first, after a hidden older index is put back."""
-    from mclnet_cli.engine import gallery as engine
+    from mclnet_cli.engine import indexing as engine
     from mclnet_cli.errors import IndexStoreError
 
     images = tmp_path / "gallery"

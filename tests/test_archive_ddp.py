@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mclnet_cli.index.gallery import GalleryIndex
+from mclnet_cli.index.store import GalleryIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

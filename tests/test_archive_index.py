@@ -14,7 +14,7 @@ from mclnet_cli import api
 from mclnet_cli.cli.app import app as cli_app
 from mclnet_cli.errors import IndexStoreError
 from mclnet_cli.index import chunked as chunked_module
-from mclnet_cli.index.gallery import GalleryIndex
+from mclnet_cli.index.store import GalleryIndex
 from mclnet_cli.index.reduction import REDUCTION_FILE, Reduction
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mclnet_cli.index import autotune
-from mclnet_cli.index.gallery import GalleryIndex, records_for
+from mclnet_cli.index.store import GalleryIndex, records_for
 
 
 def identity_like(count: int, dim: int, seed: int) -> np.ndarray:

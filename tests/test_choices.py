@@ -28,7 +28,7 @@ def test_choices_cover_every_closed_field_of_the_schema() -> None:
 def test_every_name_has_a_builder_and_builders_have_no_other_names() -> None:
     from mclnet_cli.data.transforms import RESIZE_FILTERS
     from mclnet_cli.engine.optim import build_optimizer
-    from mclnet_cli.index.gallery import BUILD_KINDS, KINDS
+    from mclnet_cli.index.store import BUILD_KINDS, KINDS
     from mclnet_cli.metrics.protocols import DIRECTIONS, DRAWS, PROTOCOLS, SYSU_MODES
     from mclnet_cli.model.backbone import ARCHS
     from mclnet_cli.model.heads import POOLINGS, build_pooling

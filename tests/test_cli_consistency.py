@@ -131,8 +131,8 @@ def _capture_threads(monkeypatch: pytest.MonkeyPatch, module: str, name: str) ->
     [
         (("mclnet_cli.engine.train", "fit"), ["train", "--data", "d", "--out", "o", "--preset", "tiny"]),
         (("mclnet_cli.engine.evaluate", "evaluate_checkpoint"), ["evaluate", "x.pt", "--data", "d"]),
-        (("mclnet_cli.engine.gallery", "build_gallery_index"), ["index", "g", "-c", "x.pt", "-m", "visible", "-o", "i"]),
-        (("mclnet_cli.engine.gallery", "search_gallery"), ["query", "p.jpg", "-i", "i", "-m", "infrared"]),
+        (("mclnet_cli.engine.indexing", "build_gallery_index"), ["index", "g", "-c", "x.pt", "-m", "visible", "-o", "i"]),
+        (("mclnet_cli.engine.search", "search_gallery"), ["query", "p.jpg", "-i", "i", "-m", "infrared"]),
         (("mclnet_cli.engine.export", "export_model"), ["export", "x.pt", "-f", "torchscript", "-m", "visible", "-o", "e.pt"]),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else v[1],
@@ -310,7 +310,7 @@ def test_a_collapse_in_throughput_gets_one_notice(threads: int, hint: bool) -> N
     "target, args",
     [
         (("mclnet_cli.engine.evaluate", "evaluate_checkpoint"), ["evaluate", "x.pt", "--data", "d"]),
-        (("mclnet_cli.engine.gallery", "search_gallery"), ["query", "p.jpg", "-i", "i", "-m", "infrared"]),
+        (("mclnet_cli.engine.search", "search_gallery"), ["query", "p.jpg", "-i", "i", "-m", "infrared"]),
         (("mclnet_cli.data.prepare", "prepare_dataset"), ["prepare", "sysu", "root", "-o", "out"]),
     ],
     ids=lambda v: v[0] if isinstance(v, list) else v[1],
@@ -449,7 +449,7 @@ def test_completion_offers_presets_and_closed_choices(cli_runner: Any, words: st
 
 def test_the_picture_has_a_legend_and_captions(tmp_path: Path) -> None:
     from mclnet_cli.index import picture
-    from mclnet_cli.index.gallery import Hit
+    from mclnet_cli.index.store import Hit
 
     hits = [Hit(1, 0.9, "/g/a.jpg", 3, 1), Hit(2, 0.8, "/g/unknown_name.jpg", None, None)]
     rows = [("/p/one.jpg", 3, hits, 3), ("/p/two.jpg", 3, hits, 6)]

@@ -141,7 +141,7 @@ def test_refuses_a_file_as_out(tmp_path) -> None:
 
 def test_trained_index_finds_the_probe_person_more_often_than_chance(quick_demo) -> None:
     """Every infrared test image queries the demo's visible index: rank-1 hits beat chance clearly."""
-    from mclnet_cli.engine.gallery import search_gallery
+    from mclnet_cli.engine.search import search_gallery
 
     out, summary = quick_demo
     records = [json.loads(line) for line in (Path(summary["index"]["dir"]) / "records.jsonl").read_text().splitlines()]
@@ -162,7 +162,7 @@ def test_summary_reports_top10_hit_rate_over_all_infrared_probes(quick_demo) -> 
     """``probes`` counts every infrared test image, and its hit rate is what a top-10 search of each gives."""
     from mclnet_cli.data.records import Modality, load_prepared
     from mclnet_cli.engine.demo import PICTURE_ROWS
-    from mclnet_cli.engine.gallery import search_gallery
+    from mclnet_cli.engine.search import search_gallery
 
     out, summary = quick_demo
     infrared = sorted(

@@ -27,9 +27,10 @@ from mclnet_cli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mclnet_cli.engine.checkpoint import load_checkpoint, load_model, save_checkpoint
 from mclnet_cli.engine.evaluate import embed_samples
 from mclnet_cli.engine.extract import extract_features
-from mclnet_cli.engine.gallery import SearchEngine, build_gallery_index, search_gallery
+from mclnet_cli.engine.indexing import build_gallery_index
+from mclnet_cli.engine.search import SearchEngine, search_gallery
 from mclnet_cli.errors import ConfigError, DataError
-from mclnet_cli.index.gallery import GalleryIndex
+from mclnet_cli.index.store import GalleryIndex
 from mclnet_cli.types import Modality, Sample
 
 OTHER = ("data.height=48", "data.width=24", "data.resize=lanczos", "data.mean=[0.5,0.4,0.3]", "data.std=[0.2,0.25,0.3]")

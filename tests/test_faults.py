@@ -32,7 +32,7 @@ from mclnet_cli.data import cache as cache_module
 from mclnet_cli.data.records import load_prepared, write_prepared
 from mclnet_cli.engine.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from mclnet_cli.errors import DataError
-from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
+from mclnet_cli.index.store import GalleryIndex, IndexRecord
 from mclnet_cli.index.picture import render_ranked_list
 from mclnet_cli.model import build_model
 
@@ -223,7 +223,7 @@ def test_an_index_writer_waits_for_the_one_holding_the_lock(tiny_checkpoint: Pat
     assert runner.invoke(app, _index_args(_gallery(tmp_path / "g0", 0, 3), tiny_checkpoint, out)).exit_code == 0
     # Another process holds the writer lock (a live writer, stopped in the middle of its update).
     holder = _child(
-        "import os, signal, sys\nfrom mclnet_cli.index.gallery import writer_lock\n"
+        "import os, signal, sys\nfrom mclnet_cli.index.store import writer_lock\n"
         "with writer_lock(sys.argv[1]):\n    print('locked', flush=True)\n    os.kill(os.getpid(), signal.SIGSTOP)\n",
         str(out),
         wait=False,
@@ -260,7 +260,7 @@ def dying(real):
             os.kill(os.getpid(), signal.SIGKILL)
         return real(src, dst, *a, **k)
     return rename
-from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
+from mclnet_cli.index.store import GalleryIndex, IndexRecord
 gallery = GalleryIndex.load(out)
 rng = np.random.default_rng(5)
 gallery.add(rng.normal(size=(5, gallery.dimension)), [IndexRecord(f"/crashed/{i}.jpg", "visible") for i in range(5)])
@@ -296,7 +296,7 @@ def replace(src, dst, *a, **k):
     if d.name == "meta.json" and d.parent != out:  # the new meta.json, in the staging folder
         os.kill(os.getpid(), signal.SIGKILL)
     return real(src, dst, *a, **k)
-from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
+from mclnet_cli.index.store import GalleryIndex, IndexRecord
 gallery = GalleryIndex.load(out)
 gallery.add(np.ones((2, gallery.dimension)), [IndexRecord(f"/lost/{i}.jpg", "visible") for i in range(2)])
 os.replace = replace
@@ -547,7 +547,7 @@ def test_a_tampered_index_meta_field_is_one_line(tiny_checkpoint: Path, tmp_path
 
 
 def test_the_picture_width_follows_the_hits_not_top_k() -> None:
-    from mclnet_cli.index.gallery import Hit
+    from mclnet_cli.index.store import Hit
 
     hits = [Hit(i + 1, 0.5, "/missing.jpg", None, None) for i in range(3)]
     assert render_ranked_list([("/p.jpg", None, hits)], top_k=1000).width == render_ranked_list([("/p.jpg", None, hits)]).width

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from mclnet_cli.errors import IndexStoreError
-from mclnet_cli.index import gallery as gallery_module
-from mclnet_cli.index.gallery import GalleryIndex, IndexRecord, plan_index
+from mclnet_cli.index import store as store_module
+from mclnet_cli.index.store import GalleryIndex, IndexRecord, plan_index
 from mclnet_cli.data.sources.layout import identify
 from mclnet_cli.index.autotune import apply_parameters
 
@@ -217,7 +217,7 @@ def test_interrupted_write_leaves_the_previous_index_intact(tmp_path: Path, monk
     def boom(path: Path, text: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(gallery_module, "atomic_write_text", boom)
+    monkeypatch.setattr(store_module, "atomic_write_text", boom)
     with pytest.raises(OSError, match="disk full"):
         new.save(target)
     assert _snapshot(target) == before
@@ -231,7 +231,7 @@ def test_a_swap_that_fails_after_its_commit_is_finished_by_the_next_open(
     rng = np.random.default_rng(9)
     target = GalleryIndex.build(rng.normal(size=(8, 16)), _records(8)).save(tmp_path / "idx")
     new = GalleryIndex.build(rng.normal(size=(12, 16)), _records(12, "/other"))
-    real_replace = gallery_module.os.replace
+    real_replace = store_module.os.replace
     calls = []
 
     def flaky_replace(src, dst):
@@ -240,7 +240,7 @@ def test_a_swap_that_fails_after_its_commit_is_finished_by_the_next_open(
             raise OSError("interrupted")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(gallery_module.os, "replace", flaky_replace)
+    monkeypatch.setattr(store_module.os, "replace", flaky_replace)
     with pytest.raises(OSError, match="interrupted"):
         new.save(target)
     monkeypatch.undo()
@@ -375,9 +375,9 @@ def test_mmap_open_maps_the_file_and_searches_like_a_full_read(kind: str, tmp_pa
 def test_mmap_auto_maps_only_files_from_the_size_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = GalleryIndex.build(np.random.default_rng(0).normal(size=(40, 16)), _records(40), kind="flat").save(tmp_path / "i")
     size = (out / "index.faiss").stat().st_size
-    monkeypatch.setattr(gallery_module, "MMAP_AUTO_BYTES", size + 1)
+    monkeypatch.setattr(store_module, "MMAP_AUTO_BYTES", size + 1)
     assert GalleryIndex.load(out, mmap=None).mapped is False
-    monkeypatch.setattr(gallery_module, "MMAP_AUTO_BYTES", size)
+    monkeypatch.setattr(store_module, "MMAP_AUTO_BYTES", size)
     assert GalleryIndex.load(out, mmap=None).mapped is True
     assert GalleryIndex.load(out).mapped is False  # the default reads into memory (writers need that)
 
@@ -386,12 +386,12 @@ def test_unit_float32_features_are_indexed_without_a_copy_and_others_are_left_un
     rng = np.random.default_rng(4)
     raw = rng.standard_normal((50, 8)).astype(np.float32) * 3.0
     before = raw.copy()
-    normalised = gallery_module._as_matrix(raw, "build")
+    normalised = store_module._as_matrix(raw, "build")
     assert not np.shares_memory(normalised, raw)  # not unit length: a normalised copy
     np.testing.assert_array_equal(raw, before)  # the caller's array is not modified
     np.testing.assert_allclose(np.linalg.norm(normalised, axis=1), 1.0, atol=1e-6)
     unit = normalised.copy()
-    assert gallery_module._as_matrix(unit, "build") is unit  # already unit rows: used as it is
+    assert store_module._as_matrix(unit, "build") is unit  # already unit rows: used as it is
     # the same answers either way
     records = [IndexRecord(f"{i}.jpg") for i in range(50)]
     a = GalleryIndex.build(raw, records).search(raw[:3], 5)
@@ -400,14 +400,14 @@ def test_unit_float32_features_are_indexed_without_a_copy_and_others_are_left_un
 
 
 def test_invalid_values_are_found_in_any_block(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gallery_module, "_BLOCK_ROWS", 4)
+    monkeypatch.setattr(store_module, "_BLOCK_ROWS", 4)
     features = np.ones((20, 3), dtype=np.float32)
     features[17, 1] = np.inf  # in the fifth block of four rows
     with pytest.raises(IndexStoreError, match="NaN or infinite"):
-        gallery_module._as_matrix(features, "build")
+        store_module._as_matrix(features, "build")
     features[17, 1] = 1.0
     features[9] *= 2.0  # one long row in a middle block: the whole matrix is normalised
-    out = gallery_module._as_matrix(features, "build")
+    out = store_module._as_matrix(features, "build")
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-6)
 
 
@@ -454,7 +454,7 @@ def test_removal_keeps_the_stored_codes_of_compressed_and_wrapped_indices(factor
     old_scores, old_rows = index.search(q, 10)
     keep = np.ones(1500, dtype=bool)
     keep[[0, 3, 700, 1499]] = False
-    gallery_module._remove_rows(index, keep)
+    store_module._remove_rows(index, keep)
     index = faiss.deserialize_index(faiss.serialize_index(index))  # as saved and loaded
     apply_parameters(index, {"nprobe": 16})
     assert index.ntotal == 1496
@@ -472,9 +472,9 @@ MAPPED_CHANGES = """
 import sys
 import numpy as np
 from mclnet_cli.errors import IndexStoreError
-from mclnet_cli.index import gallery as gallery_module
-from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
-gallery_module.MMAP_AUTO_BYTES = 1  # mmap=None maps this small file too
+from mclnet_cli.index import store as store_module
+from mclnet_cli.index.store import GalleryIndex, IndexRecord
+store_module.MMAP_AUTO_BYTES = 1  # mmap=None maps this small file too
 for mmap in (True, None):
     for change in ("add", "remove"):
         mapped = GalleryIndex.load(sys.argv[1], mmap=mmap)
@@ -529,7 +529,7 @@ def test_save_without_the_lock_takes_it_and_waits_for_the_writer_holding_it(
             failures.append(exc)
 
     saver = threading.Thread(target=save)
-    with gallery_module.writer_lock(target):  # another writer is at work
+    with store_module.writer_lock(target):  # another writer is at work
         saver.start()
         assert wait_for_lock_wait(index_lock_waits, saver), "save wrote without waiting for the writer lock"
         assert _live_files(target) == before
@@ -545,7 +545,7 @@ def test_the_swap_renames_meta_json_last_so_a_reader_that_sees_it_reads_the_whol
     rng = np.random.default_rng(16)
     target = GalleryIndex.build(rng.normal(size=(8, 16)), _records(8)).save(tmp_path / "idx")
     new = GalleryIndex.build(rng.normal(size=(12, 16)), _records(12, "/other"))
-    real_replace = gallery_module.os.replace
+    real_replace = store_module.os.replace
     renamed: list[str] = []
     seen_by_readers: list[list[str]] = []
 
@@ -557,7 +557,7 @@ def test_the_swap_renames_meta_json_last_so_a_reader_that_sees_it_reads_the_whol
                 seen_by_readers.append([r.path for r in GalleryIndex._load_once(target).records])
         return result
 
-    monkeypatch.setattr(gallery_module.os, "replace", watched_replace)
+    monkeypatch.setattr(store_module.os, "replace", watched_replace)
     new.save(target)
     monkeypatch.undo()
     assert sorted(renamed) == ["index.faiss", "meta.json", "records.jsonl"] and renamed[-1] == "meta.json"
@@ -575,7 +575,7 @@ def test_a_crash_between_the_swap_renames_loads_the_complete_new_index(
     rng = np.random.default_rng(17)
     target = GalleryIndex.build(rng.normal(size=(8, 16)), _records(8)).save(tmp_path / "idx")
     new = GalleryIndex.build(rng.normal(size=(12, 16)), _records(12, "/other"))
-    real_replace = gallery_module.os.replace
+    real_replace = store_module.os.replace
     done: list[str] = []
 
     def dying_replace(src, dst):  # noqa: ANN001, ANN202 - os.replace's signature
@@ -586,7 +586,7 @@ def test_a_crash_between_the_swap_renames_loads_the_complete_new_index(
                 raise _Crash
         return result
 
-    monkeypatch.setattr(gallery_module.os, "replace", dying_replace)
+    monkeypatch.setattr(store_module.os, "replace", dying_replace)
     with pytest.raises(_Crash):
         new.save(target)
     monkeypatch.undo()

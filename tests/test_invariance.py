@@ -142,7 +142,7 @@ def test_served_search_scores_a_gallery_image_as_itself(checkpoint: Path, galler
     pytest.importorskip("fastapi", reason="needs the serve extra")
     from fastapi.testclient import TestClient
 
-    from mclnet_cli.engine.gallery import build_gallery_index
+    from mclnet_cli.engine.indexing import build_gallery_index
     from mclnet_cli.serve import ServeSettings, create_app
 
     index = tmp_path / "index"

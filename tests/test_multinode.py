@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from mclnet_cli.engine.distributed import DistInfo, shard_bounds
-from mclnet_cli.index.gallery import GalleryIndex
+from mclnet_cli.index.store import GalleryIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -13,7 +13,7 @@ import pytest
 from mclnet_cli.errors import IndexStoreError
 from mclnet_cli.index import ondisk
 from mclnet_cli.index.chunked import ChunkedBuilder, ExactTopK, plan_chunked, recall_at_10, tune_nprobe, unit_rows
-from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
+from mclnet_cli.index.store import GalleryIndex, IndexRecord
 
 
 def _clustered(seed: int, n: int, dim: int = 16, clusters: int = 40) -> np.ndarray:

@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 
 from mclnet_cli.cli.app import app
 from mclnet_cli.config import load_config
-from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
-from mclnet_cli.engine.gallery import build_gallery_index, search_gallery
+from mclnet_cli.index.store import GalleryIndex, IndexRecord
+from mclnet_cli.engine.indexing import build_gallery_index
+from mclnet_cli.engine.search import search_gallery
 
 from conftest import CheckpointFactory
 
@@ -202,7 +203,7 @@ def test_index_kind_and_batch_size_come_from_the_checkpoint_config(
 
 def test_index_settings_fill_only_what_is_not_given() -> None:
     from mclnet_cli.config import IndexConfig
-    from mclnet_cli.engine.gallery import resolve_index_settings
+    from mclnet_cli.engine.indexing import resolve_index_settings
 
     config = IndexConfig(kind="ivf", batch_size=8, nlist=20, nprobe=None, hnsw_m=16, pq_m=None)
     settings = resolve_index_settings(config, kind="ivfpq", nprobe=4)

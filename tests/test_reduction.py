@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mclnet_cli.errors import IndexStoreError
-from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
+from mclnet_cli.index.store import GalleryIndex, IndexRecord
 from mclnet_cli.index.reduction import REDUCTION_FILE, Reduction, train_reduction
 
 

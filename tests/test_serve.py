@@ -28,8 +28,9 @@ pytest.importorskip("httpx", reason="needs httpx (test extra)")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mclnet_cli.cli.app import app as cli_app  # noqa: E402
-from mclnet_cli.index.gallery import GalleryIndex  # noqa: E402
-from mclnet_cli.engine.gallery import SearchEngine, build_gallery_index  # noqa: E402
+from mclnet_cli.index.store import GalleryIndex  # noqa: E402
+from mclnet_cli.engine.indexing import build_gallery_index  # noqa: E402
+from mclnet_cli.engine.search import SearchEngine  # noqa: E402
 from mclnet_cli.serve import ServeSettings, create_app  # noqa: E402
 
 TOKEN = "s3cret-token"
@@ -279,7 +280,7 @@ def test_an_upload_named_in_the_other_spectrums_layout_is_added_with_the_clis_no
 def test_an_upload_waits_for_the_index_writer_lock_before_writing(
     served: dict, tmp_path: Path, index_lock_waits: threading.Event
 ) -> None:
-    from mclnet_cli.index.gallery import writer_lock
+    from mclnet_cli.index.store import writer_lock
 
     from conftest import wait_for_lock_wait
 
@@ -308,6 +309,44 @@ def test_an_upload_after_the_index_folder_was_removed_fails_naming_it_and_leaves
     response = client.post("/gallery", files=_upload("eleven.png", _png(_person(11, 1, False))))
     _assert_one_line_error(response, 400, "index not found", str(index_dir))
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no folder holding only a lock file, no uploads folder
+
+
+def test_an_upload_on_a_full_disk_is_507_naming_the_image_and_leaves_the_index(
+    served: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    import mclnet_cli.atomic as atomic
+
+    index_dir = _fresh_index(served, tmp_path)
+    before = _live_files(index_dir)
+    client = _client(served, index_dir, uploads_dir=tmp_path / "uploads")
+    real_fdopen = os.fdopen
+
+    class Full:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    monkeypatch.setattr(atomic.os, "fdopen", lambda fd, *a, **k: Full(real_fdopen(fd, *a, **k)))
+    response = client.post("/gallery", files=_upload("seven.png", _png(_person(7, 1, gray=False))))
+    _assert_one_line_error(response, 507, "no space left", str((tmp_path / "uploads").resolve()))
+    assert ".tmp" not in response.json()["error"]
+    monkeypatch.undo()
+    assert _live_files(index_dir) == before and client.get("/gallery").json()["count"] == 6
+    assert not [p for p in (tmp_path / "uploads").iterdir()]  # no image, no temp
 
 
 def test_delete_takes_images_out_like_index_remove(served: dict, tmp_path: Path) -> None:

@@ -217,7 +217,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_added_vectors_are_unit_norm_and_scored_by_cosine(kind: str) -> None:
     """Vectors given to add() at very different lengths are stored normalised: hit scores are cosines."""
-    from mclnet_cli.index.gallery import GalleryIndex, IndexRecord
+    from mclnet_cli.index.store import GalleryIndex, IndexRecord
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(60, 16))
@@ -242,7 +242,7 @@ def test_index_add_cli_appends_features_of_the_right_stream(
     tmp_path: Path, cli_runner: Any, fake_sysu: tuple[list[Sample], Path], two_stream_checkpoint: Path
 ) -> None:
     """`index --add` stores unit vectors equal to the infrared stream's embeddings of the new files."""
-    from mclnet_cli.index.gallery import GalleryIndex
+    from mclnet_cli.index.store import GalleryIndex
 
     samples, _ = fake_sysu
     infrared = sorted({str(Path(s.path).parent.parent) for s in samples if s.split == "test" and s.cam in (3, 6)})

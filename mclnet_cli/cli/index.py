@@ -1,6 +1,6 @@
 """``mclnet index``: embed a folder of gallery images into a FAISS index.
 
-Thin layer: parse options, call :func:`mclnet_cli.engine.gallery.build_gallery_index`
+Thin layer: parse options, call :func:`mclnet_cli.engine.indexing.build_gallery_index`
 lazily (no torch or FAISS import at module level), render the report.
 """
 
@@ -18,7 +18,7 @@ from mclnet_cli.config import IndexKind as IndexKindName
 from mclnet_cli.config import names
 
 if TYPE_CHECKING:
-    from mclnet_cli.engine.gallery import BuildReport
+    from mclnet_cli.engine.indexing import BuildReport
 
 
 IndexKind = enum.Enum("IndexKind", {k: k for k in names(IndexKindName)}, type=str)  # the config's list of kinds
@@ -196,7 +196,7 @@ def _run(
     whiten: bool = False,
     chunk: int | None = None,
 ) -> None:
-    from mclnet_cli.engine.gallery import build_gallery_index
+    from mclnet_cli.engine.indexing import build_gallery_index
 
     report = build_gallery_index(
         checkpoint,

@@ -1,6 +1,6 @@
 """``mclnet query``: search a gallery index with probe images, usually from the other spectrum.
 
-Thin layer: parse options, call :func:`mclnet_cli.engine.gallery.search_gallery`
+Thin layer: parse options, call :func:`mclnet_cli.engine.search.search_gallery`
 lazily (no torch or FAISS import at module level), render tables, JSON or a picture.
 """
 
@@ -15,7 +15,7 @@ from mclnet_cli.cli.options import DebugOpt, DeviceOpt, QuietOpt, ThreadsOpt, co
 from mclnet_cli.cli.output import console, err_console, guard, print_json, progress_bar
 
 if TYPE_CHECKING:
-    from mclnet_cli.engine.gallery import ProbeResult, SearchReport
+    from mclnet_cli.engine.search import ProbeResult, SearchReport
 
 
 def query(
@@ -82,7 +82,7 @@ def _run(
     as_json: bool,
     mmap: bool | None = None,
 ) -> None:
-    from mclnet_cli.engine.gallery import search_gallery
+    from mclnet_cli.engine.search import search_gallery
 
     if save is not None:
         from mclnet_cli.index.picture import image_format

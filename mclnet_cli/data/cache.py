@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
-from mclnet_cli.atomic import atomic_write_text, readdress
+from mclnet_cli.atomic import atomic_write_text, replacing
 from mclnet_cli.data.images import load_rgb
 from mclnet_cli.types import Sample
 from mclnet_cli.errors import DataError, StorageError
@@ -49,10 +49,12 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def _allocate(array_path: Path, tmp: Path, count: int, height: int, width: int) -> np.memmap:
-    """Create the memmap file with every block allocated now, after checking free space.
+    """Create the memmap file ``tmp`` with every block allocated now, after checking free space.
 
     A sparse memmap on a full disk dies of SIGBUS when a page is first written;
-    allocated up front, a full disk is one :class:`StorageError` naming the cache.
+    allocated up front, a full disk is one :class:`StorageError` naming the cache
+    (``tmp`` is the temp of :func:`~mclnet_cli.atomic.replacing`, which removes it and
+    names ``array_path`` in the error).
     """
     needed = count * height * width * 3
     try:
@@ -64,19 +66,12 @@ def _allocate(array_path: Path, tmp: Path, count: int, height: int, width: int) 
             f"cannot write {array_path}: the cache needs {needed / 2**30:.2f} GiB and {tmp.parent} has "
             f"{free / 2**30:.2f} GiB free (free some space, use a smaller --cache-size, or prepare without --cache)"
         )
+    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, height, width, 3))
+    fd = os.open(tmp, os.O_RDWR)
     try:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(count, height, width, 3))
-        fd = os.open(tmp, os.O_RDWR)
-        try:
-            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        translated = readdress(exc, tmp, array_path)  # a full disk or a refused write names the cache, never the temp
-        if translated is not exc:
-            raise translated from exc
-        raise
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
     return array
 
 
@@ -130,10 +125,9 @@ def build_cache(
     array_path, index_path = cache_paths(root, height, width)
     token = uuid.uuid4().hex
     array_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = array_path.with_name(f".{array_path.name}.tmp")
     paths = [s.path for s in samples]
-    array = _allocate(array_path, tmp, len(paths), height, width)
-    try:
+    with replacing(array_path) as tmp:  # a full disk or a refused write names the cache, never the temp
+        array = _allocate(array_path, tmp, len(paths), height, width)
 
         def fill(row: int) -> None:
             array[row] = resized_array(paths[row], height, width)
@@ -144,13 +138,6 @@ def build_cache(
                     on_progress(1)
         array.flush()
         del array
-        os.replace(tmp, array_path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        translated = readdress(exc, tmp, array_path)
-        if translated is not exc:
-            raise translated from exc
-        raise
     index = {"height": height, "width": width, "count": len(paths), "token": token, "array": array_path.name, "paths": paths}
     atomic_write_text(index_path, json.dumps(index) + "\n")
     return {

@@ -410,37 +410,33 @@ def _refuse_split_options(listing: Listing, source: Path, seed: int | None, test
         raise DataError(f"{source} gives a split on its rows; {option} draws one only for a manifest without splits")
 
 
-def prepare_own(
-    fmt: str,
-    source: Path | str,
-    out: Path | str | None = None,
-    *,
-    cameras: bool = False,
-    seed: int | None = None,
-    test_fraction: float | None = None,
-    skip_bad: bool = False,
-    cache_size: tuple[int, int] | None = None,
-    workers: int | None = None,
-    progress: ProgressFactory = no_progress,
-) -> OwnReport:
-    """Read ``source`` (a ROOT folder for ``folder``, a manifest for ``csv``), check it, write a prepared dataset.
-
-    ``out`` None: :func:`default_out`. ``seed`` / ``test_fraction`` None: 0 and 0.5 when the
-    split is drawn; given with a manifest that has its own split, they are refused.
-    """
+def _out_folder(fmt: str, source: Path, out: Path | str | None) -> Path:
+    """Where ``prepare_own`` writes (``out``, else :func:`default_out`); an unknown format or a file there is refused."""
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; choose from: {', '.join(FORMATS)}")
-    source = Path(source)
     out_dir = Path(out if out is not None else default_out(fmt, source))
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} exists and is not a folder; choose a folder for the prepared dataset")
+    return out_dir
+
+
+def _read_listing(fmt: str, source: Path, cameras: bool) -> Listing:
+    """The rows of ``source``: a ROOT folder (``folder``) or a manifest (``csv``, which names its cameras itself)."""
     if fmt == "folder":
-        listing = read_folder(source, cameras=cameras)
-    else:
-        if cameras:
-            raise DataError("--cameras is for the folder layout; a manifest names cameras in its camera column")
-        listing = read_manifest(source)
-    _refuse_split_options(listing, source, seed, test_fraction)
+        return read_folder(source, cameras=cameras)
+    if cameras:
+        raise DataError("--cameras is for the folder layout; a manifest names cameras in its camera column")
+    return read_manifest(source)
+
+
+def _usable_rows(
+    listing: Listing, source: Path, *, skip_bad: bool, workers: int | None, progress: ProgressFactory
+) -> tuple[list[Row], list[Problem], set[str], dict[str, str]]:
+    """The rows to prepare: (rows, every problem in row order, the paths dropped, the images that do not decode).
+
+    Any problem is refused unless ``skip_bad``: then its rows are dropped, and the cross-row checks
+    run again on what is left.
+    """
     problems = list(listing.problems)
     with progress("checking images", len(listing.rows)) as advance:
         bad = dict(check_images([r.path for r in listing.rows], workers=workers, on_progress=advance))
@@ -462,10 +458,47 @@ def prepare_own(
     if not rows:
         raise DataError(f"{source}: no usable images left after dropping {len(problems)} problem(s), e.g. {problems[0]}"
                         if problems else f"{source}: no images found (docs/usage.md, 'Your own cameras')")
+    return rows, problems, dropped, bad
+
+
+def _split(rows: list[Row], seed: int | None, test_fraction: float | None) -> tuple[dict[str, str], dict[str, Any]]:
+    """Each person's split (the rows' own, else drawn with ``seed`` and ``test_fraction``) and meta.json's ``split``."""
     drawn = all(r.split is None for r in rows)
     chosen_seed = DEFAULT_SEED if seed is None else seed
     fraction = DEFAULT_TEST_FRACTION if test_fraction is None else test_fraction
     splits = draw_split((r.pid for r in rows), fraction, chosen_seed) if drawn else {r.pid: str(r.split) for r in rows}
+    per_split = Counter(splits.values())
+    split_info: dict[str, Any] = {"drawn": drawn}
+    if drawn:
+        split_info.update(seed=chosen_seed, test_fraction=fraction)
+    split_info["ids"] = {name: per_split[name] for name in SPLITS if per_split[name]}
+    return splits, split_info
+
+
+def prepare_own(
+    fmt: str,
+    source: Path | str,
+    out: Path | str | None = None,
+    *,
+    cameras: bool = False,
+    seed: int | None = None,
+    test_fraction: float | None = None,
+    skip_bad: bool = False,
+    cache_size: tuple[int, int] | None = None,
+    workers: int | None = None,
+    progress: ProgressFactory = no_progress,
+) -> OwnReport:
+    """Read ``source`` (a ROOT folder for ``folder``, a manifest for ``csv``), check it, write a prepared dataset.
+
+    ``out`` None: :func:`default_out`. ``seed`` / ``test_fraction`` None: 0 and 0.5 when the
+    split is drawn; given with a manifest that has its own split, they are refused.
+    """
+    source = Path(source)
+    out_dir = _out_folder(fmt, source, out)
+    listing = _read_listing(fmt, source, cameras)
+    _refuse_split_options(listing, source, seed, test_fraction)
+    rows, problems, dropped, bad = _usable_rows(listing, source, skip_bad=skip_bad, workers=workers, progress=progress)
+    splits, split_info = _split(rows, seed, test_fraction)
     pid_numbers = number(r.pid for r in rows)
     camera_numbers = number(r.camera for r in rows if r.camera is not None)
     samples = [
@@ -473,11 +506,6 @@ def prepare_own(
                r.modality, splits[r.pid])
         for r in rows
     ]
-    per_split = Counter(splits.values())
-    split_info: dict[str, Any] = {"drawn": drawn}
-    if drawn:
-        split_info.update(seed=chosen_seed, test_fraction=fraction)
-    split_info["ids"] = {name: per_split[name] for name in SPLITS if per_split[name]}
     root = source.resolve() if fmt == "folder" else source.resolve().parent
     meta: dict[str, Any] = {
         "dataset": fmt, "reader": fmt, "root": str(root), "source": str(source.resolve()), "split": split_info,

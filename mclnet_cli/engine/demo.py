@@ -181,10 +181,6 @@ def run_demo(
     (for tuning and benchmarks).
     """
     from mclnet_cli.config import load_config
-    from mclnet_cli.data.prepare import prepare_synthetic
-    from mclnet_cli.data.records import load_prepared
-    from mclnet_cli.engine.evaluate import evaluate_checkpoint
-    from mclnet_cli.index.picture import save_ranked_list
 
     plan = plan or (QUICK if quick else FULL)
     progress = progress or no_progress
@@ -193,20 +189,68 @@ def run_demo(
     stages = _Stages(on_stage or (lambda message: None), total=7)
     config = load_config(PRESET, plan.overrides(seed))
     _start_out_dir(out, plan, seed)
-    raw, prepared_dir, run_dir = out / "synthetic", out / "prepared", out / "run"
+    prepared_dir, run_dir = out / "prepared", out / "run"
 
+    prepared, dataset = _dataset_stage(stages, out, plan, seed, progress)
+    with stages.stage("train", f"training the {PRESET} preset ({plan.epochs} epochs x {plan.steps_per_epoch} steps)"):
+        trained, label_map = _train(config, prepared_dir, run_dir, device, reporter, restart=restart_command(out, quick, seed))
+    checkpoint = trained.last_checkpoint
+    untrained, metrics = _evaluate_stages(stages, config, label_map, checkpoint, out, plan, device, progress)
+    retrieval = _retrieval_stages(stages, prepared, checkpoint, out, device, progress)
+
+    summary: dict[str, Any] = {
+        "out": str(out.resolve()),
+        "mode": plan.name,
+        "seed": seed,
+        "dataset": dataset,
+        "run_dir": str(run_dir.resolve()),
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "untrained_checkpoint": str(untrained.resolve()),
+        "training": _training_summary(plan, trained),
+        "metrics": metrics,
+        **retrieval,  # index, query, probes, picture
+        "stage_times_s": stages.times,
+        "time_s": round(time.perf_counter() - stages.started, 2),
+    }
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
+    return DemoResult(out, summary)
+
+
+def _dataset_stage(
+    stages: "_Stages", out: Path, plan: DemoPlan, seed: int, progress: ProgressFactory
+) -> tuple[Any, dict[str, Any]]:
+    """Stage 1: draw the synthetic dataset into ``out/synthetic``, prepare it into ``out/prepared``.
+
+    Returns the prepared dataset and the summary's ``dataset`` entry.
+    """
+    from mclnet_cli.data.prepare import prepare_synthetic
+    from mclnet_cli.data.records import load_prepared
+
+    raw, prepared_dir = out / "synthetic", out / "prepared"
     with stages.stage("dataset", f"drawing a synthetic dataset of {plan.ids} ids and preparing it"):
         report, _ = prepare_synthetic(
             raw, prepared_dir, ids=plan.ids, seed=seed, images_per_camera=plan.images_per_camera, progress=progress
         )
         prepared = load_prepared(prepared_dir)
-    with stages.stage("train", f"training the {PRESET} preset ({plan.epochs} epochs x {plan.steps_per_epoch} steps)"):
-        trained, label_map = _train(config, prepared_dir, run_dir, device, reporter, restart=restart_command(out, quick, seed))
-    checkpoint = trained.last_checkpoint
+    return prepared, {
+        "name": report.dataset, "raw": str(raw.resolve()), "prepared": report.out, "ids": plan.ids,
+        "images_per_camera": plan.images_per_camera, "counts": report.counts,
+    }
+
+
+def _evaluate_stages(
+    stages: "_Stages", config: Any, label_map: dict[int, int], checkpoint: Path, out: Path, plan: DemoPlan, device: str,
+    progress: ProgressFactory,
+) -> tuple[Path, dict[str, Any]]:
+    """Stages 3 and 4: evaluate the trained model, then the untrained one (same config and seed).
+
+    Returns the untrained checkpoint and the summary's ``metrics`` entry.
+    """
+    from mclnet_cli.engine.evaluate import evaluate_checkpoint
 
     def evaluate(path: Path, what: str) -> Any:
         return evaluate_checkpoint(
-            path, prepared_dir, device=device,
+            path, out / "prepared", device=device,
             progress=lambda description, total: progress(f"{description} ({what})", total),
         )
 
@@ -215,6 +259,18 @@ def run_demo(
     with stages.stage("evaluate_untrained", "evaluating the untrained model (same config and seed)"):
         untrained = save_untrained(config, label_map, out / "untrained.pt")
         untrained_report = evaluate(untrained, "untrained")
+    return untrained, _metrics_summary(trained_report, untrained_report)
+
+
+def _retrieval_stages(
+    stages: "_Stages", prepared: Any, checkpoint: Path, out: Path, device: str, progress: ProgressFactory
+) -> dict[str, Any]:
+    """Stages 5 to 7: index the test ids' visible images, query with every infrared one, draw the first ranked lists.
+
+    Returns the summary's ``index``, ``query``, ``probes`` and ``picture`` entries.
+    """
+    from mclnet_cli.index.picture import save_ranked_list
+
     with stages.stage("index", "indexing the visible gallery of the test ids"):
         built = _index_gallery(prepared, checkpoint, out, device, progress)
     infrared = sorted(prepared.select("test", Modality.INFRARED), key=lambda s: (s.pid, s.cam, s.path))
@@ -227,20 +283,7 @@ def run_demo(
             out / "ranked_list.png", rows, top_k=TOP_K,
             probe_modality=Modality.INFRARED.value, gallery_modality=Modality.VISIBLE.value,
         )
-
-    summary: dict[str, Any] = {
-        "out": str(out.resolve()),
-        "mode": plan.name,
-        "seed": seed,
-        "dataset": {
-            "name": report.dataset, "raw": str(raw.resolve()), "prepared": report.out, "ids": plan.ids,
-            "images_per_camera": plan.images_per_camera, "counts": report.counts,
-        },
-        "run_dir": str(run_dir.resolve()),
-        "checkpoint": str(Path(checkpoint).resolve()),
-        "untrained_checkpoint": str(untrained.resolve()),
-        "training": _training_summary(plan, trained),
-        "metrics": _metrics_summary(trained_report, untrained_report),
+    return {
         "index": {
             "dir": str(built.index_dir.resolve()), "gallery": str((out / "gallery").resolve()), "count": built.count,
             "kind": built.kind, "dimension": built.dimension, "feature": FEATURE,
@@ -248,11 +291,7 @@ def run_demo(
         "query": _first_probe(infrared[0], hit_lists[0]),
         "probes": _probe_summary(infrared, hit_lists, len(rows)),
         "picture": str(Path(picture).resolve()),
-        "stage_times_s": stages.times,
-        "time_s": round(time.perf_counter() - stages.started, 2),
     }
-    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, default=str) + "\n")
-    return DemoResult(out, summary)
 
 
 class _Stages:
@@ -307,7 +346,7 @@ def _train(
 
 def _index_gallery(prepared: Any, checkpoint: Path, out: Path, device: str, progress: ProgressFactory) -> Any:
     """Copy the test ids' visible images to ``out/gallery`` and index them into ``out/index``."""
-    from mclnet_cli.engine.gallery import build_gallery_index
+    from mclnet_cli.engine.indexing import build_gallery_index
 
     visible = sorted(prepared.select("test", Modality.VISIBLE), key=lambda s: (s.pid, s.cam, s.path))
     copy_gallery(visible, out / "gallery")
@@ -316,7 +355,7 @@ def _index_gallery(prepared: Any, checkpoint: Path, out: Path, device: str, prog
 
 def _query(index_dir: Path, probes: list[Any], device: str) -> list[list[Any]]:
     """The top-``TOP_K`` hits of each probe."""
-    from mclnet_cli.engine.gallery import search_gallery
+    from mclnet_cli.engine.search import search_gallery
 
     search = search_gallery(index_dir, [s.path for s in probes], Modality.INFRARED, TOP_K, device=device)
     return [result.hits for result in search.results]

@@ -466,34 +466,55 @@ def evaluate_checkpoint(
     """
     from mclnet_cli.engine.checkpoint import load_model
     from mclnet_cli.engine.device import resolve_device
-    from mclnet_cli.engine.extract import NonFiniteFeatures
-    from mclnet_cli.engine.health import model_warnings
-    from mclnet_cli.model.net import FEATURES
 
     torch_device = resolve_device(device)
     loaded = load_model(checkpoint, device=torch_device)
-    config = loaded.config
     settings = EvalSettings.resolve(
-        config.eval, protocol=protocol, mode=mode, shots=shots, trials=trials, direction=direction,
+        loaded.config.eval, protocol=protocol, mode=mode, shots=shots, trials=trials, direction=direction,
         batch_size=batch_size, flip=flip, rerank=rerank, draws=draws,
     )
     prepared = load_prepared(data)
     _check_dataset(settings, prepared.meta, protocol is not None, prepared.root)
     samples = prepared.samples
     trial_list = _trials(samples, settings, _official(settings, perm_file, prepared.meta.get("root")))
+    workers = loaded.config.data.workers if workers is None else workers
+    features, rows = _embed_used(loaded, samples, trial_list, settings, torch_device, workers, progress)
+    with (progress or no_progress)(_scoring(settings), len(trial_list) * len(features)) as advance:
+        results = score_trials(samples, features, rows, trial_list, rerank=settings.rerank, on_progress=advance)
+    protocol_info = describe_protocol(
+        settings, trial_list, source="checkpoint", checkpoint=str(loaded.path), fingerprint=loaded.fingerprint,
+        data=str(prepared.root), dataset=prepared.name, device=str(torch_device), images_embedded=int((rows >= 0).sum()),
+        **_checkpoint_extra(loaded, features, samples, trial_list, prepared, settings),
+    )
+    return EvaluationReport(protocol_info, results)
+
+
+def _embed_used(
+    loaded: Any, samples: Sequence[Sample], trial_list: Sequence[Trial], settings: EvalSettings, device: Any,
+    workers: int, progress: ProgressFactory | None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Embed the test images some trial uses, each once: (features by name, each sample's row or -1)."""
+    from mclnet_cli.engine.extract import NonFiniteFeatures
+    from mclnet_cli.model.net import FEATURES
 
     used = np.unique(np.concatenate([np.concatenate([t.query, t.gallery]) for t in trial_list]))
     with (progress or no_progress)("embedding test images", len(used)) as advance:
         try:
-            features, rows = embed_samples(
-                loaded, samples, used, batch_size=settings.batch_size, device=torch_device,
-                workers=config.data.workers if workers is None else workers,
+            return embed_samples(
+                loaded, samples, used, batch_size=settings.batch_size, device=device, workers=workers,
                 features=FEATURES, flip=settings.flip, on_progress=advance,
             )
         except NonFiniteFeatures as exc:
             raise exc.at(loaded.path, "evaluate, embedding test images") from exc
-    with (progress or no_progress)(_scoring(settings), len(trial_list) * len(features)) as advance:
-        results = score_trials(samples, features, rows, trial_list, rerank=settings.rerank, on_progress=advance)
+
+
+def _checkpoint_extra(
+    loaded: Any, features: dict[str, np.ndarray], samples: Sequence[Sample], trial_list: Sequence[Trial], prepared: Any,
+    settings: EvalSettings,
+) -> dict[str, Any]:
+    """What a checkpoint's protocol block adds when there is something to say: collapse warnings, draw notes, the split."""
+    from mclnet_cli.engine.health import model_warnings
+
     extra: dict[str, Any] = {}
     warnings = model_warnings(str(loaded.path), features.get("bn"), loaded.degenerate_neck_channels)
     if warnings:
@@ -504,12 +525,7 @@ def evaluate_checkpoint(
     split_key = get_protocol(settings.protocol).split_report_key
     if split_key is not None and prepared.meta.get("trial") is not None:
         extra[split_key] = prepared.meta["trial"]  # regdb: the idx split (1-10) prepared; one model per split
-    protocol_info = describe_protocol(
-        settings, trial_list, source="checkpoint", checkpoint=str(loaded.path), fingerprint=loaded.fingerprint,
-        data=str(prepared.root), dataset=prepared.name, device=str(torch_device), images_embedded=int((rows >= 0).sum()),
-        **extra,
-    )
-    return EvaluationReport(protocol_info, results)
+    return extra
 
 
 # ----------------------------------------------------------------------------

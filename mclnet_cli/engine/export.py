@@ -26,9 +26,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -38,7 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from mclnet_cli.atomic import commit_together, default_mode, readdress, refuse_overwrite, storage_error, write_temp
+from mclnet_cli.atomic import (
+    commit_together, named_temp, readdress, refuse_overwrite, settle_temp, storage_error, write_temp,
+)  # fmt: skip
 from mclnet_cli.types import Modality
 from mclnet_cli.data.preprocess import Preprocess
 from mclnet_cli.errors import MclnetError
@@ -399,10 +399,9 @@ def _write_checked(
     try:
         try:
             if fmt == "onnx":
-                tmp = _named_temp(out)
+                tmp = named_temp(out)  # the exporter writes by file name; errors name ``out``
                 _export_onnx(net, example, tmp)
-                os.chmod(tmp, default_mode())
-                _fsync(tmp)
+                settle_temp(tmp)
             else:
                 data = _export_torchscript(net, example)
                 tmp = write_temp(out, lambda handle: handle.write(data))  # full disk, permissions: name ``out``
@@ -425,25 +424,6 @@ def _write_checked(
             tmp_sidecar.unlink(missing_ok=True)
         raise
     return checked
-
-
-def _named_temp(out: Path) -> Path:
-    """An empty temp file beside ``out`` for an exporter that writes by file name; errors name ``out``."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    except OSError as exc:
-        translated = readdress(exc, None, out)
-        if translated is not exc:
-            raise translated from exc
-        raise
-    os.close(fd)
-    return Path(name)
-
-
-def _fsync(path: Path) -> None:
-    """Flush a file an exporter wrote by name to the disk before it is renamed into place."""
-    with path.open("rb+") as handle:
-        os.fsync(handle.fileno())
 
 
 def _describe(

@@ -42,7 +42,7 @@ from mclnet_cli.index import ondisk
 from mclnet_cli.index.chunked import (
     TUNING_QUERIES, ChunkedBuilder, ChunkPlan, ExactTopK, plan_chunked, sample_size, tune_nprobe,
 )  # fmt: skip
-from mclnet_cli.index.gallery import GalleryIndex, IndexRecord, check_target, is_index_dir, records_for, writer_lock
+from mclnet_cli.index.store import GalleryIndex, IndexRecord, check_target, is_index_dir, records_for, writer_lock
 from mclnet_cli.index.reduction import sample_rows
 from mclnet_cli.locks import LOCK_FILE, folder_lock
 from mclnet_cli.progress import ProgressFactory, no_progress
@@ -104,7 +104,7 @@ def build_chunked(
     progress: ProgressFactory | None, on_wait: Callable[[str], None] | None, info: Any, dim: int | None = None,
     whiten: bool = False,
 ) -> Any:
-    """:func:`mclnet_cli.engine.gallery.build_gallery_index` with ``chunk``: rank 0 gets the report, other ranks None."""
+    """:func:`mclnet_cli.engine.indexing.build_gallery_index` with ``chunk``: rank 0 gets the report, other ranks None."""
     if chunk < 1:
         raise DataError(f"--chunk must be at least 1, got {chunk}")
     started = time.perf_counter()
@@ -131,7 +131,7 @@ def _setup(
     from mclnet_cli.engine import distributed
     from mclnet_cli.engine.checkpoint import load_model
     from mclnet_cli.engine.device import resolve_device
-    from mclnet_cli.engine.gallery import _refuse_replacing, list_gallery, resolve_index_settings
+    from mclnet_cli.engine.indexing import _refuse_replacing, list_gallery, resolve_index_settings
     from mclnet_cli.engine.updates import check_fingerprint, check_modality
 
     out_dir = check_target(Path(out_dir))
@@ -340,7 +340,7 @@ def _collect(job: _Job) -> tuple[list[str], list[IndexRecord], list[tuple[str, s
 
 def _finish(job: _Job, started: float, add: bool, force: bool, on_wait: Any) -> Any:
     """Rank 0: merge every shard into a lists file in --out, tune nprobe, save under the writer lock, clear the temp area."""
-    from mclnet_cli.engine.gallery import _refuse_replacing, _rows
+    from mclnet_cli.engine.indexing import _refuse_replacing, _rows
 
     names, records, failed, truth = _collect(job)
     job.skipped.extend(failed)
@@ -381,7 +381,7 @@ def _gallery(
     job: _Job, merged: Any, builder: ChunkedBuilder, current: GalleryIndex | None, records: list[IndexRecord]
 ) -> GalleryIndex:
     """The merged index with its records and metadata (an existing index's, extended)."""
-    from mclnet_cli.engine.gallery import _index_meta
+    from mclnet_cli.engine.indexing import _index_meta
 
     chunked = {"chunk": job.chunk, "shards": len(job.all_chunks()), "world_size": job.info.world_size}
     ondisk_state = ondisk.OnDisk.of(merged)
@@ -397,7 +397,7 @@ def _gallery(
 
 
 def _report(job: _Job, gallery: GalleryIndex, added: int, started: float, replaced: Any) -> Any:
-    from mclnet_cli.engine.gallery import BuildReport
+    from mclnet_cli.engine.indexing import BuildReport
 
     seconds = time.perf_counter() - started
     return BuildReport(

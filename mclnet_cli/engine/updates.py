@@ -3,7 +3,7 @@
 ``mclnet index --add``, ``mclnet index --remove``, ``api.build_index(add=True)``
 and the server's ``POST``/``DELETE /gallery`` change an index only through
 :func:`add_to_index` and :func:`remove_from_index`. Each takes the folder's
-writer lock (:func:`mclnet_cli.index.gallery.writer_lock`; another writer is
+writer lock (:func:`mclnet_cli.index.store.writer_lock`; another writer is
 waited for), reads the index as the last writer left it, checks it, changes it
 and saves it crash-safely (:meth:`GalleryIndex.save`). A folder that is gone is
 an error naming it, never re-created (it would hold nothing but the lock file).
@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from mclnet_cli.data.sources.layout import identify
 from mclnet_cli.errors import DataError, IndexStoreError
-from mclnet_cli.index.gallery import META_FILE, GalleryIndex, IndexRecord, is_index_dir, writer_lock
+from mclnet_cli.index.store import META_FILE, GalleryIndex, IndexRecord, is_index_dir, writer_lock
 from mclnet_cli.types import Modality
 
 

@@ -9,10 +9,10 @@ from importlib import import_module
 from typing import Any
 
 _EXPORTS = {
-    "GalleryIndex": "mclnet_cli.index.gallery",
-    "Hit": "mclnet_cli.index.gallery",
-    "IndexRecord": "mclnet_cli.index.gallery",
-    "plan_index": "mclnet_cli.index.gallery",
+    "GalleryIndex": "mclnet_cli.index.store",
+    "Hit": "mclnet_cli.index.store",
+    "IndexRecord": "mclnet_cli.index.store",
+    "plan_index": "mclnet_cli.index.store",
     "save_ranked_list": "mclnet_cli.index.picture",
 }
 

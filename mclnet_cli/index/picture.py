@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from mclnet_cli.atomic import atomic_write
 from mclnet_cli.data.images import load_rgb
 from mclnet_cli.errors import DataError
-from mclnet_cli.index.gallery import Hit
+from mclnet_cli.index.store import Hit
 
 PROBE = (40, 110, 230)
 MATCH = (0, 170, 60)

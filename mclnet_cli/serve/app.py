@@ -6,9 +6,9 @@ With a token, every route that reads or changes data needs it; ``/healthz``, the
 page and the API docs hold no data and load without it (a browser cannot send
 the header; ``/docs`` has an Authorize button that sends it with "Try it out").
 Every error is one line of JSON, ``{"error": "..."}``, with status 400 (bad
-input), 401 (token), 404, 413 (too large), 422 (a bad field)
-or 500 (never with a traceback). Search goes through
-:class:`mclnet_cli.engine.gallery.SearchEngine`, the code behind ``mclnet query``.
+input), 401 (token), 404, 413 (too large), 422 (a bad field), 507 (the server's disk is full
+or failing) or 500 (never with a traceback). Search goes through
+:class:`mclnet_cli.engine.search.SearchEngine`, the code behind ``mclnet query``.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from mclnet_cli.atomic import atomic_write
 from mclnet_cli.types import Modality
-from mclnet_cli.errors import DataError, MclnetError
-from mclnet_cli.engine.gallery import SearchEngine
+from mclnet_cli.errors import DataError, MclnetError, StorageError
+from mclnet_cli.engine.search import SearchEngine
 from mclnet_cli.data.sources.layout import identify
 from mclnet_cli.serve.state import ServedIndex
 
@@ -237,7 +238,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MclnetError)
     async def _mclnet_error(request: Request, exc: MclnetError) -> JSONResponse:
-        return _error(400, str(exc))
+        return _error(507 if isinstance(exc, StorageError) else 400, str(exc))  # a full disk is the server's, not the request's
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -283,6 +284,13 @@ def _add_index_routes(
     uploads: Path,
 ) -> None:
     """``/healthz``, the page, ``GET``/``POST``/``DELETE /gallery`` and ``/images/{record}``."""
+    _add_status_routes(app, served, engine)
+    _add_gallery_edit_routes(app, settings, served, model_runner, uploads)
+    _add_image_route(app, served)
+
+
+def _add_status_routes(app: FastAPI, served: ServedIndex, engine: SearchEngine) -> None:
+    """``/healthz``, the page and ``GET /gallery`` (what is being served)."""
 
     @app.get("/healthz", summary="Liveness: no token needed")
     def healthz() -> dict[str, Any]:
@@ -308,6 +316,12 @@ def _add_index_routes(
             "reload_error": served.reload_error,
         }
 
+
+def _add_gallery_edit_routes(
+    app: FastAPI, settings: ServeSettings, served: ServedIndex, model_runner: ThreadPoolExecutor, uploads: Path
+) -> None:
+    """``POST /gallery`` (add uploaded images, kept under ``uploads``) and ``DELETE /gallery`` (take records out)."""
+
     @app.post("/gallery", summary="Add images to the index (atomic; visible to the next search)")
     def gallery_add(
         images: list[UploadFile] = File(..., description="Gallery images, in the index's spectrum"),
@@ -315,17 +329,7 @@ def _add_index_routes(
     ) -> dict[str, Any]:
         checked = read_uploads(images, "images", settings)
         spectrum = served.add_spectrum(parse_modality(modality) if modality is not None else None)  # before any write
-        uploads.mkdir(parents=True, exist_ok=True)
-        written: list[Path] = []
-        paths: list[str] = []
-        for _, data, suffix in checked:
-            target = (uploads / (hashlib.sha256(data).hexdigest()[:24] + suffix)).resolve()
-            if not target.exists():
-                tmp = target.with_name(f".{target.name}.tmp")
-                tmp.write_bytes(data)
-                tmp.replace(target)
-                written.append(target)
-            paths.append(str(target))
+        paths, written = _keep_uploads(checked, uploads)
         try:
             result = served.add(
                 paths, run=lambda f, *a, **k: model_runner.submit(f, *a, **k).result(), modality=spectrum,
@@ -347,6 +351,24 @@ def _add_index_routes(
         if not paths:
             raise ApiError(422, "paths: no path given")
         return served.remove(paths).to_json()
+
+
+def _keep_uploads(checked: list[tuple[str, bytes, str]], uploads: Path) -> tuple[list[str], list[Path]]:
+    """Write each uploaded image to ``uploads`` under its content hash: (every path, the files written now)."""
+    uploads.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    paths: list[str] = []
+    for _, data, suffix in checked:
+        target = (uploads / (hashlib.sha256(data).hexdigest()[:24] + suffix)).resolve()
+        if not target.exists():
+            atomic_write(target, lambda handle, data=data: handle.write(data))
+            written.append(target)
+        paths.append(str(target))
+    return paths, written
+
+
+def _add_image_route(app: FastAPI, served: ServedIndex) -> None:
+    """``GET /images/{record}``: a thumbnail of one indexed image, named by its row."""
 
     @app.get("/images/{record}", summary="A thumbnail of one indexed image (by its row in the index)")
     def image(record: str) -> Response:
@@ -381,12 +403,7 @@ def _add_search_route(
         top_k: int = Form(10, description="Results per probe"),
     ) -> dict[str, Any]:
         spectrum = parse_modality(modality)
-        if not 1 <= top_k <= settings.max_top_k:
-            raise ApiError(422, f"top_k: {top_k} is out of range 1..{settings.max_top_k}")
-        if not probes:
-            raise ApiError(422, "probes: no image given")
-        if len(probes) > settings.max_files:
-            raise ApiError(413, f"probes: {len(probes)} images is over the limit of {settings.max_files} per request")
+        _check_search(settings, probes, top_k)
         received = time.perf_counter()
         uploads = [
             (_one_line(upload.filename or f"probes[{i}]")[:120], await upload.read(settings.max_upload_bytes + 1))
@@ -394,45 +411,66 @@ def _add_search_route(
         ]
         # Everything else on the model thread: one hand-off per request, not two.
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(model_runner, functools.partial(run_search, uploads, spectrum, top_k, received))
+        run = functools.partial(_run_search, settings, served, engine, uploads, spectrum, top_k, received)
+        return await loop.run_in_executor(model_runner, run)
 
-    def run_search(uploads: list[tuple[str, bytes]], spectrum: Modality, top_k: int, received: float) -> dict[str, Any]:
-        started = time.perf_counter()
-        checked = [(name, data, check_image(data, name, settings)) for name, data in uploads]
-        gallery = served.current()
-        rows = served.rows(gallery)
-        folder = Path(tempfile.mkdtemp(prefix="mclnet-probes-"))
-        try:
-            paths = []
-            for i, (_, data, suffix) in enumerate(checked):
-                path = folder / f"{i:03d}{suffix}"
-                path.write_bytes(data)
-                paths.append(str(path))
-            decoded = time.perf_counter()
-            results, embed_s, search_s = engine.rank(paths, spectrum, top_k, gallery=gallery)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        out = []
-        for (name, _, _), result in zip(checked, results):
-            row = result.to_json()
-            row["probe"] = name
-            # The probe was embedded from a temporary file: its pid and camera can only come from the name it was
-            # uploaded with (a client that sends "cam3/0007/0001.jpg"); None when that follows no dataset layout.
-            found = identify(name)
-            row["pid"], row["cam"] = (found.pid, found.cam) if found else (None, None)
-            for hit in row["results"]:
-                hit["record"] = rows.get(hit["path"])
-            out.append(row)
-        return {
-            "results": out,
-            "modality": spectrum.value,
-            "gallery": {"count": len(gallery), "modality": gallery.extra.get("modality")},
-            "notices": engine.notices_for(spectrum, gallery),
-            "queue_ms": round(1000 * (started - received), 3),  # reading the upload, waiting for the model thread
-            "decode_ms": round(1000 * (decoded - started), 3),
-            "embed_ms": round(1000 * embed_s, 3),
-            "search_ms": round(1000 * search_s, 3),
-        }
+
+def _check_search(settings: ServeSettings, probes: list[UploadFile], top_k: int) -> None:
+    """A 422 or 413 for a ``top_k`` out of range, no probe, or more probes than one request may send."""
+    if not 1 <= top_k <= settings.max_top_k:
+        raise ApiError(422, f"top_k: {top_k} is out of range 1..{settings.max_top_k}")
+    if not probes:
+        raise ApiError(422, "probes: no image given")
+    if len(probes) > settings.max_files:
+        raise ApiError(413, f"probes: {len(probes)} images is over the limit of {settings.max_files} per request")
+
+
+def _run_search(
+    settings: ServeSettings, served: ServedIndex, engine: SearchEngine, uploads: list[tuple[str, bytes]],
+    spectrum: Modality, top_k: int, received: float,
+) -> dict[str, Any]:
+    """On the model thread: check the uploaded probes, rank the served gallery, answer with the time each step took."""
+    started = time.perf_counter()
+    checked = [(name, data, check_image(data, name, settings)) for name, data in uploads]
+    gallery = served.current()
+    rows = served.rows(gallery)
+    folder = Path(tempfile.mkdtemp(prefix="mclnet-probes-"))
+    try:
+        paths = []
+        for i, (_, data, suffix) in enumerate(checked):
+            path = folder / f"{i:03d}{suffix}"
+            path.write_bytes(data)
+            paths.append(str(path))
+        decoded = time.perf_counter()
+        results, embed_s, search_s = engine.rank(paths, spectrum, top_k, gallery=gallery)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "results": _result_rows(checked, results, rows),
+        "modality": spectrum.value,
+        "gallery": {"count": len(gallery), "modality": gallery.extra.get("modality")},
+        "notices": engine.notices_for(spectrum, gallery),
+        "queue_ms": round(1000 * (started - received), 3),  # reading the upload, waiting for the model thread
+        "decode_ms": round(1000 * (decoded - started), 3),
+        "embed_ms": round(1000 * embed_s, 3),
+        "search_ms": round(1000 * search_s, 3),
+    }
+
+
+def _result_rows(checked: list[tuple[str, bytes, str]], results: list[Any], rows: dict[str, int]) -> list[dict[str, Any]]:
+    """``mclnet query --json``'s rows, each probe named as uploaded and each hit with its ``record`` row."""
+    out = []
+    for (name, _, _), result in zip(checked, results):
+        row = result.to_json()
+        row["probe"] = name
+        # The probe was embedded from a temporary file: its pid and camera can only come from the name it was
+        # uploaded with (a client that sends "cam3/0007/0001.jpg"); None when that follows no dataset layout.
+        found = identify(name)
+        row["pid"], row["cam"] = (found.pid, found.cam) if found else (None, None)
+        for hit in row["results"]:
+            hit["record"] = rows.get(hit["path"])
+        out.append(row)
+    return out
 
 
 def _limit_faiss_threads(threads: int | None) -> None:

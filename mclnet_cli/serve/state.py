@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mclnet_cli.errors import DataError, IndexStoreError, MclnetError
-from mclnet_cli.index.gallery import META_FILE, GalleryIndex, records_for
-from mclnet_cli.engine.gallery import SearchEngine
+from mclnet_cli.index.store import META_FILE, GalleryIndex, records_for
+from mclnet_cli.engine.search import SearchEngine
 from mclnet_cli.engine.updates import RemoveReport, add_to_index, check_modality, remove_from_index, require_index
 from mclnet_cli.types import Modality
 

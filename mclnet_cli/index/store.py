@@ -1,4 +1,7 @@
-"""A gallery of embeddings in a FAISS index, with a JSON sidecar describing every row.
+"""The index store: a gallery's embeddings in a FAISS file, with JSON sidecars describing every row.
+
+It owns :class:`GalleryIndex` (build, add, remove, search, save, load), :class:`IndexRecord`,
+:class:`Hit`, the folder's files and their crash-safe swap (:func:`read_meta`, :func:`writer_lock`).
 
 On disk a gallery index is a folder of three files:
 
@@ -515,20 +518,11 @@ class GalleryIndex:
         per direction) on a sample of ``features`` and index the reduced, re-normalised
         features (see :mod:`mclnet_cli.index.reduction`).
         """
-        matrix = _as_matrix(features, "build")
-        records = list(records)
-        if matrix.shape[0] != len(records):
-            raise IndexStoreError(f"build: {matrix.shape[0]} feature rows but {len(records)} records")
-        if matrix.shape[0] == 0:
-            raise IndexStoreError("build: no features to index")
-        paths = [r.path for r in records]
-        if len(set(paths)) != len(paths):
-            raise IndexStoreError("build: the same image path appears twice in the records")
+        matrix, records = _build_rows(features, records)
         reduction = None
         if reduce_dim is not None:
             reduction = train_reduction(matrix[sample_rows(matrix.shape[0])], reduce_dim, whiten=whiten)
             matrix = reduction.apply(matrix)
-        dim = matrix.shape[1]
         if kind == "auto":
             if not 0 < recall <= 1:
                 raise IndexStoreError(f"recall target must be in (0, 1], got {recall}")
@@ -537,16 +531,8 @@ class GalleryIndex:
             gallery = cls(index, records, choice.kind, choice.factory, dict(choice.params), auto_extra, matrix.shape[0])
             gallery.notices, gallery.reduction = list(choice.notices), reduction
             return gallery
-        plan = plan_index(kind, matrix.shape[0], dim, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, pq_m=pq_m)
-        index = faiss.index_factory(dim, plan.factory, faiss.METRIC_INNER_PRODUCT)
-        if plan.kind == "hnsw":
-            faiss.downcast_index(index).hnsw.efConstruction = int(plan.params["ef_construction"])
-        if plan.kind in ("ivf", "ivfpq"):
-            ivf = faiss.extract_index_ivf(index)
-            ivf.cp.spherical = True  # unit vectors: centroids on the sphere
-            ivf.cp.max_points_per_centroid = TRAIN_POINTS_PER_CENTROID
-            index.train(matrix)
-        index.add(matrix)
+        plan = plan_index(kind, matrix.shape[0], matrix.shape[1], nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, pq_m=pq_m)
+        index = _planned_index(plan, matrix)
         gallery = cls(index, records, plan.kind, plan.factory, dict(plan.params), dict(extra or {}), matrix.shape[0])
         gallery.notices, gallery.reduction = list(plan.notices), reduction
         _tune(gallery.index, gallery.kind, gallery.params)
@@ -757,47 +743,16 @@ class GalleryIndex:
         )  # files of two different saves (a writer swapped them while we read), or edited by hand
         if mmap is None:
             mmap = index_path.stat().st_size >= MMAP_AUTO_BYTES
-        try:
-            try:
-                flags = MMAP_FLAGS.get(str(meta.get("kind")), MMAP_FLAGS_DEFAULT) | faiss.IO_FLAG_READ_ONLY if mmap else 0
-                if "ondisk" in meta:  # lists in their own file, always mapped read-only
-                    index = ondisk.read_index(directory, meta["ondisk"] if isinstance(meta["ondisk"], dict) else {})
-                else:
-                    index = faiss.read_index(str(index_path), flags)
-            except ondisk.StaleLists as exc:
-                raise _Torn(str(exc)) from exc
-            except RuntimeError as exc:
-                raise IndexStoreError(f"{index_path}: cannot read the FAISS index") from exc
-            records = _read_records(records_path)
-            if len(records) != index.ntotal:
-                raise IndexStoreError(
-                    f"{directory}: {RECORDS_FILE} has {len(records)} rows but the index holds {index.ntotal}"
-                )
-            if mixed:
-                raise IndexStoreError(
-                    f"{directory}: {INDEX_FILE}/{RECORDS_FILE} are not the files {META_FILE} describes "
-                    "(changed outside mclnet?); rebuild the index"
-                )
-        except IndexStoreError as exc:
-            if mixed:
-                raise _Torn(str(exc)) from exc
-            raise
+        index, records = _read_index_and_records(directory, meta, mmap, mixed)
         _validate_meta(meta_path, meta, index)
-        known = {"format", "mclnet_version", "dimension", "metric", "kind", "factory", "params", "count",
-                 "trained_on", "created", "updated", "files", "reduction", "ondisk"}  # fmt: skip
-        try:
-            reduction = Reduction.load(directory, meta["reduction"]) if meta.get("reduction") else None
-        except ReductionMismatch as exc:  # replaced by a save racing this read, or damaged: read again, then say so
-            raise _Torn(str(exc)) from exc
-        if reduction is not None and reduction.dimension != index.d:
-            raise IndexStoreError(f"{directory}: {REDUCTION_FILE} reduces to {reduction.dimension}-d, the index holds {index.d}-d")
+        reduction = _read_reduction(directory, meta, index)
         gallery = cls(
             index=index,
             records=records,
             kind=str(meta.get("kind", "flat")),
             factory=str(meta.get("factory", "")),
             params={str(k): int(v) for k, v in dict(meta.get("params") or {}).items()},
-            extra={k: v for k, v in meta.items() if k not in known},
+            extra={k: v for k, v in meta.items() if k not in _STRUCTURE_KEYS},
             trained_on=int(meta.get("trained_on", index.ntotal)),
             created=str(meta.get("created", _now())),
             mapped=bool(mmap),
@@ -810,6 +765,87 @@ class GalleryIndex:
 
 class _Torn(Exception):
     """The files read belong to two different saves (a swap raced the read)."""
+
+
+# meta.json keys that describe the index itself; every other key is the builder's (GalleryIndex.extra)
+_STRUCTURE_KEYS = frozenset({
+    "format", "mclnet_version", "dimension", "metric", "kind", "factory", "params", "count",
+    "trained_on", "created", "updated", "files", "reduction", "ondisk",
+})  # fmt: skip
+
+
+def _build_rows(features: np.ndarray, records: Sequence[IndexRecord]) -> tuple[np.ndarray, list[IndexRecord]]:
+    """:meth:`GalleryIndex.build`'s input checked: the unit-row matrix and one record per row, no path twice."""
+    matrix = _as_matrix(features, "build")
+    records = list(records)
+    if matrix.shape[0] != len(records):
+        raise IndexStoreError(f"build: {matrix.shape[0]} feature rows but {len(records)} records")
+    if matrix.shape[0] == 0:
+        raise IndexStoreError("build: no features to index")
+    paths = [r.path for r in records]
+    if len(set(paths)) != len(paths):
+        raise IndexStoreError("build: the same image path appears twice in the records")
+    return matrix, records
+
+
+def _planned_index(plan: IndexPlan, matrix: np.ndarray) -> faiss.Index:
+    """A FAISS index of ``plan``'s structure, trained on ``matrix`` (IVF kinds) and holding its rows."""
+    index = faiss.index_factory(matrix.shape[1], plan.factory, faiss.METRIC_INNER_PRODUCT)
+    if plan.kind == "hnsw":
+        faiss.downcast_index(index).hnsw.efConstruction = int(plan.params["ef_construction"])
+    if plan.kind in ("ivf", "ivfpq"):
+        ivf = faiss.extract_index_ivf(index)
+        ivf.cp.spherical = True  # unit vectors: centroids on the sphere
+        ivf.cp.max_points_per_centroid = TRAIN_POINTS_PER_CENTROID
+        index.train(matrix)
+    index.add(matrix)
+    return index
+
+
+def _read_index_and_records(
+    directory: Path, meta: dict[str, Any], mmap: bool, mixed: bool
+) -> tuple[faiss.Index, list[IndexRecord]]:
+    """The FAISS index (mapped when ``mmap``) and the records of ``directory``, one per row.
+
+    ``mixed``: the files' sizes are not the ones meta.json records; any error reading them is then a
+    torn read (:class:`_Torn`: read again), and reading them whole still refuses them.
+    """
+    index_path = directory / INDEX_FILE
+    try:
+        try:
+            flags = MMAP_FLAGS.get(str(meta.get("kind")), MMAP_FLAGS_DEFAULT) | faiss.IO_FLAG_READ_ONLY if mmap else 0
+            if "ondisk" in meta:  # lists in their own file, always mapped read-only
+                index = ondisk.read_index(directory, meta["ondisk"] if isinstance(meta["ondisk"], dict) else {})
+            else:
+                index = faiss.read_index(str(index_path), flags)
+        except ondisk.StaleLists as exc:
+            raise _Torn(str(exc)) from exc
+        except RuntimeError as exc:
+            raise IndexStoreError(f"{index_path}: cannot read the FAISS index") from exc
+        records = _read_records(directory / RECORDS_FILE)
+        if len(records) != index.ntotal:
+            raise IndexStoreError(f"{directory}: {RECORDS_FILE} has {len(records)} rows but the index holds {index.ntotal}")
+        if mixed:
+            raise IndexStoreError(
+                f"{directory}: {INDEX_FILE}/{RECORDS_FILE} are not the files {META_FILE} describes "
+                "(changed outside mclnet?); rebuild the index"
+            )
+    except IndexStoreError as exc:
+        if mixed:
+            raise _Torn(str(exc)) from exc
+        raise
+    return index, records
+
+
+def _read_reduction(directory: Path, meta: dict[str, Any], index: faiss.Index) -> Reduction | None:
+    """The ``--dim`` reduction meta.json names (checked to reduce to the index's dimension), or None."""
+    try:
+        reduction = Reduction.load(directory, meta["reduction"]) if meta.get("reduction") else None
+    except ReductionMismatch as exc:  # replaced by a save racing this read, or damaged: read again, then say so
+        raise _Torn(str(exc)) from exc
+    if reduction is not None and reduction.dimension != index.d:
+        raise IndexStoreError(f"{directory}: {REDUCTION_FILE} reduces to {reduction.dimension}-d, the index holds {index.d}-d")
+    return reduction
 
 
 def _parse_meta(meta_path: Path) -> dict[str, Any]:
