@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from mclnet_cli.cli.options import (
-    DIRECTIONS, DRAWS, PROTOCOLS, SYSU_MODES, BatchSizeOpt, DebugOpt, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt,
+    DIRECTIONS, DRAWS, DRAWS_HELP, PROTOCOLS, SYSU_MODES, BatchSizeOpt, DebugOpt, DeviceOpt, JsonOpt, QuietOpt, ThreadsOpt,
     WorkersOpt, choice_option, common,
 )
 from mclnet_cli.cli.output import console, guard, print_json, progress_bar, warn
@@ -39,7 +39,7 @@ def evaluate(
     threads: ThreadsOpt = None,
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Flip test-time augmentation.")] = None,
     rerank: Annotated[Optional[bool], typer.Option("--rerank/--no-rerank", help="k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3).")] = None,
-    draws: Annotated[Optional[str], choice_option("--draws", values=DRAWS, help="sysu gallery draws: agw (default) or official.")] = None,
+    draws: Annotated[Optional[str], choice_option("--draws", values=DRAWS, help=DRAWS_HELP)] = None,
     perm_file: Annotated[
         Optional[Path], typer.Option("--perm-file", help="rand_perm_cam.mat for --draws official (default: <root>/exp/).")
     ] = None,

@@ -27,6 +27,7 @@ DIRECTIONS = names(Direction)
 PROTOCOLS = names(Protocol)
 DEVICES = names(Device)
 DRAWS = names(Draws)
+DRAWS_HELP = "gallery draws: agw (default; every protocol that draws a gallery) or official (SYSU-MM01 only: its exp/rand_perm_cam.mat)."
 
 
 def _complete(values: Iterable[str]):  # noqa: ANN202 - Typer's autocompletion callable

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from mclnet_cli.cli.options import DIRECTIONS, DRAWS, DebugOpt, JsonOpt, PROTOCOLS, QuietOpt, SYSU_MODES, choice_option, common
+from mclnet_cli.cli.options import DIRECTIONS, DRAWS, DRAWS_HELP, DebugOpt, JsonOpt, PROTOCOLS, QuietOpt, SYSU_MODES, choice_option, common
 from mclnet_cli.cli.output import console, guard, print_json
 
 PROTOCOL_HELP = "sysu, regdb, llcm or own (default: the prepared dataset's own, else sysu)."
@@ -28,7 +28,7 @@ def split(
             "--direction", values=DIRECTIONS[:2], help="regdb/llcm/own: infrared_to_visible (default) or visible_to_infrared."
         ),
     ] = None,
-    draws: Annotated[Optional[str], choice_option("--draws", values=DRAWS, help="sysu gallery draws: agw (default) or official.")] = None,
+    draws: Annotated[Optional[str], choice_option("--draws", values=DRAWS, help=DRAWS_HELP)] = None,
     perm_file: Annotated[
         Optional[Path], typer.Option("--perm-file", help="rand_perm_cam.mat for --draws official (default: <root>/exp/).")
     ] = None,
