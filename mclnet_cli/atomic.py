@@ -237,10 +237,17 @@ def replacing(path: Path | str) -> Iterator[Path]:
     """
     path = Path(path)
     tmp = named_temp(path)
-    try:
+    with _discarded_on_error(tmp, path):
         yield tmp
         settle_temp(tmp)
         os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _discarded_on_error(tmp: Path, path: Path) -> Iterator[None]:
+    """On any exception inside: remove ``tmp`` and re-raise the error about ``path`` (:func:`readdress`)."""
+    try:
+        yield
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
         translated = readdress(exc, tmp, path)
@@ -256,14 +263,8 @@ def atomic_write(path: Path | str, write: Callable[[BinaryIO], None]) -> Path:
     """
     path = Path(path)
     tmp = write_temp(path, write)
-    try:
+    with _discarded_on_error(tmp, path):
         os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        translated = readdress(exc, tmp, path)
-        if translated is not exc:
-            raise translated from exc
-        raise
     return path
 
 

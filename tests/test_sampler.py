@@ -220,26 +220,31 @@ def test_missing_training_image_in_a_worker_is_one_clean_line(tmp_path: Path, da
     assert message.startswith("image not found: ") and message.removeprefix("image not found: ") in missing, message
 
 
-def test_pseudo_infrared_pairs_take_the_visible_layout(tmp_path: Path, data_cfg) -> None:
-    """With data.pseudo_infrared_p=1 every infrared image of a batch is its pair's visible image, spectrally mixed."""
-    from mclnet_cli.data.loader import build_train_loader
-
+def _pairs_of(tmp_path: Path, pids: tuple[int, ...], visible: np.ndarray, infrared: np.ndarray):
+    """A prepared training set: two copies of ``visible`` (cam 1) and of ``infrared`` (cam 3) per pid."""
     samples = []
-    for pid in (1, 2, 3):
+    for pid in pids:
         for k in range(2):
-            visible = np.zeros((16, 8, 3), dtype=np.uint8)
-            visible[:, :4] = (200, 30, 30)  # left / right split
-            visible[:, 4:] = (20, 40, 220)
-            infrared = np.zeros((16, 8), dtype=np.uint8)
-            infrared[:8] = 230  # top / bottom split
-            infrared[8:] = 25
             for cam, array, modality in ((1, visible, Modality.VISIBLE), (3, infrared, Modality.INFRARED)):
                 path = tmp_path / "raw" / f"{pid}_{cam}_{k}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(array).save(path)
                 samples.append(Sample(str(path), pid, cam, modality, "train"))
     write_prepared(tmp_path / "prepared", samples, {"dataset": "sysu"})
-    prepared = load_prepared(tmp_path / "prepared")
+    return load_prepared(tmp_path / "prepared")
+
+
+def test_pseudo_infrared_pairs_take_the_visible_layout(tmp_path: Path, data_cfg) -> None:
+    """With data.pseudo_infrared_p=1 every infrared image of a batch is its pair's visible image, spectrally mixed."""
+    from mclnet_cli.data.loader import build_train_loader
+
+    visible = np.zeros((16, 8, 3), dtype=np.uint8)
+    visible[:, :4] = (200, 30, 30)  # left / right split
+    visible[:, 4:] = (20, 40, 220)
+    infrared = np.zeros((16, 8), dtype=np.uint8)
+    infrared[:8] = 230  # top / bottom split
+    infrared[8:] = 25
+    prepared = _pairs_of(tmp_path, (1, 2, 3), visible, infrared)
     plain = dataclasses.replace(data_cfg, pad=0, flip_p=0.0, erasing_p=0.0, spectrum_p=0.0, grayscale_p=0.0, use_cache=False)
 
     def layouts(p: float) -> set[str]:
@@ -261,18 +266,8 @@ def test_spectrum_knots_reach_the_pseudo_infrared_pairs_of_the_loader(tmp_path: 
     from mclnet_cli.data.loader import build_train_loader
 
     ramp = np.linspace(0, 255, 8, dtype=np.float32)
-    samples = []
-    for pid in (1, 2):
-        for k in range(2):
-            visible = np.stack([np.tile(ramp, (16, 1)), np.tile(ramp[::-1], (16, 1)), np.full((16, 8), 90.0)], -1)
-            for cam, array, modality in ((1, visible.astype(np.uint8), Modality.VISIBLE),
-                                         (3, np.full((16, 8), 128, np.uint8), Modality.INFRARED)):
-                path = tmp_path / "raw" / f"{pid}_{cam}_{k}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(array).save(path)
-                samples.append(Sample(str(path), pid, cam, modality, "train"))
-    write_prepared(tmp_path / "prepared", samples, {"dataset": "sysu"})
-    prepared = load_prepared(tmp_path / "prepared")
+    visible = np.stack([np.tile(ramp, (16, 1)), np.tile(ramp[::-1], (16, 1)), np.full((16, 8), 90.0)], -1)
+    prepared = _pairs_of(tmp_path, (1, 2), visible.astype(np.uint8), np.full((16, 8), 128, np.uint8))
     plain = dataclasses.replace(data_cfg, pad=0, flip_p=0.0, erasing_p=0.0, spectrum_p=0.0, grayscale_p=0.0,
                                 use_cache=False, pseudo_infrared_p=1.0)
 
