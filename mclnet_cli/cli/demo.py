@@ -29,7 +29,8 @@ def demo(
     debug: DebugOpt = False,
 ) -> None:
     """Draw a synthetic dataset, train the tiny preset, evaluate it against the untrained network,
-    index the visible test images, query with an infrared probe and draw the ranked list.
+    index the visible test images, query with every infrared test image and draw the ranked lists
+    of the first four.
     """
     common(quiet=quiet, debug=debug)  # threads after the --out check: a refusal needs no torch
     _run(out, quick, force, device, as_json, threads, seed)
