@@ -1,6 +1,6 @@
 """What the benchmark generators share: the SYSU-MM01 split files and the command line.
 
-Each generator (alt_synthetic.py, gen_nir.py, gen_walker.py) draws its own people;
+Each generator (alt_synthetic.py, gen_nir.py, gen_walker.py, gen_crowd.py) draws its own people;
 only the on-disk layout is common (``camN/<pid>/<index>.jpg``, ``exp/*_id.txt``).
 """
 
