@@ -113,6 +113,7 @@ class ModelConfig:
     pretrained: str = "imagenet"  # imagenet | none | <path to a state dict>
     specific_stages: int = 3  # stem, layer1, layer2 modality-specific (code: share_net=3)
     last_stride: int = 1
+    base_channels: int = 64  # channels of the stem and layer1 (layer k: width x 2^(k-1)); 64: torchvision's ResNet
     pooling: Pooling = "gem"  # gem | avg
     gem_p: float = 3.0
 
@@ -578,6 +579,9 @@ def _validate(cfg: Config) -> None:
         (1 <= cfg.data.regdb_split <= 10, "data.regdb_split must be between 1 and 10"),
         (1 <= cfg.model.specific_stages <= 4, "model.specific_stages must be between 1 and 4"),
         (cfg.model.last_stride in (1, 2), "model.last_stride must be 1 or 2"),
+        (8 <= cfg.model.base_channels <= 256, f"model.base_channels must be between 8 and 256, got {cfg.model.base_channels!r}"),
+        (cfg.model.base_channels == 64 or str(cfg.model.pretrained).strip().lower() in ("none", ""),
+         f"model.base_channels={cfg.model.base_channels} needs model.pretrained=none: pretrained ResNet weights are 64 wide"),
         (cfg.eval.shots in (1, 10), "eval.shots must be 1 or 10"),
         (1 <= cfg.eval.trials <= 10, "eval.trials must be between 1 and 10"),
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),

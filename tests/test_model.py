@@ -299,3 +299,42 @@ def test_build_model_rejects_bad_values() -> None:
         build_model(tiny_cfg(pooling="max"), 3)
     with pytest.raises(ConfigError, match="num_classes"):
         build_model(tiny_cfg(), 0)
+
+
+def test_base_channels_narrows_every_stage_and_the_features() -> None:
+    from mclnet_cli.model.backbone import build_resnet, stage_channels
+
+    narrow = build_model(tiny_cfg(base_channels=32), 3).eval()
+    with torch.no_grad():
+        out = narrow(visible=images(3, 0), infrared=images(2, 1))
+    assert narrow.feature_dim == 256
+    assert all(out.features[s].shape == (5, 256) for s in SCALES) and out.bn_feature.shape == (5, 256)
+    assert layer4_size(narrow, images(2, 2), "visible") == (2, 256, 4, 2)  # last stride 1 still applied
+    wide = build_model(tiny_cfg(), 3)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(narrow) < count(wide) / 3.5  # about a quarter: every convolution is half as wide on both sides
+    assert stage_channels(build_resnet("resnet50", base_channels=16)) == (64, 128, 256, 512)
+    assert stage_channels(build_resnet("resnet34", base_channels=24)) == (24, 48, 96, 192)
+
+
+def test_narrow_resnet_is_initialised_as_torchvision_initialises_its_own() -> None:
+    from mclnet_cli.model.backbone import build_resnet
+
+    torch.manual_seed(0)
+    narrow = build_resnet("resnet18", base_channels=32)
+    for conv in (narrow.conv1, narrow.layer3[0].conv2, narrow.layer4[1].conv1):
+        out_channels, _, kh, kw = conv.weight.shape
+        expected = (2.0 / (out_channels * kh * kw)) ** 0.5  # kaiming normal, fan_out, relu
+        assert abs(float(conv.weight.std()) / expected - 1) < 0.1
+    assert all(torch.equal(bn.weight, torch.ones_like(bn.weight)) and not bn.bias.any()
+               for bn in narrow.modules() if isinstance(bn, torch.nn.BatchNorm2d))
+    assert narrow.layer3[0].downsample is not None and narrow.fc.in_features == 256
+
+
+def test_base_channels_other_than_64_needs_training_from_scratch(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"model.base_channels=32 needs model.pretrained=none"):
+        load_config("tiny", ["model.base_channels=32", "model.pretrained=imagenet"])
+    with pytest.raises(ConfigError, match=r"model.base_channels must be between 8 and 256, got 4"):
+        load_config("tiny", ["model.base_channels=4"])
+    assert load_config("tiny", ["model.base_channels=32"]).model.base_channels == 32
+    assert load_config("sysu").model.base_channels == 64  # the recipe: torchvision's resnet50

@@ -506,3 +506,14 @@ def test_resume_of_a_run_saved_before_a_key_existed() -> None:
     assert resume_conflicts(stored, current) == []
     moved = _config("train.epochs=2", "data.llcm_infrared_as_visible=true").to_dict()
     assert resume_conflicts(stored, moved) == ["data.llcm_infrared_as_visible (False -> True)"]
+
+
+def test_base_channels_reaches_the_trained_checkpoint_and_resume_keeps_it(prepared_dataset: Path, tmp_path: Path) -> None:
+    from mclnet_cli.engine.checkpoint import load_model
+
+    out = tmp_path / "run"
+    fit(_config("train.epochs=1", "model.base_channels=16"), prepared_dataset, out, device="cpu")
+    loaded = load_model(out / "last.pt", device=torch.device("cpu"))
+    assert loaded.model.feature_dim == 128 and loaded.model.backbone.shared[-1][0].conv1.out_channels == 128
+    with pytest.raises(ConfigError, match="model.base_channels"):
+        fit(_config("train.epochs=2"), prepared_dataset, out, resume=True, device="cpu")

@@ -171,6 +171,6 @@ class MCLNet(nn.Module):
 
 def build_model(model_cfg: ModelConfig, num_classes: int) -> MCLNet:
     """MCLNet from the ``model`` config section and the number of training identities."""
-    resnet = build_resnet(model_cfg.arch, model_cfg.pretrained, model_cfg.last_stride)
+    resnet = build_resnet(model_cfg.arch, model_cfg.pretrained, model_cfg.last_stride, model_cfg.base_channels)
     backbone = TwoStreamBackbone(resnet, model_cfg.specific_stages)
     return MCLNet(backbone, num_classes, pooling=model_cfg.pooling, gem_p=model_cfg.gem_p)
