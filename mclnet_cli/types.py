@@ -30,9 +30,16 @@ class Modality(str, enum.Enum):
         for modality, aliases in _ALIASES.items():
             if key in aliases:
                 return modality
-        raise DataError(
-            f"unknown modality {value!r}; expected visible (vis, rgb) or infrared (ir, nir, thermal)"
-        )
+        raise DataError(f"unknown modality {value!r}; expected {cls.accepted()}")
+
+    @classmethod
+    def accepted(cls) -> str:
+        """Every accepted word, as messages say it: ``visible (vis, rgb, v) or infrared (ir, nir, thermal, t)``."""
+        spelled = []
+        for modality in cls:
+            aliases = sorted(_ALIASES[modality] - {modality.value}, key=lambda w: (-len(w), w))
+            spelled.append(f"{modality.value} ({', '.join(aliases)})")
+        return " or ".join(spelled)
 
     @classmethod
     def words(cls) -> tuple[str, ...]:

@@ -338,3 +338,15 @@ def test_base_channels_other_than_64_needs_training_from_scratch(tmp_path) -> No
         load_config("tiny", ["model.base_channels=4"])
     assert load_config("tiny", ["model.base_channels=32"]).model.base_channels == 32
     assert load_config("sysu").model.base_channels == 64  # the recipe: torchvision's resnet50
+
+
+def test_unknown_modality_message_lists_every_word_parse_accepts() -> None:
+    from mclnet_cli.errors import DataError
+
+    with pytest.raises(DataError) as info:
+        Modality.parse("uv")
+    message = str(info.value)
+    assert message.startswith("unknown modality 'uv'; expected visible (")
+    for word in Modality.words():
+        assert Modality.parse(word.upper()).value in ("visible", "infrared")
+        assert f" {word}" in message or f"({word}" in message, word
