@@ -42,6 +42,7 @@ ResizeFilter = Literal["bilinear", "lanczos"]
 IdentityDraw = Literal["cycle", "independent"]
 StepsRule = Literal["method", "official"]  # train.steps_rule: steps of an epoch when train.steps_per_epoch is null
 OptimName = Literal["sgd", "adam"]
+MmdFeature = Literal["pool", "bn"]  # loss.mmd_feature: what MMD aligns (pool: pre-BN f4, the method)
 Protocol = Literal["sysu", "regdb", "llcm", "own"]  # own: a prepared folder/csv dataset (metrics/protocols.py)
 SysuMode = Literal["all", "indoor"]
 Direction = Literal["visible_to_infrared", "infrared_to_visible", "both"]
@@ -138,6 +139,7 @@ class LossConfig:
     hks_temperature: float = 1.0
     mmd_margin: float | None = None
     mmd_bandwidth: MmdBandwidth = "detached"  # "differentiable": the bandwidth is not a constant for the gradient
+    mmd_feature: MmdFeature = "pool"  # bn: BNNeck(f4), standardised over the batch, so MMD cannot shrink every feature to a point
     mmd_gate: float | None = None  # MMD joins after the first epoch whose identity loss is below mmd_gate x ln C; None: from the start (the method)
     hks_smoothing: float = 0.0  # the code's KL adds eps to both softmaxes: (p + eps) / (1 + C eps); code: 1e-8
     label_smoothing: float = 0.0

@@ -226,6 +226,56 @@ def test_criterion_applies_mmd_bandwidth_setting() -> None:
         load_config("tiny", ["loss.mmd_bandwidth=frozen"])
 
 
+def test_criterion_applies_mmd_feature_setting() -> None:
+    """loss.mmd_feature reaches the loss: ``pool`` aligns pre-BN f4 (the method), ``bn`` the BNNeck
+    output; each equals the functional loss on its feature and leaves the other without gradient."""
+    from mclnet_cli.config import load_config
+
+    only_mmd = ["loss.weights.id=0", "loss.weights.supcon=0", "loss.weights.hks=0", "loss.weights.mmd=1"]
+    vis = MODS == 0
+    values = {}
+    for setting, reads in (("pool", "f4"), ("bn", "bn")):
+        crit = Criterion.from_config(load_config("tiny", [*only_mmd, f"loss.mmd_feature={setting}"]).loss)
+        assert crit.mmd_feature == setting
+        out = _fake_output()
+        f4 = out.features["layer4"].detach().requires_grad_(True)
+        bn = out.bn_feature.detach().requires_grad_(True)
+        out = ModelOutput(features={**out.features, "layer4": f4}, bn_feature=bn, logits=out.logits)
+        loss = crit(out, LABELS, MODS)
+        loss.total.backward()
+        target = f4 if reads == "f4" else bn
+        other = bn if reads == "f4" else f4
+        g = target.detach().clone().requires_grad_(True)
+        reference = mmd_loss(g[vis], g[~vis], LABELS[vis], LABELS[~vis])
+        reference.backward()
+        assert loss.parts["mmd"].item() == pytest.approx(reference.item(), rel=1e-6)
+        assert torch.allclose(target.grad, g.grad, atol=1e-6) and other.grad is None
+        values[setting] = reference.item()
+    assert values["pool"] != pytest.approx(values["bn"], rel=1e-3)
+    assert load_config("tiny").loss.mmd_feature == "pool" and load_config("sysu").loss.mmd_feature == "pool"
+    with pytest.raises(ConfigError, match="mmd_feature"):
+        load_config("tiny", ["loss.mmd_feature=f3"])
+
+
+def test_mmd_on_the_neck_output_has_no_shrink_direction() -> None:
+    """Through a training-mode BN (the BNNeck), scaling f4's spread changes nothing, so MMD with the
+    detached bandwidth can no longer pull every feature towards one point (docs/method.md, finding 11)."""
+    x = torch.randn(4, 8, generator=_gen(25))
+    y = torch.randn(4, 8, generator=_gen(26)) + 1.0
+    labels = torch.tensor([0, 0, 1, 1])
+    neck = torch.nn.BatchNorm1d(8).train()
+    s = torch.tensor(1.0, requires_grad=True)
+    centre = torch.cat([x, y]).mean(0)
+    f4 = centre + s * (torch.cat([x, y]) - centre)  # the spread around the batch mean, scaled by s
+    on_pool = mmd_loss(f4[:4], f4[4:], labels, labels)
+    (pool_grad,) = torch.autograd.grad(on_pool, s, retain_graph=True)
+    z = neck(f4)
+    on_bn = mmd_loss(z[:4], z[4:], labels, labels)
+    (bn_grad,) = torch.autograd.grad(on_bn, s)
+    assert pool_grad.item() > 0.05 * on_pool.item()  # pre-BN: shrinking lowers the loss
+    assert abs(bn_grad.item()) < 1e-3 * on_bn.item()  # after the neck: no such direction
+
+
 # --------------------------------------------------------------------------- ID / triplet
 
 

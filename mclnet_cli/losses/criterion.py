@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 from torch import Tensor
 
-from mclnet_cli.config import MmdBandwidth, names
+from mclnet_cli.config import MmdBandwidth, MmdFeature, names
 from mclnet_cli.errors import ConfigError
 from mclnet_cli.losses.functional import hks_loss, id_loss, mmd_loss, supcon_loss, triplet_loss
 from mclnet_cli.model.net import SCALES, ModelOutput
@@ -25,6 +25,8 @@ TERM_OUTPUTS: dict[str, tuple[str, ...]] = {
     "mmd": ("features.layer4",),
     "triplet": ("features.layer4",),
 }
+#: ``loss.mmd_feature`` -> the output MMD reads in place of TERM_OUTPUTS["mmd"]
+MMD_FEATURE_OUTPUT: dict[str, str] = {"pool": "features.layer4", "bn": "bn_feature"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class Criterion:
 
     Terms with weight 0 are neither computed nor reported; neither is MMD while
     :attr:`mmd_active` is false (the trainer's ``loss.mmd_gate``). ``parts["supcon"]`` is
-    the unweighted sum over the four scales. MMD and triplet use pre-BN f4.
+    the unweighted sum over the four scales. Triplet uses pre-BN f4, MMD the feature
+    ``mmd_feature`` names (pre-BN f4 in the method; ``bn``: the BNNeck output).
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class Criterion:
         triplet_margin: float = 0.3,
         hks_smoothing: float = 0.0,
         mmd_bandwidth: MmdBandwidth = "detached",
+        mmd_feature: MmdFeature = "pool",
     ) -> None:
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
@@ -64,6 +68,8 @@ class Criterion:
             raise ConfigError("loss.supcon_temperature and loss.hks_temperature must be positive")
         if mmd_bandwidth not in names(MmdBandwidth):
             raise ConfigError(f"loss.mmd_bandwidth: unknown {mmd_bandwidth!r}; choose from: {', '.join(names(MmdBandwidth))}")
+        if mmd_feature not in MMD_FEATURE_OUTPUT:
+            raise ConfigError(f"loss.mmd_feature: unknown {mmd_feature!r}; choose from: {', '.join(MMD_FEATURE_OUTPUT)}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {label_smoothing!r}")
         self.weights = {name: float(value) for name, value in weights.items() if value > 0}
@@ -76,6 +82,7 @@ class Criterion:
         self.triplet_margin = triplet_margin
         self.hks_smoothing = hks_smoothing
         self.mmd_bandwidth = mmd_bandwidth
+        self.mmd_feature = mmd_feature
         self.mmd_active = True  # the trainer switches MMD off until loss.mmd_gate opens
 
     @classmethod
@@ -92,6 +99,7 @@ class Criterion:
             triplet_margin=loss_cfg.triplet_margin,
             hks_smoothing=getattr(loss_cfg, "hks_smoothing", 0.0),
             mmd_bandwidth=getattr(loss_cfg, "mmd_bandwidth", "detached"),
+            mmd_feature=getattr(loss_cfg, "mmd_feature", "pool"),
         )
 
     def active_weights(self) -> dict[str, float]:
@@ -109,8 +117,9 @@ class Criterion:
             return hks_loss([output.features[s] for s in SCALES], self.hks_temperature, self.hks_smoothing)
         if name == "mmd":
             vis = modalities == 0
+            aligned = output.bn_feature if self.mmd_feature == "bn" else f4
             return mmd_loss(
-                f4[vis], f4[~vis], labels[vis], labels[~vis], self.mmd_margin,
+                aligned[vis], aligned[~vis], labels[vis], labels[~vis], self.mmd_margin,
                 detach_bandwidth=self.mmd_bandwidth == "detached",
             )
         if name == "triplet":
