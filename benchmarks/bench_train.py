@@ -35,10 +35,11 @@ SETTINGS = {
 }
 
 
-def bench(name: str, device: torch.device, *, amp: bool, channels_last: bool, steps: int, warmup: int, classes: int) -> dict:
-    """Mean images/s over ``steps`` steps after ``warmup`` steps."""
+def bench(name: str, device: torch.device, *, amp: bool, channels_last: bool, steps: int, warmup: int, classes: int,
+          extra: tuple[str, ...] = ()) -> dict:
+    """Mean images/s over ``steps`` steps after ``warmup`` steps; ``extra``: further ``--set`` overrides."""
     preset, overrides = SETTINGS[name]
-    cfg = load_config(preset, overrides)
+    cfg = load_config(preset, [*overrides, *extra])
     model = build_model(cfg.model, classes).to(device).train()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--classes", type=int, default=395, help="classifier size (SYSU: 395)")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override on top of the setting, e.g. --set model.base_channels=32")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         steps = args.steps or (10 if name == "tiny" else 3)
         for amp, channels_last in variants:
             rows.append(bench(name, device, amp=amp, channels_last=channels_last, steps=steps, warmup=args.warmup,
-                              classes=args.classes))
+                              classes=args.classes, extra=tuple(args.overrides)))
+            rows[-1]["overrides"] = list(args.overrides)
             if not args.json:
                 r = rows[-1]
                 print(f"{r['model']:5s} {r['arch']:9s} {r['input']:7s} batch {r['batch']:3d} {r['device']:5s} "
