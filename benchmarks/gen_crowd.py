@@ -68,12 +68,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageFilter
 
-from sysu_layout import generator_main, write_layout
+from sysu_layout import check_arguments, generator_main, passed_cameras, split_ids, write_layout
 
 H, W = 128, 64
-VISIBLE = (1, 2, 4, 5)
-INFRARED = (3, 6)
-SPLIT = (0.6, 0.1)  # train, val; the rest is test
 REF_HEIGHT = 1.75  # metres: the camera tilt is the scale gain over this height
 INSULATION_MM = 6.0  # e-folding thickness of garment insulation
 UPPER_LAYOUTS = ("plain", "zip", "yoke", "diagonal")
@@ -806,24 +803,15 @@ def render(p: Pedestrian, cam: int, rng: np.random.Generator, crowd: Sequence[Pe
 
 def crowd_cameras(rng: np.random.Generator) -> list[int]:
     """The cameras a person passed: at least one visible and one infrared."""
-    vis = [c for c in VISIBLE if rng.random() < 0.8] or [VISIBLE[int(rng.integers(len(VISIBLE)))]]
-    ir = [c for c in INFRARED if rng.random() < 0.8] or [INFRARED[int(rng.integers(len(INFRARED)))]]
-    return sorted(vis + ir)
+    return passed_cameras(rng, 0.8, 0.8)
 
 
 def generate_crowd(root: Path | str, *, ids: int = 90, seed: int = 0, images_per_camera: int = 3) -> dict:
     """Write the set under ``root`` in the SYSU-MM01 layout; returns a short summary."""
     root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        raise SystemExit(f"{root} is not empty")
-    if ids < 10:
-        raise SystemExit(f"--ids must be at least 10 (got {ids}) so that train, val and test all get identities")
-    if images_per_camera < 1:
-        raise SystemExit(f"--images-per-camera must be at least 1 (got {images_per_camera})")
+    check_arguments(root, ids, images_per_camera)
     pids = list(range(1, ids + 1))
-    order = [int(q) for q in np.random.default_rng([seed, 0xC5]).permutation(pids)]
-    n_train, n_val = round(ids * SPLIT[0]), max(1, round(ids * SPLIT[1]))
-    splits = {"train_id.txt": order[:n_train], "val_id.txt": order[n_train:n_train + n_val], "test_id.txt": order[n_train + n_val:]}
+    splits = split_ids(pids, np.random.default_rng([seed, 0xC5]))
     people = {pid: draw_pedestrian(pid, np.random.default_rng([seed, pid, 0xD1])) for pid in pids}
     images, crowded = 0, 0
     for pid in pids:

@@ -46,12 +46,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sysu_layout import generator_main, write_layout
+from sysu_layout import check_arguments, generator_main, passed_cameras, split_ids, write_layout
 
-VISIBLE = (1, 2, 4, 5)
-INFRARED = (3, 6)
 H, W = 128, 64
-SPLIT = (0.6, 0.1)  # train, val; the rest is test
 HEADINGS = ("towards", "away", "left", "right")
 HAIR = ("bald", "short", "long", "ponytail")
 CARRY = ("none", "umbrella", "phone", "box")
@@ -592,24 +589,15 @@ def render(p: Walker, cam: int, rng: np.random.Generator) -> Image.Image:
 
 def walker_cameras(rng: np.random.Generator) -> list[int]:
     """The cameras a person walked past: at least one visible and one infrared."""
-    vis = [c for c in VISIBLE if rng.random() < 0.75] or [VISIBLE[int(rng.integers(len(VISIBLE)))]]
-    ir = [c for c in INFRARED if rng.random() < 0.8] or [INFRARED[int(rng.integers(len(INFRARED)))]]
-    return sorted(vis + ir)
+    return passed_cameras(rng, 0.75, 0.8)
 
 
 def generate_walker(root: Path | str, *, ids: int = 90, seed: int = 0, images_per_camera: int = 3) -> dict:
     """Write the set under ``root`` in the SYSU-MM01 layout; returns a short summary."""
     root = Path(root)
-    if root.exists() and any(root.iterdir()):
-        raise SystemExit(f"{root} is not empty")
-    if ids < 10:
-        raise SystemExit(f"--ids must be at least 10 (got {ids}) so that train, val and test all get identities")
-    if images_per_camera < 1:
-        raise SystemExit(f"--images-per-camera must be at least 1 (got {images_per_camera})")
+    check_arguments(root, ids, images_per_camera)
     pids = list(range(1, ids + 1))
-    order = [int(q) for q in np.random.default_rng([seed, 0x5E]).permutation(pids)]
-    n_train, n_val = round(ids * SPLIT[0]), max(1, round(ids * SPLIT[1]))
-    splits = {"train_id.txt": order[:n_train], "val_id.txt": order[n_train:n_train + n_val], "test_id.txt": order[n_train + n_val:]}
+    splits = split_ids(pids, np.random.default_rng([seed, 0x5E]))
     images = 0
     for pid in pids:
         person = draw_walker(pid, np.random.default_rng([seed, pid, 0xA1]))

@@ -225,3 +225,42 @@ def wait_for_lock_wait(waiting, worker) -> bool:  # noqa: ANN001 - an Event and 
     while not waiting.is_set() and worker.is_alive():
         waiting.wait(0.02)
     return waiting.is_set() and worker.is_alive()
+
+
+def _check_generated_sysu_set(generate, tmp_path: Path, every_visible_in_colour: bool = False):
+    """Draw 12 ids with a benchmark generator, prepare them with the SYSU reader and check what every
+    generator promises: no bad files, a 7/1/4 disjoint split, both spectra per id, 128x64 images,
+    grey infrared, colour visible. Returns (generator summary, prepared samples)."""
+    import numpy as np
+    from PIL import Image
+
+    from mclnet_cli.data.prepare import prepare_dataset
+    from mclnet_cli.data.records import Modality, load_prepared
+
+    summary = generate(tmp_path / "raw", ids=12, seed=3, images_per_camera=1)
+    report = prepare_dataset("sysu", tmp_path / "raw", tmp_path / "prepared", workers=1)
+    assert not report.bad and not report.single_modality_ids
+    samples = load_prepared(tmp_path / "prepared").samples
+    assert len(samples) == summary["images"]
+    splits = {split: {s.pid for s in samples if s.split == split} for split in ("train", "val", "test")}
+    assert [len(splits[k]) for k in ("train", "val", "test")] == [7, 1, 4]
+    assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"]) and not (splits["val"] & splits["test"])
+    for pid in {s.pid for s in samples}:
+        assert {s.modality for s in samples if s.pid == pid} == {Modality.VISIBLE, Modality.INFRARED}
+    for sample in samples:
+        pixels = np.asarray(Image.open(sample.path).convert("RGB"), dtype=np.int16)
+        assert pixels.shape == (128, 64, 3)
+        if sample.modality is Modality.INFRARED:
+            assert np.abs(pixels[..., 0] - pixels[..., 1]).max() <= 3 and np.abs(pixels[..., 1] - pixels[..., 2]).max() <= 3
+    visible = [s for s in samples if s.modality is Modality.VISIBLE]
+    checked = visible if every_visible_in_colour else visible[:1]
+    for sample in checked:
+        colour = np.asarray(Image.open(sample.path).convert("RGB"), dtype=np.int16)
+        assert np.abs(colour[..., 0] - colour[..., 2]).max() > 10, sample.path  # visible images are in colour
+    return summary, samples
+
+
+@pytest.fixture
+def check_generated_sysu_set():
+    """:func:`_check_generated_sysu_set`, for the benchmark generators' tests."""
+    return _check_generated_sysu_set

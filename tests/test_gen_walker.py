@@ -14,28 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from gen_walker import draw_walker, generate_walker, render_with_mask  # noqa: E402
 
 
-def test_walker_set_prepares_with_the_sysu_reader(tmp_path) -> None:
-    from mclnet_cli.data.prepare import prepare_dataset
-    from mclnet_cli.data.records import Modality, load_prepared
-
-    summary = generate_walker(tmp_path / "raw", ids=12, seed=3, images_per_camera=1)
-    report = prepare_dataset("sysu", tmp_path / "raw", tmp_path / "prepared", workers=1)
-    assert not report.bad and not report.single_modality_ids
-    samples = load_prepared(tmp_path / "prepared").samples
-    assert len(samples) == summary["images"]
-    splits = {split: {s.pid for s in samples if s.split == split} for split in ("train", "val", "test")}
-    assert [len(splits[k]) for k in ("train", "val", "test")] == [7, 1, 4]
-    assert not (splits["train"] & splits["val"]) and not (splits["train"] & splits["test"]) and not (splits["val"] & splits["test"])
-    for pid in {s.pid for s in samples}:
-        assert {s.modality for s in samples if s.pid == pid} == {Modality.VISIBLE, Modality.INFRARED}
-    for sample in samples:
-        pixels = np.asarray(Image.open(sample.path).convert("RGB"), dtype=np.int16)
-        assert pixels.shape == (128, 64, 3)
-        if sample.modality is Modality.INFRARED:
-            assert np.abs(pixels[..., 0] - pixels[..., 1]).max() <= 3 and np.abs(pixels[..., 1] - pixels[..., 2]).max() <= 3
-    visible = [s for s in samples if s.modality is Modality.VISIBLE]
-    colour = np.asarray(Image.open(visible[0].path).convert("RGB"), dtype=np.int16)
-    assert np.abs(colour[..., 0] - colour[..., 2]).max() > 10  # visible images are in colour
+def test_walker_set_prepares_with_the_sysu_reader(tmp_path, check_generated_sysu_set) -> None:
+    check_generated_sysu_set(generate_walker, tmp_path)
 
 
 def test_walker_set_is_deterministic(tmp_path) -> None:
