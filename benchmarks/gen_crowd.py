@@ -24,7 +24,8 @@ visible cameras 1, 2, 4, 5 and infrared 3, 6) and the 60/10/30 id split.
   thresholded sums of identity plane waves, printed on the upper or the lower
   garment in body coordinates;
 - crowd: in many images one or two OTHER pedestrians (other identities of the
-  set, training ones included) stand beside the person, behind (smaller, feet
+  person's own split, so a held-out identity never appears in a training image; the
+  first version drew them from the whole set: ``passers_by="any"``) stand beside the person, behind (smaller, feet
   higher on the ground plane) or in front at the frame edge (larger, cut by the
   border, overlapping the person), plus street furniture (bollards, lamp posts,
   bins) at their own depths, all painted far to near. The person stays the
@@ -806,8 +807,17 @@ def crowd_cameras(rng: np.random.Generator) -> list[int]:
     return passed_cameras(rng, 0.8, 0.8)
 
 
-def generate_crowd(root: Path | str, *, ids: int = 90, seed: int = 0, images_per_camera: int = 3) -> dict:
-    """Write the set under ``root`` in the SYSU-MM01 layout; returns a short summary."""
+def generate_crowd(
+    root: Path | str, *, ids: int = 90, seed: int = 0, images_per_camera: int = 3, passers_by: str = "split"
+) -> dict:
+    """Write the set under ``root`` in the SYSU-MM01 layout; returns a short summary.
+
+    ``passers_by``: ``split`` (other people of the person's own train/val/test split) or ``any``
+    (anyone in the set, test identities in training images included: the first version, kept to
+    reproduce the numbers drawn with it).
+    """
+    if passers_by not in ("split", "any"):
+        raise SystemExit(f"passers_by must be split or any, got {passers_by!r}")
     root = Path(root)
     check_arguments(root, ids, images_per_camera)
     pids = list(range(1, ids + 1))
@@ -815,7 +825,8 @@ def generate_crowd(root: Path | str, *, ids: int = 90, seed: int = 0, images_per
     people = {pid: draw_pedestrian(pid, np.random.default_rng([seed, pid, 0xD1])) for pid in pids}
     images, crowded = 0, 0
     for pid in pids:
-        pool = [q for q in people.values() if q.pid != pid]
+        own = next(members for members in splits.values() if pid in members)
+        pool = [q for q in people.values() if q.pid != pid and (passers_by == "any" or q.pid in own)]
         for cam in crowd_cameras(np.random.default_rng([seed, pid, 0xCA])):
             folder = root / f"cam{cam}" / f"{pid:04d}"
             folder.mkdir(parents=True, exist_ok=True)

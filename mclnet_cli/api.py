@@ -11,7 +11,7 @@ Five functions, the same ones the ``mclnet`` commands call::
     scores = api.evaluate("run/last.pt", "prepared/sysu")
 
 Images are file paths or PIL images; ``modality`` is ``"visible"`` or
-``"infrared"`` (aliases: rgb, vis, ir, nir, thermal). Every function raises
+``"infrared"`` (aliases: rgb, vis, v; thermal, nir, ir, t). Every function raises
 :class:`mclnet_cli.errors.MclnetError` subclasses with a one-line message on bad input.
 """
 

@@ -42,7 +42,7 @@ ResizeFilter = Literal["bilinear", "lanczos"]
 IdentityDraw = Literal["cycle", "independent"]
 StepsRule = Literal["method", "official"]  # train.steps_rule: steps of an epoch when train.steps_per_epoch is null
 OptimName = Literal["sgd", "adam"]
-MmdFeature = Literal["pool", "bn"]  # loss.mmd_feature: what MMD aligns (pool: pre-BN f4, the method)
+MmdFeature = Literal["pool", "standardized"]  # loss.mmd_feature: what MMD aligns (pool: pre-BN f4, the method)
 Protocol = Literal["sysu", "regdb", "llcm", "own"]  # own: a prepared folder/csv dataset (metrics/protocols.py)
 SysuMode = Literal["all", "indoor"]
 Direction = Literal["visible_to_infrared", "infrared_to_visible", "both"]
@@ -139,7 +139,7 @@ class LossConfig:
     hks_temperature: float = 1.0
     mmd_margin: float | None = None
     mmd_bandwidth: MmdBandwidth = "detached"  # "differentiable": the bandwidth is not a constant for the gradient
-    mmd_feature: MmdFeature = "pool"  # bn: BNNeck(f4), standardised over the batch, so MMD cannot shrink every feature to a point
+    mmd_feature: MmdFeature = "pool"  # standardized: f4 standardised per channel over the batch, no learnable scale, so MMD cannot shrink every feature to a point
     mmd_gate: float | None = None  # MMD joins after the first epoch whose identity loss is below mmd_gate x ln C; None: from the start (the method)
     hks_smoothing: float = 0.0  # the code's KL adds eps to both softmaxes: (p + eps) / (1 + C eps); code: 1e-8
     label_smoothing: float = 0.0
@@ -582,8 +582,6 @@ def _validate(cfg: Config) -> None:
         (1 <= cfg.model.specific_stages <= 4, "model.specific_stages must be between 1 and 4"),
         (cfg.model.last_stride in (1, 2), "model.last_stride must be 1 or 2"),
         (8 <= cfg.model.base_channels <= 256, f"model.base_channels must be between 8 and 256, got {cfg.model.base_channels!r}"),
-        (cfg.model.base_channels == 64 or str(cfg.model.pretrained).strip().lower() in ("none", ""),
-         f"model.base_channels={cfg.model.base_channels} needs model.pretrained=none: pretrained ResNet weights are 64 wide"),
         (cfg.eval.shots in (1, 10), "eval.shots must be 1 or 10"),
         (1 <= cfg.eval.trials <= 10, "eval.trials must be between 1 and 10"),
         (cfg.train.epochs >= 1, "train.epochs must be at least 1"),

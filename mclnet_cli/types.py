@@ -34,7 +34,7 @@ class Modality(str, enum.Enum):
 
     @classmethod
     def accepted(cls) -> str:
-        """Every accepted word, as messages say it: ``visible (vis, rgb, v) or infrared (ir, nir, thermal, t)``."""
+        """Every accepted word, as messages say it: ``visible (rgb, vis, v) or infrared (thermal, nir, ir, t)``."""
         spelled = []
         for modality in cls:
             aliases = sorted(_ALIASES[modality] - {modality.value}, key=lambda w: (-len(w), w))

@@ -16,6 +16,7 @@ def test_choices_cover_every_closed_field_of_the_schema() -> None:
         "model.arch": names(config.Arch),
         "model.pooling": names(config.Pooling),
         "loss.mmd_bandwidth": names(config.MmdBandwidth),
+        "loss.mmd_feature": names(config.MmdFeature),
         "optim.name": names(config.OptimName),
         "train.steps_rule": names(config.StepsRule),
         "eval.protocol": names(config.Protocol),

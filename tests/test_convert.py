@@ -438,7 +438,8 @@ def test_converted_checkpoint_serves_evaluate_index_and_query(reference, prepare
 
 @pytest.mark.parametrize(
     "override",
-    ["model.arch=resnet50", "model.specific_stages=2", "model.pretrained=imagenet", "model={arch: resnet34}"],
+    ["model.arch=resnet50", "model.specific_stages=2", "model.pretrained=imagenet", "model={arch: resnet34}",
+     "model.base_channels=32"],
 )
 def test_a_set_of_what_the_checkpoint_decides_is_refused_not_ignored(reference, tmp_path: Path, override: str) -> None:
     """Was: parsed, then overwritten by the checkpoint's own value without a word."""

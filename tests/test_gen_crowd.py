@@ -127,3 +127,32 @@ def test_high_cameras_magnify_the_head_relative_to_the_legs() -> None:
     assert abs(flat_gain - 1.0) < 1e-6 and high_gain > 1.3
     assert high_ratio > 1.3 * flat_ratio
     assert np.all(np.diff(h1) < 0) and np.all(np.diff(h2) < 0)  # height above the feet falls down the image
+
+
+def test_passers_by_come_from_the_persons_own_split(tmp_path, monkeypatch) -> None:
+    """No held-out identity appears in a training image (``passers_by="any"``: the first version did)."""
+    import gen_crowd
+
+    seen: dict[int, set[int]] = {}
+    real = gen_crowd.render_frame
+
+    def recording(p, cam, rng, crowd=()):
+        seen.setdefault(p.pid, set()).update(q.pid for q in crowd)
+        return real(p, cam, rng, crowd)
+
+    monkeypatch.setattr(gen_crowd, "render_frame", recording)
+    splits = {}
+    for mode in ("split", "any"):
+        seen.clear()
+        root = tmp_path / mode
+        gen_crowd.generate_crowd(root, ids=20, seed=2, images_per_camera=1, passers_by=mode)
+        splits = {name: {int(v) for v in (root / "exp" / name).read_text().strip().split(",")}
+                  for name in ("train_id.txt", "val_id.txt", "test_id.txt")}
+        own = {pid: members for members in splits.values() for pid in members}
+        crossing = {pid for pid, pool in seen.items() if pool - own[pid]}
+        if mode == "split":
+            assert seen and not crossing and all(pool for pid, pool in seen.items() if len(own[pid]) > 1)
+        else:
+            assert crossing  # the first version's draw: other splits' people in the pool
+    with pytest.raises(SystemExit, match="passers_by"):
+        gen_crowd.generate_crowd(tmp_path / "bad", ids=12, seed=0, images_per_camera=1, passers_by="train")

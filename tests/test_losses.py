@@ -227,53 +227,56 @@ def test_criterion_applies_mmd_bandwidth_setting() -> None:
 
 
 def test_criterion_applies_mmd_feature_setting() -> None:
-    """loss.mmd_feature reaches the loss: ``pool`` aligns pre-BN f4 (the method), ``bn`` the BNNeck
-    output; each equals the functional loss on its feature and leaves the other without gradient."""
+    """loss.mmd_feature reaches the loss: ``pool`` aligns pre-BN f4 (the method), ``standardized``
+    the same f4 standardised per channel over the batch; each equals the functional loss on it."""
     from mclnet_cli.config import load_config
+    from mclnet_cli.losses.criterion import standardize
 
     only_mmd = ["loss.weights.id=0", "loss.weights.supcon=0", "loss.weights.hks=0", "loss.weights.mmd=1"]
     vis = MODS == 0
-    values = {}
-    for setting, reads in (("pool", "f4"), ("bn", "bn")):
+    grads = {}
+    for setting in ("pool", "standardized"):
         crit = Criterion.from_config(load_config("tiny", [*only_mmd, f"loss.mmd_feature={setting}"]).loss)
         assert crit.mmd_feature == setting
         out = _fake_output()
-        f4 = out.features["layer4"].detach().requires_grad_(True)
-        bn = out.bn_feature.detach().requires_grad_(True)
-        out = ModelOutput(features={**out.features, "layer4": f4}, bn_feature=bn, logits=out.logits)
+        f4 = (3.0 * out.features["layer4"].detach() + 2.0).requires_grad_(True)  # not standardised already
+        out = ModelOutput(features={**out.features, "layer4": f4}, bn_feature=out.bn_feature, logits=out.logits)
         loss = crit(out, LABELS, MODS)
         loss.total.backward()
-        target = f4 if reads == "f4" else bn
-        other = bn if reads == "f4" else f4
-        g = target.detach().clone().requires_grad_(True)
-        reference = mmd_loss(g[vis], g[~vis], LABELS[vis], LABELS[~vis])
+        g = f4.detach().clone().requires_grad_(True)
+        z = g if setting == "pool" else (g - g.mean(0)) / torch.sqrt(g.var(0, unbiased=False) + 1e-5)
+        reference = mmd_loss(z[vis], z[~vis], LABELS[vis], LABELS[~vis])
         reference.backward()
-        assert loss.parts["mmd"].item() == pytest.approx(reference.item(), rel=1e-6)
-        assert torch.allclose(target.grad, g.grad, atol=1e-6) and other.grad is None
-        values[setting] = reference.item()
-    assert values["pool"] != pytest.approx(values["bn"], rel=1e-3)
+        assert loss.parts["mmd"].item() == pytest.approx(reference.item(), rel=1e-5)
+        assert torch.allclose(f4.grad, g.grad, atol=1e-6)
+        grads[setting] = f4.grad
+    assert not torch.allclose(grads["pool"], grads["standardized"], atol=1e-4)
+    x = torch.randn(6, 4, generator=_gen(61))
+    assert torch.allclose(standardize(5 * x - 7), standardize(x), atol=1e-4)
     assert load_config("tiny").loss.mmd_feature == "pool" and load_config("sysu").loss.mmd_feature == "pool"
     with pytest.raises(ConfigError, match="mmd_feature"):
-        load_config("tiny", ["loss.mmd_feature=f3"])
+        load_config("tiny", ["loss.mmd_feature=bn"])
 
 
-def test_mmd_on_the_neck_output_has_no_shrink_direction() -> None:
-    """Through a training-mode BN (the BNNeck), scaling f4's spread changes nothing, so MMD with the
-    detached bandwidth can no longer pull every feature towards one point (docs/method.md, finding 11)."""
+def test_standardized_mmd_has_no_shrink_direction() -> None:
+    """Pre-BN, the detached bandwidth rewards shrinking the spread of every feature (d/ds > 0);
+    standardised per channel over the batch, with no learnable scale to shrink instead, it does not
+    (docs/method.md, finding 11)."""
+    from mclnet_cli.losses.criterion import standardize
+
     x = torch.randn(4, 8, generator=_gen(25))
     y = torch.randn(4, 8, generator=_gen(26)) + 1.0
     labels = torch.tensor([0, 0, 1, 1])
-    neck = torch.nn.BatchNorm1d(8).train()
     s = torch.tensor(1.0, requires_grad=True)
     centre = torch.cat([x, y]).mean(0)
     f4 = centre + s * (torch.cat([x, y]) - centre)  # the spread around the batch mean, scaled by s
     on_pool = mmd_loss(f4[:4], f4[4:], labels, labels)
     (pool_grad,) = torch.autograd.grad(on_pool, s, retain_graph=True)
-    z = neck(f4)
-    on_bn = mmd_loss(z[:4], z[4:], labels, labels)
-    (bn_grad,) = torch.autograd.grad(on_bn, s)
-    assert pool_grad.item() > 0.05 * on_pool.item()  # pre-BN: shrinking lowers the loss
-    assert abs(bn_grad.item()) < 1e-3 * on_bn.item()  # after the neck: no such direction
+    z = standardize(f4)
+    on_standardized = mmd_loss(z[:4], z[4:], labels, labels)
+    (standardized_grad,) = torch.autograd.grad(on_standardized, s)
+    assert pool_grad.item() > 0.05 * on_pool.item()
+    assert abs(standardized_grad.item()) < 1e-3 * on_standardized.item()
 
 
 # --------------------------------------------------------------------------- ID / triplet

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import urllib.error
 
 import pytest
@@ -325,15 +326,16 @@ def test_narrow_resnet_is_initialised_as_torchvision_initialises_its_own() -> No
     for conv in (narrow.conv1, narrow.layer3[0].conv2, narrow.layer4[1].conv1):
         out_channels, _, kh, kw = conv.weight.shape
         expected = (2.0 / (out_channels * kh * kw)) ** 0.5  # kaiming normal, fan_out, relu
-        assert abs(float(conv.weight.std()) / expected - 1) < 0.1
+        assert abs(float(conv.weight.detach().std()) / expected - 1) < 0.1
     assert all(torch.equal(bn.weight, torch.ones_like(bn.weight)) and not bn.bias.any()
                for bn in narrow.modules() if isinstance(bn, torch.nn.BatchNorm2d))
     assert narrow.layer3[0].downsample is not None and narrow.fc.in_features == 256
 
 
 def test_base_channels_other_than_64_needs_training_from_scratch(tmp_path) -> None:
+    narrow_imagenet = load_config("tiny", ["model.base_channels=32", "model.pretrained=imagenet"])  # --init may use it
     with pytest.raises(ConfigError, match=r"model.base_channels=32 needs model.pretrained=none"):
-        load_config("tiny", ["model.base_channels=32", "model.pretrained=imagenet"])
+        build_model(narrow_imagenet.model, 3)  # refused before any download is tried
     with pytest.raises(ConfigError, match=r"model.base_channels must be between 8 and 256, got 4"):
         load_config("tiny", ["model.base_channels=4"])
     assert load_config("tiny", ["model.base_channels=32"]).model.base_channels == 32
@@ -347,6 +349,7 @@ def test_unknown_modality_message_lists_every_word_parse_accepts() -> None:
         Modality.parse("uv")
     message = str(info.value)
     assert message.startswith("unknown modality 'uv'; expected visible (")
+    said = re.findall(r"[a-z]+", message.split("expected", 1)[1])
+    assert sorted(w for w in said if w != "or") == sorted(Modality.words())  # every word, whole, once
     for word in Modality.words():
         assert Modality.parse(word.upper()).value in ("visible", "infrared")
-        assert f" {word}" in message or f"({word}" in message, word

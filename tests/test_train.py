@@ -383,28 +383,6 @@ def test_every_loss_term_says_which_model_outputs_it_reads() -> None:
     assert train_mod.outputs_read({"supcon": 1.0, "id": 0.0}) == {o for o in OUTPUTS if o.startswith("features.")}
     assert train_mod.outputs_read({"id": 1.0, "mmd": 0.5}) == {"logits", "features.layer4"}
     assert train_mod.outputs_read({"a_new_term": 1.0}) == set(OUTPUTS)  # unlisted: nothing frozen on its account
-    assert train_mod.outputs_read({"id": 0.0, "mmd": 0.5}, mmd_feature="bn") == {"bn_feature"}
-
-
-def test_unused_parameters_follow_mmd_feature() -> None:
-    """MMD on the neck output reaches the BNNeck's BN (not its classifier, nor the projection heads)."""
-    from mclnet_cli.losses import Criterion
-    from mclnet_cli.model import build_model
-
-    weights = ("loss.weights.id=0", "loss.weights.supcon=0", "loss.weights.hks=0", "loss.weights.mmd=1")
-    cfg = _config(*ONE_STEP, *weights, "loss.mmd_feature=bn")
-    torch.manual_seed(0)
-    model = build_model(cfg.model, num_classes=2).train()
-    output = model(visible=torch.randn(4, 3, 32, 16), infrared=torch.randn(4, 3, 32, 16))
-    labels = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])
-    modalities = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
-    Criterion.from_config(cfg.loss)(output, labels, modalities).total.backward()
-    unused = sorted(n for n, p in model.named_parameters() if p.requires_grad and p.grad is None)
-    names = {id(p): n for n, p in model.named_parameters()}
-    assert sorted(names[id(p)] for p in train_mod.unused_parameters(model, cfg.loss.weights, "bn")) == unused
-    assert any(n.startswith("neck.classifier") for n in unused) and not any(n.startswith("neck.bn") for n in unused)
-    on_pool = sorted(names[id(p)] for p in train_mod.unused_parameters(model, cfg.loss.weights, "pool"))
-    assert on_pool != unused and any(n.startswith("neck.bn") for n in on_pool)
 
 
 def test_epoch_row_is_written_before_last_checkpoint(prepared_dataset: Path, tmp_path: Path, monkeypatch) -> None:

@@ -176,6 +176,7 @@ def convert_authors_checkpoint(
         "model.arch": (arch, f"it holds a {arch}"),
         "model.specific_stages": (stages, f"its streams hold {stages} modality-specific stages (share_net={stages})"),
         "model.pretrained": ("none", "its own weights replace any initialisation"),
+        "model.base_channels": (64, "the authors' ResNet is torchvision's, 64 wide"),
     })
     config = load_config(
         PRESET, [*overrides, f"model.arch={arch}", "model.pretrained=none", f"model.specific_stages={stages}"]

@@ -42,7 +42,7 @@ from mclnet_cli.engine.state import (  # noqa: F401  (RESUME_MUTABLE, resume_con
 )
 from mclnet_cli.engine import health as health_check
 from mclnet_cli.errors import CheckpointError, CollapseError, ConfigError, StorageError, TrainingError
-from mclnet_cli.losses.criterion import MMD_FEATURE_OUTPUT, TERM_OUTPUTS
+from mclnet_cli.losses.criterion import TERM_OUTPUTS
 
 if TYPE_CHECKING:
     from mclnet_cli.engine.finetune import InitCheckpoint
@@ -108,27 +108,25 @@ def _weights(weights: Any) -> dict[str, float]:
     return {name: float(value) for name, value in raw.items()}
 
 
-def outputs_read(weights: Any, mmd_feature: str = "pool") -> set[str]:
+def outputs_read(weights: Any) -> set[str]:
     """The model outputs the terms with a weight above 0 read. ``weights``: a ``LossWeights``
-    dataclass or a mapping of term -> weight (a missing term counts as 0); ``mmd_feature``:
-    ``loss.mmd_feature``."""
+    dataclass or a mapping of term -> weight (a missing term counts as 0)."""
     from mclnet_cli.model.net import OUTPUTS
 
     terms = [term for term, weight in _weights(weights).items() if weight != 0.0]
-    term_outputs = {**TERM_OUTPUTS, "mmd": (MMD_FEATURE_OUTPUT[mmd_feature],)}
-    read = {output for term in terms for output in term_outputs.get(term, OUTPUTS)}
+    read = {output for term in terms for output in TERM_OUTPUTS.get(term, OUTPUTS)}
     every_scale = {o for o in OUTPUTS if o.startswith("features.")} if "features.*" in read else set()
     return (read - {"features.*"}) | every_scale
 
 
-def unused_parameters_expected(weights: Any, mmd_feature: str = "pool") -> bool:
+def unused_parameters_expected(weights: Any) -> bool:
     """Whether some trainable parameters get no gradient under these loss weights (the model says which)."""
     from mclnet_cli.model.net import MCLNet
 
-    return not MCLNet.uses_every_parameter(outputs_read(weights, mmd_feature))
+    return not MCLNet.uses_every_parameter(outputs_read(weights))
 
 
-def unused_parameters(model: "MCLNet", weights: Any, mmd_feature: str = "pool") -> list[torch.nn.Parameter]:
+def unused_parameters(model: "MCLNet", weights: Any) -> list[torch.nn.Parameter]:
     """The trainable parameters of an MCLNet that the loss never reaches under these weights.
 
     Under DistributedDataParallel they must not require gradients, or DDP's second step
@@ -137,9 +135,9 @@ def unused_parameters(model: "MCLNet", weights: Any, mmd_feature: str = "pool") 
     loss uses it or not. Freezing them changes nothing else: without DDP they get no
     gradient either, so the optimiser already skips them.
     """
-    if not unused_parameters_expected(weights, mmd_feature):
+    if not unused_parameters_expected(weights):
         return []
-    return model.parameters_unused_by(outputs_read(weights, mmd_feature))
+    return model.parameters_unused_by(outputs_read(weights))
 
 
 # ----------------------------------------------------------------------------
@@ -562,7 +560,7 @@ def _wrap(run: _Run) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [run.device.index] if run.device.type == "cuda" else None
-        for param in unused_parameters(run.model, run.config.loss.weights, run.config.loss.mmd_feature):
+        for param in unused_parameters(run.model, run.config.loss.weights):
             param.requires_grad_(False)  # after build_optimizer: its groups (and checkpoints) stay the same
         train_model = DistributedDataParallel(run.model, device_ids=ids)
     if run.config.train.compile:

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from mclnet_cli.config import MmdBandwidth, MmdFeature, names
@@ -25,8 +26,13 @@ TERM_OUTPUTS: dict[str, tuple[str, ...]] = {
     "mmd": ("features.layer4",),
     "triplet": ("features.layer4",),
 }
-#: ``loss.mmd_feature`` -> the output MMD reads in place of TERM_OUTPUTS["mmd"]
-MMD_FEATURE_OUTPUT: dict[str, str] = {"pool": "features.layer4", "bn": "bn_feature"}
+
+
+def standardize(features: Tensor, eps: float = 1e-5) -> Tensor:
+    """Each channel of [B, C] features to mean 0 and variance 1 over the batch (a BatchNorm in
+    training mode with no affine and no running statistics): a common scale or shift of every
+    feature leaves it unchanged."""
+    return F.batch_norm(features, None, None, training=True, eps=eps)
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,9 @@ class Criterion:
 
     Terms with weight 0 are neither computed nor reported; neither is MMD while
     :attr:`mmd_active` is false (the trainer's ``loss.mmd_gate``). ``parts["supcon"]`` is
-    the unweighted sum over the four scales. Triplet uses pre-BN f4, MMD the feature
-    ``mmd_feature`` names (pre-BN f4 in the method; ``bn``: the BNNeck output).
+    the unweighted sum over the four scales. Triplet uses pre-BN f4, MMD pre-BN f4 too
+    (``mmd_feature="pool"``, the method) or f4 standardised per channel over the batch with
+    no learnable scale (``"standardized"``: no shrink of every feature lowers it).
     """
 
     def __init__(
@@ -68,8 +75,8 @@ class Criterion:
             raise ConfigError("loss.supcon_temperature and loss.hks_temperature must be positive")
         if mmd_bandwidth not in names(MmdBandwidth):
             raise ConfigError(f"loss.mmd_bandwidth: unknown {mmd_bandwidth!r}; choose from: {', '.join(names(MmdBandwidth))}")
-        if mmd_feature not in MMD_FEATURE_OUTPUT:
-            raise ConfigError(f"loss.mmd_feature: unknown {mmd_feature!r}; choose from: {', '.join(MMD_FEATURE_OUTPUT)}")
+        if mmd_feature not in names(MmdFeature):  # either is computed from f4: TERM_OUTPUTS holds for both
+            raise ConfigError(f"loss.mmd_feature: unknown {mmd_feature!r}; choose from: {', '.join(names(MmdFeature))}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {label_smoothing!r}")
         self.weights = {name: float(value) for name, value in weights.items() if value > 0}
@@ -117,7 +124,7 @@ class Criterion:
             return hks_loss([output.features[s] for s in SCALES], self.hks_temperature, self.hks_smoothing)
         if name == "mmd":
             vis = modalities == 0
-            aligned = output.bn_feature if self.mmd_feature == "bn" else f4
+            aligned = standardize(f4) if self.mmd_feature == "standardized" else f4
             return mmd_loss(
                 aligned[vis], aligned[~vis], labels[vis], labels[~vis], self.mmd_margin,
                 detach_bandwidth=self.mmd_bandwidth == "detached",

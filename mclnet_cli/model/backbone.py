@@ -170,7 +170,7 @@ def resnet_stages(resnet: nn.Module) -> list[nn.Module]:
 
 
 def stage_channels(resnet: nn.Module) -> tuple[int, int, int, int]:
-    """Output channels of layer1..layer4 (64..512 for resnet18/34, 256..2048 for resnet50)."""
+    """Output channels of layer1..layer4 (at ``base_channels`` 64: 64..512 for resnet18/34, 256..2048 for resnet50)."""
     out = []
     for layer in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4):
         last_block = layer[-1]
