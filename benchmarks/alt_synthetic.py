@@ -33,11 +33,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from sysu_layout import generator_main, write_layout
+from sysu_layout import INFRARED, generator_main, split_ids, write_layout
 
-VISIBLE = (1, 2, 4, 5)
-INFRARED = (3, 6)
-SPLITS = {"train_id.txt": 0.6, "val_id.txt": 0.1}  # the rest is test
 TEXTURES = ("noise", "bands", "dots", "split")
 HATS = ("none", "cap", "beanie")
 
@@ -247,10 +244,7 @@ def generate_alt(root: Path | str, *, ids: int = 90, seed: int = 0, images_per_c
         raise SystemExit(f"{root} is not empty")
     rng = np.random.default_rng([seed, 77])
     people = [draw_person(pid, rng) for pid in range(1, ids + 1)]
-    order = [int(p) for p in rng.permutation(np.arange(1, ids + 1))]
-    n_train, n_val = round(ids * SPLITS["train_id.txt"]), max(1, round(ids * SPLITS["val_id.txt"]))
-    splits = {"train_id.txt": order[:n_train], "val_id.txt": order[n_train:n_train + n_val],
-              "test_id.txt": order[n_train + n_val:]}
+    splits = split_ids(list(range(1, ids + 1)), rng)
     images = 0
     for person in people:
         pick = np.random.default_rng([seed, person.pid, 1])

@@ -40,12 +40,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sysu_layout import generator_main, write_layout
+from sysu_layout import INFRARED, VISIBLE, generator_main, split_ids, write_layout
 
 H, W = 128, 64
-VISIBLE = (1, 2, 4, 5)
-INFRARED = (3, 6)
-SPLITS = {"train_id.txt": 0.6, "val_id.txt": 0.1}  # the rest is test
 ACCESSORIES = ("none", "backpack", "bag")
 LOGOS = ("circle", "square", "diamond", "triangle", "cross", "ring")
 VIEWS = ("front", "back", "side")
@@ -586,10 +583,7 @@ def generate_nir(root: Path | str, *, ids: int = 90, seed: int = 0, images_per_c
     if ids < 3 or images_per_camera < 1:
         raise SystemExit("need --ids >= 3 and --images-per-camera >= 1")
     people = [draw_identity(pid, seed) for pid in range(1, ids + 1)]
-    order = [int(p) for p in np.random.default_rng([seed, 9]).permutation(np.arange(1, ids + 1))]
-    n_train, n_val = round(ids * SPLITS["train_id.txt"]), max(1, round(ids * SPLITS["val_id.txt"]))
-    splits = {"train_id.txt": order[:n_train], "val_id.txt": order[n_train:n_train + n_val],
-              "test_id.txt": order[n_train + n_val:]}
+    splits = split_ids(list(range(1, ids + 1)), np.random.default_rng([seed, 9]))
     traits = {cam: camera_traits(cam, seed) for cam in (*VISIBLE, *INFRARED)}
     images = 0
     for person in people:

@@ -25,7 +25,7 @@ GENERATORS = ("project", "alt", "nir", "walker", "crowd")
 TUNING_GENERATORS = ("project", "alt", "nir", "walker")
 #: written on 2026-12-07 and never used to choose anything: results on it only report (docs/benchmarks.md)
 HELD_OUT_GENERATORS = ("crowd",)
-DEFAULT_IDS = 90  # 54 train, 9 val, 27 test ids (the 60/10/30 split of both generators)
+DEFAULT_IDS = 90  # 54 train, 9 val, 27 test ids (the 60/10/30 split of every generator)
 DEFAULT_IMAGES = 3
 
 

@@ -114,7 +114,7 @@ class ModelConfig:
     pretrained: str = "imagenet"  # imagenet | none | <path to a state dict>
     specific_stages: int = 3  # stem, layer1, layer2 modality-specific (code: share_net=3)
     last_stride: int = 1
-    base_channels: int = 64  # channels of the stem and layer1 (layer k: width x 2^(k-1)); 64: torchvision's ResNet
+    base_channels: int = 64  # planes of the stem and layer1 (layer k: base_channels x 2^(k-1)); 64: torchvision's ResNet
     pooling: Pooling = "gem"  # gem | avg
     gem_p: float = 3.0
 

@@ -35,11 +35,10 @@ class Modality(str, enum.Enum):
     @classmethod
     def accepted(cls) -> str:
         """Every accepted word, as messages say it: ``visible (rgb, vis, v) or infrared (thermal, nir, ir, t)``."""
-        spelled = []
-        for modality in cls:
-            aliases = sorted(_ALIASES[modality] - {modality.value}, key=lambda w: (-len(w), w))
-            spelled.append(f"{modality.value} ({', '.join(aliases)})")
-        return " or ".join(spelled)
+        words = cls.words()  # each modality's name first, then its aliases
+        return " or ".join(
+            f"{m.value} ({', '.join(w for w in words if w in _ALIASES[m] and w != m.value)})" for m in cls
+        )
 
     @classmethod
     def words(cls) -> tuple[str, ...]:
