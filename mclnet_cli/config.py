@@ -141,6 +141,7 @@ class LossConfig:
     mmd_bandwidth: MmdBandwidth = "detached"  # "differentiable": the bandwidth is not a constant for the gradient
     mmd_feature: MmdFeature = "pool"  # standardized: f4 standardised per channel over the batch, no learnable scale, so MMD cannot shrink every feature to a point
     mmd_gate: float | None = None  # MMD joins after the first epoch whose identity loss is below mmd_gate x ln C; None: from the start (the method)
+    mmd_ramp: float | None = None  # MMD's weight in each step x clamp((start - L_id / ln C) / mmd_ramp, 0, 1), start = mmd_gate or 1: alignment never runs ahead of identity; None: the full weight (the method)
     hks_smoothing: float = 0.0  # the code's KL adds eps to both softmaxes: (p + eps) / (1 + C eps); code: 1e-8
     label_smoothing: float = 0.0
     triplet_margin: float = 0.3
@@ -589,6 +590,9 @@ def _validate(cfg: Config) -> None:
          "optim.lr and optim.head_lr must be positive and finite"),
         (0 <= cfg.loss.hks_smoothing < 0.01, "loss.hks_smoothing must be at least 0 and below 0.01"),
         (cfg.loss.mmd_gate is None or 0 < cfg.loss.mmd_gate < math.inf, "loss.mmd_gate must be null or a positive number"),
+        (cfg.loss.mmd_ramp is None or 0 < cfg.loss.mmd_ramp < math.inf, "loss.mmd_ramp must be null or a positive number"),
+        (cfg.loss.mmd_ramp is None or cfg.loss.weights.id > 0 or cfg.loss.weights.mmd == 0,
+         "loss.mmd_ramp scales MMD by the identity loss: it needs loss.weights.id > 0"),
     ]
     for ok, message in checks:
         if not ok:

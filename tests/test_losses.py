@@ -450,3 +450,77 @@ def test_mmd_gate_in_training(prepared_dataset, tmp_path, gate: str, expected: l
     assert ["mmd" in r["parts"] for r in rows] == expected
     joined = json.loads((out / "summary.json").read_text())["mmd_joined"]
     assert joined == (None if gate in ("null", "1e-9") else 1)
+
+
+def test_mmd_ramp_scale_matches_the_formula_and_couples_mmd_to_identity() -> None:
+    """loss.mmd_ramp r: MMD's weight x clamp((s - L_id / ln C) / r, 0, 1), s the gate (or 1).
+
+    Checked against the formula by hand, in the total and in the gradient MMD sends to f4:
+    with the identity loss at ln C (uniform logits) MMD sends none, with it far below, all of it."""
+    from mclnet_cli.config import load_config
+
+    crit = Criterion.from_config(load_config("tiny", ["loss.mmd_ramp=0.25"]).loss)
+    assert (crit.mmd_ramp, crit.mmd_start) == (0.25, 0.95)  # tiny's gate is where the ramp starts
+    ln63 = math.log(63)
+    for identity, expected in [(ln63, 0.0), (0.95 * ln63, 0.0), (0.85 * ln63, 0.4), (0.7 * ln63, 1.0), (0.1, 1.0)]:
+        assert float(crit.ramp_scale(torch.tensor(identity), 63)) == pytest.approx(expected, abs=1e-5)
+    no_gate = Criterion.from_config(load_config("tiny", ["loss.mmd_ramp=0.5", "loss.mmd_gate=null"]).loss)
+    assert no_gate.mmd_start == 1.0
+    assert float(no_gate.ramp_scale(torch.tensor(0.75 * math.log(2)), 2)) == pytest.approx(0.5, abs=1e-5)
+
+    weights = {"id": 1.0, "mmd": 1.0}
+    for logit_scale in (0.0, 30.0):  # identity at ln C (scale 0), then confident and right (scale 1)
+        out = _fake_output(classes=2)
+        logits = (logit_scale * F.one_hot(LABELS, 2).float()).requires_grad_(True)
+        out = ModelOutput(features=out.features, bn_feature=out.bn_feature, logits=logits)
+        ramped = Criterion(weights, mmd_ramp=0.5, mmd_start=1.0)(out, LABELS, MODS)
+        plain = Criterion(weights)(out, LABELS, MODS)
+        identity = float(plain.parts["id"])
+        expected = min(max((1.0 - identity / math.log(2)) / 0.5, 0.0), 1.0)
+        assert float(ramped.parts["mmd_scale"]) == pytest.approx(expected, abs=1e-5)
+        assert float(ramped.total) == pytest.approx(identity + expected * float(plain.parts["mmd"]), rel=1e-5)
+        f4 = out.features["layer4"]
+        (grad,) = torch.autograd.grad(ramped.total, f4)
+        (full,) = torch.autograd.grad(plain.total, f4)
+        assert torch.allclose(grad, expected * full, atol=1e-6)
+        assert (expected == 0.0) == (logit_scale == 0.0)
+        assert "mmd_scale" not in plain.parts
+
+
+def test_mmd_ramp_is_validated() -> None:
+    from mclnet_cli.config import load_config
+
+    assert load_config("tiny").loss.mmd_ramp is None and load_config("sysu").loss.mmd_ramp is None
+    for bad in ("0", "-1", "inf"):
+        with pytest.raises(ConfigError, match="mmd_ramp"):
+            load_config("tiny", [f"loss.mmd_ramp={bad}"])
+    with pytest.raises(ConfigError, match="loss.weights.id"):
+        load_config("tiny", ["loss.mmd_ramp=0.2", "loss.weights.id=0"])
+    with pytest.raises(ConfigError, match="mmd_ramp"):
+        Criterion({"id": 1.0, "mmd": 1.0}, mmd_ramp=0.0)
+    with pytest.raises(ConfigError, match="loss.weights.id"):
+        Criterion({"mmd": 1.0}, mmd_ramp=0.2)
+
+
+def test_mmd_ramp_in_training_logs_its_scale(prepared_dataset, tmp_path) -> None:
+    """The trainer applies loss.mmd_ramp: each epoch row has ``mmd_scale`` in [0, 1] beside MMD,
+    and a run without the key has none."""
+    from mclnet_cli.config import load_config
+    from mclnet_cli.engine.runlog import read_metrics
+    from mclnet_cli.engine.train import fit
+
+    settings = [
+        "data.height=64", "data.width=32", "data.num_ids=2", "data.num_instances=2", "data.workers=0",
+        "train.steps_per_epoch=2", "optim.warmup_epochs=1", "optim.milestones=[2]", "train.epochs=2",
+        "loss.mmd_gate=null", "train.recalibrate_neck=false",
+    ]
+    for ramp in ("2.0", None):
+        out = tmp_path / f"run-{ramp}"
+        fit(load_config("tiny", [*settings, *([f"loss.mmd_ramp={ramp}"] if ramp else [])]), prepared_dataset, out, device="cpu")
+        rows = [r for r in read_metrics(out) if r.get("kind") == "epoch"]
+        assert all("mmd" in r["parts"] for r in rows)
+        if ramp is None:
+            assert not any("mmd_scale" in r["parts"] for r in rows)
+            continue
+        for r in rows:  # the step mean of clamp((1 - id / ln C) / 2, 0, 1): at most 1/2 with id >= 0
+            assert 0.0 <= r["parts"]["mmd_scale"] <= 0.5

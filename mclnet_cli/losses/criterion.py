@@ -37,7 +37,8 @@ def standardize(features: Tensor, eps: float = 1e-5) -> Tensor:
 
 @dataclass(frozen=True)
 class LossOutput:
-    """``total``: the weighted sum to call backward on; ``parts``: unweighted, detached terms for logging."""
+    """``total``: the weighted sum to call backward on; ``parts``: unweighted, detached terms for logging
+    (with ``loss.mmd_ramp`` also ``mmd_scale``, the factor MMD's weight had in this step)."""
 
     total: Tensor
     parts: dict[str, Tensor]
@@ -51,6 +52,12 @@ class Criterion:
     the unweighted sum over the four scales. Triplet uses pre-BN f4, MMD pre-BN f4 too
     (``mmd_feature="pool"``, the method) or f4 standardised per channel over the batch with
     no learnable scale (``"standardized"``: no shrink of every feature lowers it).
+
+    ``mmd_ramp`` r couples MMD to identity: in each step its weight is multiplied by
+    clamp((s - L_id / ln C) / r, 0, 1), with L_id this batch's identity loss (detached),
+    C the classes and s = ``mmd_start`` (the gate, or 1). While the features carry no
+    identity MMD is off, it grows as they learn, and should alignment start erasing
+    identity (L_id back towards ln C) it weakens again by itself.
     """
 
     def __init__(
@@ -64,6 +71,8 @@ class Criterion:
         hks_smoothing: float = 0.0,
         mmd_bandwidth: MmdBandwidth = "detached",
         mmd_feature: MmdFeature = "pool",
+        mmd_ramp: float | None = None,
+        mmd_start: float = 1.0,
     ) -> None:
         unknown = sorted(set(weights) - set(TERMS))
         if unknown:
@@ -77,6 +86,8 @@ class Criterion:
             raise ConfigError(f"loss.mmd_bandwidth: unknown {mmd_bandwidth!r}; choose from: {', '.join(names(MmdBandwidth))}")
         if mmd_feature not in names(MmdFeature):  # either is computed from f4: TERM_OUTPUTS holds for both
             raise ConfigError(f"loss.mmd_feature: unknown {mmd_feature!r}; choose from: {', '.join(names(MmdFeature))}")
+        if mmd_ramp is not None and not 0 < mmd_ramp < math.inf:
+            raise ConfigError(f"loss.mmd_ramp must be null or a positive number, got {mmd_ramp!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {label_smoothing!r}")
         self.weights = {name: float(value) for name, value in weights.items() if value > 0}
@@ -90,6 +101,10 @@ class Criterion:
         self.hks_smoothing = hks_smoothing
         self.mmd_bandwidth = mmd_bandwidth
         self.mmd_feature = mmd_feature
+        if mmd_ramp is not None and "mmd" in self.weights and "id" not in self.weights:
+            raise ConfigError("loss.mmd_ramp scales MMD by the identity loss: it needs loss.weights.id > 0")
+        self.mmd_ramp = mmd_ramp
+        self.mmd_start = mmd_start
         self.mmd_active = True  # the trainer switches MMD off until loss.mmd_gate opens
 
     @classmethod
@@ -107,11 +122,19 @@ class Criterion:
             hks_smoothing=getattr(loss_cfg, "hks_smoothing", 0.0),
             mmd_bandwidth=getattr(loss_cfg, "mmd_bandwidth", "detached"),
             mmd_feature=getattr(loss_cfg, "mmd_feature", "pool"),
+            mmd_ramp=getattr(loss_cfg, "mmd_ramp", None),
+            mmd_start=1.0 if getattr(loss_cfg, "mmd_gate", None) is None else float(loss_cfg.mmd_gate),
         )
 
     def active_weights(self) -> dict[str, float]:
         """The terms computed now, with their weights."""
         return {name: w for name, w in self.weights.items() if name != "mmd" or self.mmd_active}
+
+    def ramp_scale(self, identity: Tensor, num_classes: int) -> Tensor:
+        """``loss.mmd_ramp``'s factor on MMD's weight for an identity loss value (see the class)."""
+        assert self.mmd_ramp is not None
+        progress = (self.mmd_start - identity.detach().float() / math.log(max(num_classes, 2))) / self.mmd_ramp
+        return progress.clamp(0.0, 1.0)
 
     def _term(self, name: str, output: ModelOutput, labels: Tensor, modalities: Tensor) -> Tensor:
         f4 = output.features["layer4"]
@@ -149,6 +172,10 @@ class Criterion:
                 continue
             value = self._term(name, output, labels, modalities)
             parts[name] = value.detach()
+            if name == "mmd" and self.mmd_ramp is not None:
+                scale = self.ramp_scale(parts["id"], output.logits.shape[1])
+                parts["mmd_scale"] = scale
+                weight = weight * scale
             total = weight * value if total is None else total + weight * value
         assert total is not None
         return LossOutput(total=total, parts=parts)
