@@ -589,8 +589,10 @@ def _validate(cfg: Config) -> None:
         (0 < cfg.optim.lr < math.inf and 0 < cfg.optim.head_lr < math.inf,
          "optim.lr and optim.head_lr must be positive and finite"),
         (0 <= cfg.loss.hks_smoothing < 0.01, "loss.hks_smoothing must be at least 0 and below 0.01"),
-        (cfg.loss.mmd_gate is None or 0 < cfg.loss.mmd_gate < math.inf, "loss.mmd_gate must be null or a positive number"),
-        (cfg.loss.mmd_ramp is None or 0 < cfg.loss.mmd_ramp < math.inf, "loss.mmd_ramp must be null or a positive number"),
+        (cfg.loss.mmd_gate is None or 0 < cfg.loss.mmd_gate < math.inf,
+         f"loss.mmd_gate must be null or a positive finite number, got {cfg.loss.mmd_gate!r}"),
+        (cfg.loss.mmd_ramp is None or 0 < cfg.loss.mmd_ramp < math.inf,
+         f"loss.mmd_ramp must be null or a positive finite number, got {cfg.loss.mmd_ramp!r}"),
         (cfg.loss.mmd_ramp is None or cfg.loss.weights.id > 0 or cfg.loss.weights.mmd == 0,
          "loss.mmd_ramp scales MMD by the identity loss: it needs loss.weights.id > 0"),
     ]

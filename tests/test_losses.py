@@ -469,7 +469,7 @@ def test_mmd_ramp_scale_matches_the_formula_and_couples_mmd_to_identity() -> Non
     assert float(no_gate.ramp_scale(torch.tensor(0.75 * math.log(2)), 2)) == pytest.approx(0.5, abs=1e-5)
 
     weights = {"id": 1.0, "mmd": 1.0}
-    for logit_scale in (0.0, 30.0):  # identity at ln C (scale 0), then confident and right (scale 1)
+    for logit_scale in (0.0, 0.4, 30.0):  # identity at ln C (factor 0), about 0.75 ln C (~0.5), confident (1)
         out = _fake_output(classes=2)
         logits = (logit_scale * F.one_hot(LABELS, 2).float()).requires_grad_(True)
         out = ModelOutput(features=out.features, bn_feature=out.bn_feature, logits=logits)
@@ -484,6 +484,7 @@ def test_mmd_ramp_scale_matches_the_formula_and_couples_mmd_to_identity() -> Non
         (full,) = torch.autograd.grad(plain.total, f4)
         assert torch.allclose(grad, expected * full, atol=1e-6)
         assert (expected == 0.0) == (logit_scale == 0.0)
+        assert (0.2 < expected < 0.8) == (logit_scale == 0.4)
         assert "mmd_scale" not in plain.parts
 
 
@@ -503,8 +504,8 @@ def test_mmd_ramp_is_validated() -> None:
 
 
 def test_mmd_ramp_in_training_logs_its_scale(prepared_dataset, tmp_path) -> None:
-    """The trainer applies loss.mmd_ramp: each epoch row has ``mmd_scale`` in [0, 1] beside MMD,
-    and a run without the key has none."""
+    """The trainer applies loss.mmd_ramp: every step's total is the weighted sum of its parts with
+    MMD's weight times that step's ``mmd_scale`` (in [0, 1]); a run without the key logs none."""
     from mclnet_cli.config import load_config
     from mclnet_cli.engine.runlog import read_metrics
     from mclnet_cli.engine.train import fit
@@ -512,7 +513,7 @@ def test_mmd_ramp_in_training_logs_its_scale(prepared_dataset, tmp_path) -> None
     settings = [
         "data.height=64", "data.width=32", "data.num_ids=2", "data.num_instances=2", "data.workers=0",
         "train.steps_per_epoch=2", "optim.warmup_epochs=1", "optim.milestones=[2]", "train.epochs=2",
-        "loss.mmd_gate=null", "train.recalibrate_neck=false",
+        "loss.mmd_gate=null", "train.recalibrate_neck=false", "train.log_every=1",
     ]
     for ramp in ("2.0", None):
         out = tmp_path / f"run-{ramp}"
@@ -524,3 +525,12 @@ def test_mmd_ramp_in_training_logs_its_scale(prepared_dataset, tmp_path) -> None
             continue
         for r in rows:  # the step mean of clamp((1 - id / ln C) / 2, 0, 1): at most 1/2 with id >= 0
             assert 0.0 <= r["parts"]["mmd_scale"] <= 0.5
+        weights = load_config("tiny").loss.weights
+        steps = [r for r in read_metrics(out) if r.get("kind") == "step"]
+        assert len(steps) == 4
+        for r in steps:
+            parts = r["parts"]
+            assert parts["mmd"] > 0
+            expected = sum(getattr(weights, n) * parts[n] for n in ("id", "supcon", "hks"))
+            expected += weights.mmd * parts["mmd_scale"] * parts["mmd"]
+            assert r["loss"] == pytest.approx(expected, rel=1e-4, abs=1e-6)

@@ -57,7 +57,8 @@ class Criterion:
     clamp((s - L_id / ln C) / r, 0, 1), with L_id this batch's identity loss (detached),
     C the classes and s = ``mmd_start`` (the gate, or 1). While the features carry no
     identity MMD is off, it grows as they learn, and should alignment start erasing
-    identity (L_id back towards ln C) it weakens again by itself.
+    identity (L_id back towards ln C) it weakens again by itself. Under DDP each rank scales
+    by its own batch's identity loss (the logged ``mmd_scale`` is the mean over ranks).
     """
 
     def __init__(
@@ -87,7 +88,7 @@ class Criterion:
         if mmd_feature not in names(MmdFeature):  # either is computed from f4: TERM_OUTPUTS holds for both
             raise ConfigError(f"loss.mmd_feature: unknown {mmd_feature!r}; choose from: {', '.join(names(MmdFeature))}")
         if mmd_ramp is not None and not 0 < mmd_ramp < math.inf:
-            raise ConfigError(f"loss.mmd_ramp must be null or a positive number, got {mmd_ramp!r}")
+            raise ConfigError(f"loss.mmd_ramp must be null or a positive finite number, got {mmd_ramp!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {label_smoothing!r}")
         self.weights = {name: float(value) for name, value in weights.items() if value > 0}
