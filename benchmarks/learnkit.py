@@ -82,9 +82,11 @@ def chance_map(prepared: Path, trials: int = 10, draws: int = 20, seed: int = 0)
 
 
 def train_and_score(
-    prepared: Path, out: Path, overrides: Sequence[str], *, preset: str = "tiny", trials: int = 10
+    prepared: Path, out: Path, overrides: Sequence[str], *, preset: str = "tiny", trials: int = 10,
+    init: Path | None = None,
 ) -> dict[str, Any]:
-    """Train ``preset`` with ``overrides`` into ``out`` and evaluate all-search (``trials`` trials)."""
+    """Train ``preset`` with ``overrides`` into ``out`` (from ``init``'s weights if given, as ``train --init``)
+    and evaluate all-search (``trials`` trials)."""
     import shutil
 
     from mclnet_cli.config import load_config
@@ -99,7 +101,7 @@ def train_and_score(
     config = load_config(preset, ["data.dataset=synthetic", "data.workers=0", "train.eval_every=0", *overrides])
     start = time.perf_counter()
     try:
-        result = fit(config, prepared, out, device="cpu")
+        result = fit(config, prepared, out, device="cpu", init=init)
         last, final_losses, stopped = result.last_checkpoint, result.final_losses, None
     except CollapseError as exc:  # train.stop_on_collapse: score what it had (the collapsed model)
         last, stopped = out / "last.pt", str(exc)
@@ -138,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--curve", action="store_true", help="print the per-epoch curve")
+    parser.add_argument("--init", type=Path, default=None, help="start from this mclnet checkpoint (train --init)")
     args = parser.parse_args(argv)
     import torch
 
@@ -145,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = args.cache / f"{args.generator}-s{args.seed}-i{args.ids}-n{args.images_per_camera}"
     prepared = draw(args.generator, root, ids=args.ids, seed=args.seed, images_per_camera=args.images_per_camera)
     chance = chance_map(prepared)
-    row = train_and_score(prepared, args.out, [f"seed={args.seed}", *args.overrides], preset=args.preset)
+    row = train_and_score(prepared, args.out, [f"seed={args.seed}", *args.overrides], preset=args.preset, init=args.init)
     row["chance_mAP"] = chance
     curve = row.pop("curve")
     if args.curve:

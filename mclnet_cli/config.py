@@ -111,7 +111,7 @@ class ModelConfig:
     """Two-stream MCLNet network."""
 
     arch: Arch = "resnet50"  # resnet18 | resnet34 | resnet50
-    pretrained: str = "imagenet"  # imagenet | none | <path to a state dict>
+    pretrained: str = "imagenet"  # imagenet | none | synthetic (shipped, whole network) | <path to a state dict>
     specific_stages: int = 3  # stem, layer1, layer2 modality-specific (code: share_net=3)
     last_stride: int = 1
     base_channels: int = 64  # planes of the stem and layer1 (layer k: base_channels x 2^(k-1)); 64: torchvision's ResNet

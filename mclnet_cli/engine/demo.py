@@ -140,13 +140,19 @@ def _metrics(report: Any) -> dict[str, Any]:
 
 
 def save_untrained(config: Any, label_map: dict[int, int], path: Path) -> Path:
-    """The same architecture randomly initialised with the config's seed, saved as a checkpoint."""
+    """The same architecture randomly initialised with the config's seed, saved as a checkpoint.
+
+    Random even when the preset starts from shipped weights (``model.pretrained=synthetic``):
+    the comparison is with a model that has learnt nothing.
+    """
+    import dataclasses
+
     from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
     from mclnet_cli.engine.state import seed_everything
     from mclnet_cli.model import build_model
 
     seed_everything(config.seed)
-    model = build_model(config.model, len(label_map))
+    model = build_model(dataclasses.replace(config.model, pretrained="none"), len(label_map))
     payload = checkpoint_payload(model, config, label_map, kind="untrained", epoch=0)
     return save_checkpoint(path, payload)
 

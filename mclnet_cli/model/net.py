@@ -14,6 +14,7 @@ from mclnet_cli.types import FEATURES, Modality
 from mclnet_cli.errors import ConfigError
 from mclnet_cli.model.backbone import TwoStreamBackbone, build_resnet
 from mclnet_cli.model.heads import BNNeck, build_pooling, projection_head
+from mclnet_cli.model.pretrained import is_packaged, load_packaged_into
 
 SCALES = ("layer1", "layer2", "layer3", "layer4")
 #: what a forward returns, by name: ``features.<scale>`` (ModelOutput.features), ``bn_feature``, ``logits``
@@ -170,7 +171,18 @@ class MCLNet(nn.Module):
 
 
 def build_model(model_cfg: ModelConfig, num_classes: int) -> MCLNet:
-    """MCLNet from the ``model`` config section and the number of training identities."""
-    resnet = build_resnet(model_cfg.arch, model_cfg.pretrained, model_cfg.last_stride, model_cfg.base_channels)
+    """MCLNet from the ``model`` config section and the number of training identities.
+
+    ``model.pretrained`` names ResNet weights (``imagenet`` or a torchvision state dict, loaded into
+    the backbone) or weights shipped with the package for the whole network (``synthetic``:
+    :mod:`mclnet_cli.model.pretrained`); the classifier always starts fresh.
+    """
+    packaged = is_packaged(model_cfg.pretrained)
+    resnet = build_resnet(
+        model_cfg.arch, "none" if packaged else model_cfg.pretrained, model_cfg.last_stride, model_cfg.base_channels
+    )
     backbone = TwoStreamBackbone(resnet, model_cfg.specific_stages)
-    return MCLNet(backbone, num_classes, pooling=model_cfg.pooling, gem_p=model_cfg.gem_p)
+    model = MCLNet(backbone, num_classes, pooling=model_cfg.pooling, gem_p=model_cfg.gem_p)
+    if packaged:
+        load_packaged_into(model, model_cfg)
+    return model
