@@ -7,14 +7,16 @@ Not part of the package; it writes the file the package ships
    that no evaluation set of ``benchmarks/learnkit.py`` holds, whose sets use seeds 0-2),
    renumber them into one SYSU-MM01 tree with every identity but 12 in the training split,
    and prepare it with the uint8 cache at the training size.
-2. Train ``tiny`` from random weights on it for ``--steps`` steps with the settings
-   below (:data:`PRETRAIN_OVERRIDES`).
+2. Train ``tiny`` from random weights on it for ``--epochs`` x 100 steps with the
+   settings below (:data:`PRETRAIN_OVERRIDES`).
 3. Write the network without its classifier, float16, to ``--weights``.
 
 The generator ``crowd`` is never drawn here: it is the held-out generator of
-docs/benchmarks.md, on which the shipped start is reported, never chosen.
+docs/benchmarks.md, on which the shipped start is reported, never chosen. The shipped
+file: the defaults below (project + alt, 500 people each, 7,000 steps: about 16 minutes
+on one thread), ``--threads 1``:
 
-    python benchmarks/pretrain_tiny.py --out /tmp/pretrain --threads 2
+    python benchmarks/pretrain_tiny.py --out /tmp/pretrain --threads 1 --weights mclnet_cli/model/weights/tiny-synthetic.pt
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ from typing import Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PRETRAIN_GENERATORS = ("project", "alt", "nir", "walker")
+#: the shipped file: the project's two generators. nir and walker (tuning generators too) and crowd (held out)
+#: stay out, so the start is measured on three generators it never saw (docs/benchmarks.md)
+PRETRAIN_GENERATORS = ("project", "alt")
+KNOWN_GENERATORS = ("project", "alt", "nir", "walker")
 SEED = 1000
 #: on top of tiny as shipped, with model.pretrained=none: the narrow network, a longer schedule,
 #: MMD coupled to the identity loss (with ~1,000 classes the step gate opens late and then at once)
@@ -63,7 +68,7 @@ def generator(name: str):
         from gen_walker import generate_walker
 
         return generate_walker
-    raise SystemExit(f"unknown generator {name!r}; choose from {PRETRAIN_GENERATORS}")
+    raise SystemExit(f"unknown generator {name!r}; choose from {KNOWN_GENERATORS}")
 
 
 def draw_merged(raw: Path, generators: Sequence[str], ids: int, images_per_camera: int) -> int:
@@ -95,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="work folder (data, run)")
     parser.add_argument("--generators", default=",".join(PRETRAIN_GENERATORS))
-    parser.add_argument("--ids", type=int, default=250, help="people per generator")
+    parser.add_argument("--ids", type=int, default=500, help="people per generator")
     parser.add_argument("--images-per-camera", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=70, help="of 100 steps")
     parser.add_argument("--decay-epoch", type=int, default=55)

@@ -112,11 +112,12 @@ def two_stream_checkpoint(tmp_path_factory: pytest.TempPathFactory, make_checkpo
 
     Stem, layer1 and layer2 are per modality here whatever the tiny preset says
     (``model.specific_stages=3``), so that a wrong stream moves the features well
-    beyond float noise.
+    beyond float noise; random weights at width 64 (not tiny's narrow shipped start).
     """
     return make_checkpoint(
         tmp_path_factory.mktemp("ckpt2") / "two_stream.pt",
-        overrides=("eval.trials=2", "model.specific_stages=3"),
+        # another network than tiny's shipped start: random weights at torchvision's width
+        overrides=("eval.trials=2", "model.specific_stages=3", "model.pretrained=none", "model.base_channels=64"),
         distinct_streams=True,
     )
 

@@ -24,7 +24,7 @@ def test_embed_equals_the_extraction_the_commands_use_for_each_stream(two_stream
     for modality in ("visible", "infrared"):
         ours = api.embed(model, paths, modality, batch_size=2)
         reference = extract_features(model.model, paths, modality, height=64, width=32, batch_size=4).features
-        assert ours.shape == (5, 512) and ours.dtype == np.float32
+        assert ours.shape == (5, model.model.feature_dim) and ours.dtype == np.float32
         assert np.allclose(ours, reference, atol=1e-5), modality
         assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     # the streams differ in this checkpoint, so passing the modality through is visible

@@ -46,7 +46,7 @@ def test_dataset_presets_differ_where_they_should():
     assert load_config("llcm").eval.protocol == "llcm"
     assert load_config("official-code").model.pooling == "avg"
     tiny = load_config("tiny")
-    assert tiny.model.arch == "resnet18" and tiny.model.pretrained == "none"
+    assert tiny.model.arch == "resnet18" and tiny.model.pretrained == "synthetic" and tiny.model.base_channels == 32
     assert tiny.data.height <= 128 and tiny.data.width <= 64
 
 

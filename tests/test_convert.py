@@ -385,7 +385,7 @@ def test_checkpoints_with_the_earlier_head_block_are_refused_clearly(tmp_path: P
     from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
     from mclnet_cli.model import build_model
 
-    config = load_config("tiny", ["model.specific_stages=3"])  # per-modality layer1 heads, as the authors'
+    config = load_config("tiny", ["model.specific_stages=3", "model.pretrained=none"])  # per-modality layer1 heads, as the authors'
     model = build_model(config.model, 3)
     payload = checkpoint_payload(model, config, {1: 0, 2: 1, 3: 2})
     block = "specific_heads.visible.layer1.0."

@@ -69,7 +69,7 @@ def test_export_matches_pytorch(
     assert report["min_cosine"] >= MIN_COSINE and report["ranking"]["same_neighbours"] and report["batch_sizes"] == [1, 3]
     assert report["ranking"]["probes"] == 4 and report["ranking"]["gallery"] == 8 and report["ranking"]["top_k"] == 5
     assert isinstance(report["max_abs_diff"], float)  # reported, as information
-    assert report["modality"] == modality and report["dimension"] == 512
+    assert report["modality"] == modality and report["dimension"] == load_model(two_stream_checkpoint).model.feature_dim
 
     sidecar = json.loads((tmp_path / f"{out.name}.json").read_text(encoding="utf-8"))
     assert sidecar["input"]["size"] == [64, 32] and sidecar["input"]["shape"] == ["batch", 3, 64, 32]
@@ -88,7 +88,7 @@ def test_export_matches_pytorch(
     want = extract_features(loaded.model, paths, modality, height=data.height, width=data.width, resize=data.resize).features
     other = "infrared" if modality == "visible" else "visible"
     wrong = extract_features(loaded.model, paths, other, height=data.height, width=data.width, resize=data.resize).features
-    assert got.shape == (3, 512)
+    assert got.shape == (3, loaded.model.feature_dim)
     assert np.max(np.abs(got - want)) <= TOLERANCE
     assert np.max(np.abs(got - wrong)) > 100 * TOLERANCE  # the stream asked for, not the other one
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)

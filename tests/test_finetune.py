@@ -125,7 +125,7 @@ def test_init_with_resume_and_a_model_of_another_shape_are_refused(
     ckpt = make_checkpoint(tmp_path / "init.pt")
     line = one_error_line(train(own_prepared, tmp_path / "run", "--init", str(ckpt), "--resume"))
     assert "--init" in line and "--resume" in line
-    other = make_checkpoint(tmp_path / "three.pt", overrides=("model.specific_stages=3",))
+    other = make_checkpoint(tmp_path / "three.pt", overrides=("model.specific_stages=3", "model.pretrained=none"))
     line = one_error_line(train(own_prepared, tmp_path / "run", "--init", str(other)))
     assert "model.specific_stages=3" in line and "--set model.specific_stages=3" in line
     assert not (tmp_path / "run").exists()

@@ -38,7 +38,7 @@ LIMIT = 0.9999
 @pytest.fixture(scope="module")
 def collapsed_checkpoint(tmp_path_factory: pytest.TempPathFactory, prepared_dataset: Path) -> Path:
     torch.manual_seed(0)
-    config = load_config("tiny", [*PINNED])
+    config = load_config("tiny", [*PINNED, "model.pretrained=none"])  # random weights: the stem scaling reaches every channel
     model = build_model(config.model, num_classes=9).eval()
     with torch.no_grad():
         for stream in (model.backbone.specific.visible, model.backbone.specific.infrared):

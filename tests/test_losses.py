@@ -207,7 +207,7 @@ def test_criterion_applies_mmd_bandwidth_setting() -> None:
     loss's with the same setting and differs from the default's."""
     from mclnet_cli.config import load_config
 
-    only_mmd = ["loss.weights.id=0", "loss.weights.supcon=0", "loss.weights.hks=0", "loss.weights.mmd=1"]
+    only_mmd = ["loss.weights.id=0", "loss.weights.supcon=0", "loss.weights.hks=0", "loss.weights.mmd=1", "loss.mmd_ramp=null"]
     grads = {}
     for setting in ("detached", "differentiable"):
         crit = Criterion.from_config(load_config("tiny", [*only_mmd, f"loss.mmd_bandwidth={setting}"]).loss)
@@ -232,7 +232,7 @@ def test_criterion_applies_mmd_feature_setting() -> None:
     from mclnet_cli.config import load_config
     from mclnet_cli.losses.criterion import standardize
 
-    only_mmd = ["loss.weights.id=0", "loss.weights.supcon=0", "loss.weights.hks=0", "loss.weights.mmd=1"]
+    only_mmd = ["loss.weights.id=0", "loss.weights.supcon=0", "loss.weights.hks=0", "loss.weights.mmd=1", "loss.mmd_ramp=null"]
     vis = MODS == 0
     grads = {}
     for setting in ("pool", "standardized"):
@@ -416,7 +416,7 @@ def test_mmd_inactive_leaves_mmd_out() -> None:
     modalities = torch.cat([torch.zeros(8), torch.ones(8)]).long()
     features = {f"layer{i}": torch.rand(16, 8) for i in range(1, 5)}
     output = ModelOutput(features=features, bn_feature=torch.rand(16, 8), logits=torch.randn(16, 4))
-    crit = Criterion.from_config(load_config("tiny").loss)
+    crit = Criterion.from_config(load_config("tiny", ["loss.mmd_ramp=null"]).loss)  # the gate alone
     crit.mmd_active = False
     early = crit(output, labels, modalities)
     crit.mmd_active = True
@@ -491,12 +491,14 @@ def test_mmd_ramp_scale_matches_the_formula_and_couples_mmd_to_identity() -> Non
 def test_mmd_ramp_is_validated() -> None:
     from mclnet_cli.config import load_config
 
-    assert load_config("tiny").loss.mmd_ramp is None and load_config("sysu").loss.mmd_ramp is None
+    assert load_config("tiny").loss.mmd_ramp == 0.25 and load_config("sysu").loss.mmd_ramp is None
     for bad in ("0", "-1", "inf"):
         with pytest.raises(ConfigError, match="mmd_ramp"):
             load_config("tiny", [f"loss.mmd_ramp={bad}"])
     with pytest.raises(ConfigError, match="loss.weights.id"):
         load_config("tiny", ["loss.mmd_ramp=0.2", "loss.weights.id=0"])
+    with pytest.raises(ConfigError, match="loss.weights.id"):  # tiny has the ramp: switching identity off says so
+        load_config("tiny", ["loss.weights.id=0"])
     with pytest.raises(ConfigError, match="mmd_ramp"):
         Criterion({"id": 1.0, "mmd": 1.0}, mmd_ramp=0.0)
     with pytest.raises(ConfigError, match="loss.weights.id"):
@@ -517,7 +519,7 @@ def test_mmd_ramp_in_training_logs_its_scale(prepared_dataset, tmp_path) -> None
     ]
     for ramp in ("2.0", None):
         out = tmp_path / f"run-{ramp}"
-        fit(load_config("tiny", [*settings, *([f"loss.mmd_ramp={ramp}"] if ramp else [])]), prepared_dataset, out, device="cpu")
+        fit(load_config("tiny", [*settings, f"loss.mmd_ramp={ramp or 'null'}"]), prepared_dataset, out, device="cpu")
         rows = [r for r in read_metrics(out) if r.get("kind") == "epoch"]
         assert all("mmd" in r["parts"] for r in rows)
         if ramp is None:

@@ -21,7 +21,9 @@ H, W = 64, 32
 
 
 def tiny_cfg(**changes: object) -> ModelConfig:
-    return dataclasses.replace(load_config("tiny").model, **changes)
+    """The tiny preset's network at torchvision's width, from random weights (the preset's own
+    narrow network and its shipped start: tests/test_pretrained.py)."""
+    return dataclasses.replace(load_config("tiny").model, **{"pretrained": "none", "base_channels": 64, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +313,7 @@ def test_base_channels_narrows_every_stage_and_the_features() -> None:
     assert narrow.feature_dim == 256
     assert all(out.features[s].shape == (5, 256) for s in SCALES) and out.bn_feature.shape == (5, 256)
     assert layer4_size(narrow, images(2, 2), "visible") == (2, 256, 4, 2)  # last stride 1 still applied
-    wide = build_model(tiny_cfg(), 3)
+    wide = build_model(tiny_cfg(base_channels=64), 3)  # torchvision's width
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(narrow) < count(wide) / 3.5  # about a quarter: every convolution is half as wide on both sides
     assert stage_channels(build_resnet("resnet50", base_channels=16)) == (64, 128, 256, 512)

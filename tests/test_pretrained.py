@@ -49,7 +49,9 @@ def test_loading_puts_every_weight_but_the_classifier_into_the_network(tmp_path:
     for key, value in source.items():
         if key.startswith(CLASSIFIER_PREFIX):
             continue
-        if value.is_floating_point():  # stored as float16: equal to its rounding, and float32 again
+        if key.endswith(("running_mean", "running_var")):  # BN statistics: float32, exactly
+            assert torch.equal(state[key], value), key
+        elif value.is_floating_point():  # weights stored as float16: equal to their rounding, and float32 again
             assert state[key].dtype == torch.float32
             assert torch.equal(state[key], value.to(torch.float16).to(torch.float32)), key
         else:
@@ -65,8 +67,10 @@ def test_the_file_holds_float16_tensors_and_no_classifier(tmp_path: Path) -> Non
     obj = read_packaged("synthetic", tmp_path / "w.pt")
     assert obj["format"] == FORMAT and obj["source"] == {"made_by": "test"}
     assert not any(k.startswith(CLASSIFIER_PREFIX) for k in obj["state"])
-    floats = [v for v in obj["state"].values() if v.is_floating_point()]
-    assert floats and all(v.dtype == torch.float16 for v in floats)
+    weights = [v for k, v in obj["state"].items() if v.is_floating_point() and "running_" not in k]
+    statistics = [v for k, v in obj["state"].items() if k.endswith(("running_mean", "running_var"))]
+    assert weights and all(v.dtype == torch.float16 for v in weights)
+    assert statistics and all(v.dtype == torch.float32 for v in statistics)
     assert obj["model"]["base_channels"] == 32 and "pretrained" not in obj["model"]
 
 
@@ -121,3 +125,73 @@ def test_packaged_names_are_recognised_case_insensitively() -> None:
     assert packaged_weights.is_packaged("synthetic") and packaged_weights.is_packaged(" Synthetic ")
     assert not packaged_weights.is_packaged("imagenet") and not packaged_weights.is_packaged("none")
     assert not packaged_weights.is_packaged("/some/file.pth")
+
+
+def test_the_shipped_file_is_the_tiny_presets_start() -> None:
+    """The file in the package fits ``tiny`` and is what building ``tiny`` loads (not a random start)."""
+    config = load_config("tiny")
+    assert config.model.pretrained == "synthetic" and PACKAGED["synthetic"].is_file()
+    shipped = read_packaged("synthetic")
+    assert {k: shipped["model"][k] for k in packaged_weights.FITTING_KEYS} == {
+        k: getattr(config.model, k) for k in packaged_weights.FITTING_KEYS
+    }
+    # made from the project's generators only: the held-out generator never trained it
+    assert "crowd" not in shipped["source"]["generators"] and shipped["source"]["made_by"] == "benchmarks/pretrain_tiny.py"
+    torch.manual_seed(0)
+    model = build_model(config.model, num_classes=3)
+    state = model.state_dict()
+    for key, value in shipped["state"].items():
+        assert torch.equal(state[key], value.to(state[key].dtype)), key
+    torch.manual_seed(0)
+    scratch = build_model(dataclasses.replace(config.model, pretrained="none"), num_classes=3).state_dict()
+    key = "backbone.specific.visible.0.0.weight"
+    assert not torch.equal(scratch[key], state[key])
+    assert torch.equal(scratch["neck.classifier.weight"], state["neck.classifier.weight"])  # the classifier: the run's own
+
+
+def test_the_shipped_start_has_no_neck_channel_without_spread() -> None:
+    """Its BNNeck statistics survive storage: a variance float16 would round to 0 stays resolvable."""
+    from mclnet_cli.engine.recalibrate import steady_statistics
+
+    model = build_model(load_config("tiny").model, num_classes=3)
+    _, _, changed = steady_statistics(model.neck.bn.running_mean, model.neck.bn.running_var)
+    assert changed == 0
+
+
+def test_the_demos_untrained_model_is_random_not_the_shipped_start(tmp_path: Path) -> None:
+    from mclnet_cli.engine.checkpoint import load_model
+    from mclnet_cli.engine.demo import save_untrained
+
+    config = load_config("tiny", ["seed=4"])
+    path = save_untrained(config, {1: 0, 2: 1}, tmp_path / "untrained.pt")
+    untrained = load_model(path).model.state_dict()
+    shipped = read_packaged("synthetic")["state"]
+    torch.manual_seed(4)
+    fresh = build_model(dataclasses.replace(config.model, pretrained="none"), num_classes=2).state_dict()
+    key = "backbone.specific.infrared.0.0.weight"
+    assert torch.equal(untrained[key], fresh[key])
+    assert not torch.equal(untrained[key], shipped[key].float())
+
+
+def test_pretrain_tiny_merges_generators_into_one_sysu_tree(tmp_path: Path) -> None:
+    """benchmarks/pretrain_tiny.py: people of each generator renumbered apart, all but 12 in training."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import pretrain_tiny
+
+    from mclnet_cli.data.prepare import prepare_dataset
+    from mclnet_cli.data.records import load_prepared
+
+    raw = tmp_path / "raw"
+    assert pretrain_tiny.draw_merged(raw, ["project", "alt"], ids=10, images_per_camera=1) == 20
+    lists = {n: (raw / "exp" / f"{n}.txt").read_text().split(",") for n in ("train_id", "val_id", "test_id", "available_id")}
+    assert [int(p) for p in lists["available_id"]] == list(range(1, 21))
+    assert len(lists["train_id"]) == 8 and len(lists["val_id"]) == 6 and len(lists["test_id"]) == 6
+    pids = {int(d.name) for cam in raw.glob("cam*") for d in cam.iterdir()}
+    assert pids <= set(range(1, 21)) and any(p > 10 for p in pids) and any(p <= 10 for p in pids)
+    prepare_dataset("sysu", raw, tmp_path / "prepared", workers=1)
+    prepared = load_prepared(tmp_path / "prepared")
+    assert {s.pid for s in prepared.select("train")} <= set(range(1, 9))
+    assert {s.pid for s in prepared.select("test")} <= set(range(15, 21)) and prepared.select("test")
+    assert not list(tmp_path.glob("_raw_*"))  # the per-generator drafts are removed

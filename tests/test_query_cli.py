@@ -82,6 +82,13 @@ def probes(tmp_path: Path) -> Path:
     return root
 
 
+def _dim(checkpoint: Path) -> int:
+    """The feature dimension of ``checkpoint``'s model (256 for tiny's narrow resnet18)."""
+    from mclnet_cli.engine.checkpoint import load_model
+
+    return load_model(checkpoint).model.feature_dim
+
+
 def _index(gallery: Path, checkpoint: Path, out: Path, *extra: str) -> dict:
     args = ["index", str(gallery), "--checkpoint", str(checkpoint), "--modality", "visible", "--out", str(out)]
     result = runner.invoke(app, [*args, "--device", "cpu", "--json", *extra])
@@ -104,7 +111,7 @@ def test_index_json_skips_corrupt_and_non_image_files(tmp_path: Path, gallery: P
     out = tmp_path / "idx"
     report = _index(gallery, checkpoint, out)
     assert report["count"] == 8 and report["added"] == 8 and report["modality"] == "visible"
-    assert report["kind"] == "flat" and report["dimension"] == 512
+    assert report["kind"] == "flat" and report["dimension"] == _dim(checkpoint)
     skipped = {Path(s["path"]).name: s["reason"] for s in report["skipped"]}
     assert set(skipped) == {"0099.jpg", "notes.txt"}
     assert "cannot decode" in skipped["0099.jpg"] and "not an image" in skipped["notes.txt"]
@@ -112,7 +119,7 @@ def test_index_json_skips_corrupt_and_non_image_files(tmp_path: Path, gallery: P
 
     meta = json.loads((out / "meta.json").read_text())
     assert meta["count"] == 8 and meta["metric"] == "inner_product" and meta["factory"] == "Flat"
-    assert meta["modality"] == "visible" and meta["dimension"] == 512
+    assert meta["modality"] == "visible" and meta["dimension"] == _dim(checkpoint)
     assert meta["checkpoint"]["path"] == str(checkpoint.resolve()) and len(meta["checkpoint"]["fingerprint"]) == 16
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert [Path(r["path"]).parent.name for r in rows] == ["0001", "0001", "0002", "0002", "0003", "0003", "0004", "0004"]
@@ -419,7 +426,7 @@ def test_query_refuses_a_feature_dimension_mismatch(tmp_path: Path, probes: Path
     extra = {"modality": "visible", "checkpoint": {"path": str(checkpoint)}}  # no fingerprint recorded
     GalleryIndex.build(np.eye(4, 16), records, extra=extra).save(tmp_path / "idx16")
     result = runner.invoke(app, ["query", str(probes), "-i", str(tmp_path / "idx16"), "-m", "ir", "--device", "cpu"])
-    assert result.exit_code == 1 and "512-d features" in result.output and "16-d" in result.output
+    assert result.exit_code == 1 and f"{_dim(checkpoint)}-d features" in result.output and "16-d" in result.output
 
 
 def test_query_errors_are_one_line(tmp_path: Path, gallery: Path, probes: Path, checkpoint: Path) -> None:

@@ -360,7 +360,8 @@ def test_unused_parameters_expected_matches_the_gradients(weights) -> None:
     from mclnet_cli.losses import Criterion
     from mclnet_cli.model import build_model
 
-    cfg = _config(*ONE_STEP, *(f"loss.weights.{k}={v}" for k, v in weights.items()))
+    # no ramp: it needs the identity term, which two cases switch off
+    cfg = _config(*ONE_STEP, "loss.mmd_ramp=null", *(f"loss.weights.{k}={v}" for k, v in weights.items()))
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes=2)
     model.train()
@@ -512,7 +513,7 @@ def test_base_channels_reaches_the_trained_checkpoint_and_resume_keeps_it(prepar
     from mclnet_cli.engine.checkpoint import load_model
 
     out = tmp_path / "run"
-    fit(_config("train.epochs=1", "model.base_channels=16"), prepared_dataset, out, device="cpu")
+    fit(_config("train.epochs=1", "model.base_channels=16", "model.pretrained=none"), prepared_dataset, out, device="cpu")
     loaded = load_model(out / "last.pt", device=torch.device("cpu"))
     assert loaded.model.feature_dim == 128 and loaded.model.backbone.shared[-1][0].conv1.out_channels == 128
     with pytest.raises(ConfigError, match="model.base_channels"):

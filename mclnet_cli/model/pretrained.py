@@ -9,8 +9,10 @@ the project's generators (``benchmarks/pretrain_tiny.py`` makes the file again).
 
 The file is a plain dict of tensors, strings and numbers, read with
 ``weights_only=True``: ``format``, ``model`` (the model section it fits, without
-``pretrained``), ``source`` (how it was made) and ``state`` (float16 tensors, cast
-back to float32 on load; integer buffers as they are).
+``pretrained``), ``source`` (how it was made) and ``state`` (weights as float16, cast
+back to float32 on load; BatchNorm running statistics as float32, because a variance
+of 1e-9 is 0 in float16 and would read as a channel without spread; integer buffers
+as they are).
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ CLASSIFIER_PREFIX = "neck.classifier."
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 #: ``model.pretrained`` names of the shipped files
 PACKAGED: dict[str, Path] = {"synthetic": WEIGHTS_DIR / "tiny-synthetic.pt"}
-#: model keys a packaged file must match (``pretrained`` names the file itself)
+#: model keys a packaged file records (``pretrained`` names the file itself)
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name != "pretrained")
+#: the ones that decide its weights' names and shapes, so a run must match them; pooling, GeM's p and
+#: the last stride have no weights, and change with the file as they do with ImageNet weights
+FITTING_KEYS = ("arch", "base_channels", "specific_stages")
 
 
 def is_packaged(name: str) -> bool:
@@ -67,9 +72,9 @@ def read_packaged(name: str, path: Path | None = None) -> dict[str, Any]:
 
 
 def check_fits(packaged: Mapping[str, Any], model_cfg: ModelConfig, name: str) -> None:
-    """The run's model section must be the network the file was trained as (one line naming the key)."""
+    """The run's network must have the file's weights (:data:`FITTING_KEYS`; one line naming the key)."""
     ours = model_section(model_cfg)
-    for key in MODEL_KEYS:
+    for key in FITTING_KEYS:
         theirs = packaged["model"].get(key)
         if theirs != ours[key]:
             raise ConfigError(
@@ -99,11 +104,16 @@ def load_packaged_into(model: nn.Module, model_cfg: ModelConfig, *, path: Path |
     model.load_state_dict(cast, strict=False)
 
 
+STATISTICS = ("running_mean", "running_var")  # kept as float32 (see the module docstring)
+
+
+def _stored(key: str, value: Tensor) -> Tensor:
+    if value.is_floating_point() and not key.endswith(STATISTICS):
+        return value.detach().to(torch.float16).clone()
+    return value.detach().clone()
+
+
 def packaged_payload(model: nn.Module, model_cfg: ModelConfig, source: Mapping[str, Any]) -> dict[str, Any]:
-    """The dict a packaged file holds: ``model``'s weights but the classifier, as float16."""
-    state = {
-        k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).clone()
-        for k, v in model.state_dict().items()
-        if not k.startswith(CLASSIFIER_PREFIX)
-    }
+    """The dict a packaged file holds: ``model``'s weights but the classifier (float16; statistics float32)."""
+    state = {k: _stored(k, v) for k, v in model.state_dict().items() if not k.startswith(CLASSIFIER_PREFIX)}
     return {"format": FORMAT, "model": model_section(model_cfg), "source": dict(source), "state": state}
