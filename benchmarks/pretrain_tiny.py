@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"drawn": people, "generators": generators}), flush=True)
         fit(config, prepared, run, device="cpu")
     loaded = load_model(run / "last.pt", device="cpu")
-    model, payload = loaded.model, loaded.payload
+    model, payload, config = loaded.model, loaded.payload, loaded.config  # --run: that run's own settings
     source = {
         "made_by": "benchmarks/pretrain_tiny.py",
         "generators": ",".join(generators),

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 # What the tests' references assume of a checkpoint, pinned so that preset changes do not move it.
 PINNED = ("data.height=64", "data.width=32", "data.resize=bilinear")
+#: the checkpoint factory's network: random weights, 64 wide (tiny's own start: tests/test_pretrained.py)
+RANDOM_START = ("model.pretrained=none", "model.base_channels=64")
 
 
 class CheckpointFactory(Protocol):
@@ -76,7 +78,11 @@ def cli_runner() -> "CliRunner":
 
 @pytest.fixture(scope="session")
 def make_checkpoint() -> CheckpointFactory:
-    """Factory: an untrained tiny-preset checkpoint at ``path`` (64x32, ``PINNED``; optionally differing streams)."""
+    """Factory: an untrained tiny-preset checkpoint at ``path`` (64x32, ``PINNED``; optionally differing streams).
+
+    Random weights at torchvision's width (:data:`RANDOM_START`), not tiny's shipped narrow start, so that
+    ``seed`` decides every weight and the two streams start as identical copies; ``overrides`` come after.
+    """
     from mclnet_cli.config import load_config
     from mclnet_cli.engine.checkpoint import checkpoint_payload, save_checkpoint
     from mclnet_cli.model import build_model
@@ -90,7 +96,7 @@ def make_checkpoint() -> CheckpointFactory:
         distinct_streams: bool = False,
     ) -> Path:
         torch.manual_seed(seed)
-        config = load_config("tiny", [*PINNED, *overrides])
+        config = load_config("tiny", [*PINNED, *RANDOM_START, *overrides])
         model = build_model(config.model, num_classes=len(pids))
         if distinct_streams:
             perturb_stream(model, "infrared", seed=seed + 1)
@@ -112,12 +118,11 @@ def two_stream_checkpoint(tmp_path_factory: pytest.TempPathFactory, make_checkpo
 
     Stem, layer1 and layer2 are per modality here whatever the tiny preset says
     (``model.specific_stages=3``), so that a wrong stream moves the features well
-    beyond float noise; random weights at width 64 (not tiny's narrow shipped start).
+    beyond float noise.
     """
     return make_checkpoint(
         tmp_path_factory.mktemp("ckpt2") / "two_stream.pt",
-        # another network than tiny's shipped start: random weights at torchvision's width
-        overrides=("eval.trials=2", "model.specific_stages=3", "model.pretrained=none", "model.base_channels=64"),
+        overrides=("eval.trials=2", "model.specific_stages=3"),
         distinct_streams=True,
     )
 

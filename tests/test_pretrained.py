@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,33 @@ def test_pretrain_tiny_merges_generators_into_one_sysu_tree(tmp_path: Path) -> N
     assert {s.pid for s in prepared.select("train")} <= set(range(1, 9))
     assert {s.pid for s in prepared.select("test")} <= set(range(15, 21)) and prepared.select("test")
     assert not list(tmp_path.glob("_raw_*"))  # the per-generator drafts are removed
+
+
+STILL = [  # one step that cannot move the weights beyond float noise
+    "optim.lr=1e-9", "optim.head_lr=1e-9", "train.steps_per_epoch=1", "data.num_ids=2",
+    "data.num_instances=2", "data.workers=0", "train.recalibrate_neck=false", "loss.mmd_gate=null",
+    "train.eval_every=0",
+]
+
+
+def test_training_starts_from_the_packaged_file_and_a_resume_does_not_read_it(
+    prepared_dataset: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from mclnet_cli.engine.checkpoint import file_fingerprint, load_checkpoint
+    from mclnet_cli.engine.train import fit
+
+    source = write_packaged(tmp_path / "w.pt", seed=9)
+    monkeypatch.setitem(PACKAGED, "synthetic", tmp_path / "w.pt")
+    out = tmp_path / "run"
+    fit(load_config("tiny", [*STILL, "train.epochs=1"]), prepared_dataset, out, device="cpu")
+    after = load_checkpoint(out / "last.pt")["model"]
+    for key in ("backbone.specific.visible.0.0.weight", "backbone.specific.infrared.0.0.weight", "neck.bn.weight"):
+        assert torch.allclose(after[key], source[key].half().float(), atol=1e-6), key
+    env = json.loads((out / "environment.json").read_text())
+    assert env["pretrained"] == {"name": "synthetic", "file": "w.pt", "fingerprint": file_fingerprint(tmp_path / "w.pt")}
+
+    monkeypatch.setitem(PACKAGED, "synthetic", tmp_path / "gone.pt")  # last.pt holds every weight a resume needs
+    fit(load_config("tiny", [*STILL, "train.epochs=2"]), prepared_dataset, out, device="cpu", resume=True)
+    resumed = load_checkpoint(out / "last.pt")
+    assert resumed["epoch"] == 2
+    assert torch.allclose(resumed["model"]["backbone.specific.visible.0.0.weight"], after["backbone.specific.visible.0.0.weight"], atol=1e-6)

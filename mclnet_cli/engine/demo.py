@@ -151,8 +151,9 @@ def save_untrained(config: Any, label_map: dict[int, int], path: Path) -> Path:
     from mclnet_cli.engine.state import seed_everything
     from mclnet_cli.model import build_model
 
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, pretrained="none"))  # what it is
     seed_everything(config.seed)
-    model = build_model(dataclasses.replace(config.model, pretrained="none"), len(label_map))
+    model = build_model(config.model, len(label_map))
     payload = checkpoint_payload(model, config, label_map, kind="untrained", epoch=0)
     return save_checkpoint(path, payload)
 

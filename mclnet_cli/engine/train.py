@@ -466,7 +466,8 @@ def _start(
     dist_utils.barrier()  # every rank has checked the run directory before rank 0 writes to it
 
     reporter = reporter if (reporter is not None and info.is_main) else Reporter()
-    run = _build(config, out_dir, device, info, reporter, prepared, loader, label_map, session, init_checkpoint)
+    run = _build(config, out_dir, device, info, reporter, prepared, loader, label_map, session, init_checkpoint,
+                 resume=payload is not None)
     if payload is not None:
         _restore(run, payload)
     _wrap(run)
@@ -487,13 +488,19 @@ def _build(
     label_map: dict[int, int],
     session: runlog.Stopwatch,
     init: "InitCheckpoint | None" = None,
+    *,
+    resume: bool = False,
 ) -> _Run:
-    """Model, loss, optimiser, scheduler and AMP scaler of a new run (its weights from ``init`` when given)."""
+    """Model, loss, optimiser, scheduler and AMP scaler of a run (its weights from ``init`` when given).
+
+    ``model.pretrained`` is read only for a new run: ``--init`` and a resumed run's ``last.pt``
+    replace every weight, so neither downloads ImageNet weights nor reads the shipped start.
+    """
     from mclnet_cli.engine.finetune import apply_init, build_config
     from mclnet_cli.losses import Criterion
     from mclnet_cli.model import build_model
 
-    model = build_model(build_config(config) if init is not None else config.model, loader.num_classes)
+    model = build_model(build_config(config) if init is not None or resume else config.model, loader.num_classes)
     record = apply_init(model, init, loader.num_classes) if init is not None else None
     if record is not None:
         reporter.note(f"--init: {record.describe()}")
@@ -572,6 +579,17 @@ def _amp_name(dtype: torch.dtype | None) -> str | None:
     return str(dtype).replace("torch.", "") if dtype else None
 
 
+def _pretrained_record(config: Config, init: Any) -> dict[str, str] | None:
+    """Which shipped start a new run read (name, file, fingerprint), for environment.json; None otherwise."""
+    from mclnet_cli.engine.checkpoint import file_fingerprint
+    from mclnet_cli.model.pretrained import PACKAGED, is_packaged
+
+    name = str(config.model.pretrained).strip().lower()
+    if init is not None or not is_packaged(name):
+        return None
+    return {"name": name, "file": PACKAGED[name].name, "fingerprint": file_fingerprint(PACKAGED[name])}
+
+
 def _open_run_dir(run: _Run, resume: bool) -> None:
     """Rank 0: config.yaml, environment.json and metrics.jsonl; a new run saves last.pt at epoch 0."""
     config, out_dir = run.config, run.out_dir
@@ -579,7 +597,8 @@ def _open_run_dir(run: _Run, resume: bool) -> None:
     runlog.write_config(out_dir, config)
     env = runlog.environment_info(device=str(run.device), seed=config.seed, world_size=run.info.world_size)
     env.update(amp=_amp_name(run.amp_dtype), channels_last=run.channels_last, compile=config.train.compile,
-               resumed_from_epoch=run.start_epoch if resume else None, init=run.init)
+               resumed_from_epoch=run.start_epoch if resume else None, init=run.init,
+               pretrained=None if resume else _pretrained_record(config, run.init))
     runlog.write_environment(out_dir, env, resume)
     run.metrics = runlog.MetricsLog(out_dir)
     if resume:
