@@ -39,6 +39,12 @@ def quick_demo(tmp_path_factory) -> tuple[Path, dict]:
     return out, json.loads(result.stdout)
 
 
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
 def _png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG signature"
@@ -66,6 +72,15 @@ def test_quick_demo_writes_every_artefact(quick_demo) -> None:
     assert run_summary["status"] == "complete"
     assert run_summary["epochs_completed"] == summary["training"]["epochs"]
     assert Path(summary["untrained_checkpoint"]).is_file()
+    # tiny starts from the shipped weights: the demo scores that start too, from start.pt, which holds them
+    from mclnet_cli.engine.checkpoint import load_checkpoint
+    from mclnet_cli.model.pretrained import read_packaged
+
+    key = "backbone.specific.infrared.0.0.weight"
+    start = load_checkpoint(summary["start_checkpoint"])
+    shipped = read_packaged("synthetic")["state"][key].float()
+    assert Path(summary["start_checkpoint"]) == (out / "start.pt").resolve() and torch_equal(start["model"][key], shipped)
+    assert not torch_equal(load_checkpoint(summary["untrained_checkpoint"])["model"][key], shipped)  # random
 
     index_dir = Path(summary["index"]["dir"])
     for name in ("index.faiss", "records.jsonl", "meta.json"):
@@ -100,7 +115,8 @@ def test_quick_demo_writes_every_artefact(quick_demo) -> None:
 def test_quick_demo_training_beats_untrained(quick_demo) -> None:
     _, summary = quick_demo
     trained, untrained = summary["metrics"]["trained"], summary["metrics"]["untrained"]
-    for row in (trained, untrained):
+    assert set(summary["metrics"]) >= {"trained", "untrained", "start"}
+    for row in (trained, untrained, summary["metrics"]["start"]):
         assert set(row) == {"rank1", "rank5", "mAP", "mINP", "std"}
         assert set(row["std"]) == {"rank1", "rank5", "mAP", "mINP"}
         assert row["rank1"] <= row["rank5"]  # a CMC curve never falls

@@ -172,6 +172,10 @@ def test_the_demos_untrained_model_is_random_not_the_shipped_start(tmp_path: Pat
     key = "backbone.specific.infrared.0.0.weight"
     assert torch.equal(untrained[key], fresh[key])
     assert not torch.equal(untrained[key], shipped[key].float())
+    assert load_model(path).config.model.pretrained == "none"  # its record says what it is
+    start = save_untrained(config, {1: 0, 2: 1}, tmp_path / "start.pt", start=True)
+    assert torch.equal(load_model(start).model.state_dict()[key], shipped[key].float())
+    assert load_model(start).payload["kind"] == "start"
 
 
 def test_pretrain_tiny_merges_generators_into_one_sysu_tree(tmp_path: Path) -> None:

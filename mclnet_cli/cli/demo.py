@@ -79,12 +79,16 @@ def _render(summary: Mapping[str, Any]) -> None:
     )
     for column in ("model", "Rank-1", "Rank-5", "mAP", "mINP"):
         table.add_column(column, justify="left" if column == "model" else "right")
-    for name in ("trained", "untrained"):
+    labels = {"trained": "trained", "untrained": "untrained", "start": "start (shipped, before training)"}
+    for name in [n for n in ("trained", "untrained", "start") if n in metrics]:
         row = metrics[name]
-        table.add_row(name, *(f"{row[k]:.2f}" for k in ("rank1", "rank5", "mAP", "mINP")))
+        table.add_row(labels[name], *(f"{row[k]:.2f}" for k in ("rank1", "rank5", "mAP", "mINP")))
     console.print(table)
     gain = metrics["trained"]["mAP"] - metrics["untrained"]["mAP"]
-    console.print(f"training gained {gain:+.2f} mAP points", highlight=False)
+    line = f"training gained {gain:+.2f} mAP points"
+    if "start" in metrics:
+        line += f" over a random network, {metrics['trained']['mAP'] - metrics['start']['mAP']:+.2f} over the shipped start"
+    console.print(line, highlight=False)
     health = summary["training"].get("health") or {}
     if health.get("status") == "collapsed":
         warn(f"the training run was unhealthy: collapsed at epoch {int(health['epoch']) + 1} ({'; '.join(health.get('reasons', []))})")
@@ -110,6 +114,8 @@ def _render(summary: Mapping[str, Any]) -> None:
     paths.add_row("run", f"{summary['run_dir']} ({training['epochs']} epochs x {training['steps_per_epoch']} steps, {training['time_s']:.0f}s)")
     paths.add_row("checkpoint", summary["checkpoint"])
     paths.add_row("untrained", summary["untrained_checkpoint"])
+    if summary.get("start_checkpoint"):
+        paths.add_row("start", summary["start_checkpoint"])
     paths.add_row("index", f"{summary['index']['dir']} ({summary['index']['count']} visible images)")
     paths.add_row("picture", summary["picture"])
     paths.add_row("summary", str(Path(summary["out"]) / "demo.json"))

@@ -7,6 +7,7 @@
     OUT/prepared/           the prepared dataset
     OUT/run/                the training run (config, metrics, summary, last.pt)
     OUT/untrained.pt        the same model, randomly initialised with the same seed
+    OUT/start.pt            the preset's shipped start before training (model.pretrained=synthetic)
     OUT/gallery/camN/<pid>/ the test ids' visible images, copied in SYSU layout
     OUT/index/              the FAISS gallery index of OUT/gallery
     OUT/ranked_list.png     the ranked lists of the first few infrared test probes, in order
@@ -36,7 +37,8 @@ from mclnet_cli.progress import ProgressFactory, no_progress
 MARKER = ".mclnet-demo"
 SUMMARY = "demo.json"
 # Everything a demo writes; ``force`` removes exactly these and nothing else.
-ARTEFACTS = ("synthetic", "prepared", "run", "untrained.pt", "gallery", "index", "ranked_list.png", SUMMARY)
+START = "start.pt"  # the preset's shipped start before training (model.pretrained=synthetic)
+ARTEFACTS = ("synthetic", "prepared", "run", "untrained.pt", START, "gallery", "index", "ranked_list.png", SUMMARY)
 PRESET = "tiny"
 SEED = 0
 TOP_K = 10
@@ -139,11 +141,12 @@ def _metrics(report: Any) -> dict[str, Any]:
     return row
 
 
-def save_untrained(config: Any, label_map: dict[int, int], path: Path) -> Path:
-    """The same architecture randomly initialised with the config's seed, saved as a checkpoint.
+def save_untrained(config: Any, label_map: dict[int, int], path: Path, *, start: bool = False) -> Path:
+    """The same architecture before training, with the config's seed, saved as a checkpoint.
 
-    Random even when the preset starts from shipped weights (``model.pretrained=synthetic``):
-    the comparison is with a model that has learnt nothing.
+    Randomly initialised, even when the preset starts from shipped weights (``model.pretrained=synthetic``):
+    the comparison is with a model that has learnt nothing. ``start=True``: the preset's own start
+    instead (the shipped weights, a fresh classifier), to show what the run's training added to it.
     """
     import dataclasses
 
@@ -151,10 +154,11 @@ def save_untrained(config: Any, label_map: dict[int, int], path: Path) -> Path:
     from mclnet_cli.engine.state import seed_everything
     from mclnet_cli.model import build_model
 
-    config = dataclasses.replace(config, model=dataclasses.replace(config.model, pretrained="none"))  # what it is
+    if not start:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, pretrained="none"))  # what it is
     seed_everything(config.seed)
     model = build_model(config.model, len(label_map))
-    payload = checkpoint_payload(model, config, label_map, kind="untrained", epoch=0)
+    payload = checkpoint_payload(model, config, label_map, kind="start" if start else "untrained", epoch=0)
     return save_checkpoint(path, payload)
 
 
@@ -213,6 +217,7 @@ def run_demo(
         "run_dir": str(run_dir.resolve()),
         "checkpoint": str(Path(checkpoint).resolve()),
         "untrained_checkpoint": str(untrained.resolve()),
+        **({"start_checkpoint": str((out / START).resolve())} if "start" in metrics else {}),
         "training": _training_summary(plan, trained),
         "metrics": metrics,
         **retrieval,  # index, query, probes, picture
@@ -254,6 +259,7 @@ def _evaluate_stages(
     Returns the untrained checkpoint and the summary's ``metrics`` entry.
     """
     from mclnet_cli.engine.evaluate import evaluate_checkpoint
+    from mclnet_cli.model.pretrained import is_packaged
 
     def evaluate(path: Path, what: str) -> Any:
         return evaluate_checkpoint(
@@ -263,10 +269,13 @@ def _evaluate_stages(
 
     with stages.stage("evaluate", f"evaluating the trained model (SYSU protocol, all-search, {plan.trials} trials)"):
         trained_report = evaluate(checkpoint, "trained")
-    with stages.stage("evaluate_untrained", "evaluating the untrained model (same config and seed)"):
+    shipped = is_packaged(config.model.pretrained)
+    what = "the untrained model and the preset's shipped start" if shipped else "the untrained model"
+    with stages.stage("evaluate_untrained", f"evaluating {what} (same config and seed)"):
         untrained = save_untrained(config, label_map, out / "untrained.pt")
         untrained_report = evaluate(untrained, "untrained")
-    return untrained, _metrics_summary(trained_report, untrained_report)
+        start_report = evaluate(save_untrained(config, label_map, out / START, start=True), "start") if shipped else None
+    return untrained, _metrics_summary(trained_report, untrained_report, start_report)
 
 
 def _retrieval_stages(
@@ -380,11 +389,12 @@ def _training_summary(plan: DemoPlan, trained: Any) -> dict[str, Any]:
     }
 
 
-def _metrics_summary(trained: Any, untrained: Any) -> dict[str, Any]:
-    """The trained and untrained models' numbers under the same protocol."""
+def _metrics_summary(trained: Any, untrained: Any, start: Any = None) -> dict[str, Any]:
+    """The trained and untrained models' numbers (and the shipped start's, if any) under the same protocol."""
     return {
         "trained": _metrics(trained),
         "untrained": _metrics(untrained),
+        **({"start": _metrics(start)} if start is not None else {}),
         "units": "percent",
         "feature": FEATURE,
         "protocol": {k: v for k, v in trained.protocol.items() if k not in ("checkpoint", "fingerprint")},
