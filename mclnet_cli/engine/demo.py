@@ -85,7 +85,8 @@ class DemoPlan:
 # identities make the untrained baseline (and chance) lower and the comparison fairer.
 # The quick demo's 200 steps are too few for the preset's augmentation (random erasing,
 # spectrum mixing and pseudo-infrared pairs) to pay off: with it the quick demo ends at the untrained mAP (19.7 vs 19.2,
-# seed 0), without it at 1.5x (docs/benchmarks.md, "demo"), so the quick plan switches it off.
+# seed 0), without it at 1.5x (docs/benchmarks.md, "demo"; measured from a random start, before tiny's shipped one),
+# so the quick plan switches it off.
 QUICK_OVERRIDES: tuple[str, ...] = ("data.erasing_p=0", "data.spectrum_p=0", "data.pseudo_infrared_p=0")
 FULL = DemoPlan("full", ids=90, images_per_camera=3, epochs=16, steps_per_epoch=100, milestones=(12,), trials=10)
 QUICK = DemoPlan("quick", ids=40, images_per_camera=3, epochs=8, steps_per_epoch=25, milestones=(6,), trials=10,
