@@ -29,6 +29,31 @@ DEFAULT_IDS = 90  # 54 train, 9 val, 27 test ids (the 60/10/30 split of every ge
 DEFAULT_IMAGES = 3
 
 
+def generate_function(generator: str):
+    """The ``generate_*`` function of ``generator`` (each writes the SYSU-MM01 layout)."""
+    if generator == "project":
+        from mclnet_cli.data.synthetic import generate_synthetic
+
+        return generate_synthetic
+    if generator == "alt":
+        from alt_synthetic import generate_alt
+
+        return generate_alt
+    if generator == "nir":
+        from gen_nir import generate_nir
+
+        return generate_nir
+    if generator == "walker":
+        from gen_walker import generate_walker
+
+        return generate_walker
+    if generator == "crowd":
+        from gen_crowd import generate_crowd
+
+        return generate_crowd
+    raise SystemExit(f"unknown generator {generator!r}; choose from {GENERATORS}")
+
+
 def draw(generator: str, root: Path, *, ids: int, seed: int, images_per_camera: int) -> Path:
     """Draw (once) and prepare a synthetic set; returns the prepared folder."""
     from mclnet_cli.data.prepare import prepare_dataset
@@ -36,28 +61,7 @@ def draw(generator: str, root: Path, *, ids: int, seed: int, images_per_camera: 
     raw, prepared = root / "raw", root / "prepared"
     if (prepared / "meta.json").is_file():
         return prepared
-    if generator == "project":
-        from mclnet_cli.data.synthetic import generate_synthetic
-
-        generate_synthetic(raw, ids=ids, seed=seed, images_per_camera=images_per_camera)
-    elif generator == "alt":
-        from alt_synthetic import generate_alt
-
-        generate_alt(raw, ids=ids, seed=seed, images_per_camera=images_per_camera)
-    elif generator == "nir":
-        from gen_nir import generate_nir
-
-        generate_nir(raw, ids=ids, seed=seed, images_per_camera=images_per_camera)
-    elif generator == "walker":
-        from gen_walker import generate_walker
-
-        generate_walker(raw, ids=ids, seed=seed, images_per_camera=images_per_camera)
-    elif generator == "crowd":
-        from gen_crowd import generate_crowd
-
-        generate_crowd(raw, ids=ids, seed=seed, images_per_camera=images_per_camera)
-    else:
-        raise SystemExit(f"unknown generator {generator!r}; choose from {GENERATORS}")
+    generate_function(generator)(raw, ids=ids, seed=seed, images_per_camera=images_per_camera)
     prepare_dataset("sysu", raw, prepared, label=f"synthetic-{generator}", workers=1)
     return prepared
 

@@ -51,24 +51,12 @@ PRETRAIN_OVERRIDES = (
 
 
 def generator(name: str):
-    """The ``generate_*`` function of one generator (all write the SYSU-MM01 layout)."""
-    if name == "project":
-        from mclnet_cli.data.synthetic import generate_synthetic
+    """The ``generate_*`` function of one generator (learnkit's, so both scripts draw alike)."""
+    from learnkit import generate_function
 
-        return generate_synthetic
-    if name == "alt":
-        from alt_synthetic import generate_alt
-
-        return generate_alt
-    if name == "nir":
-        from gen_nir import generate_nir
-
-        return generate_nir
-    if name == "walker":
-        from gen_walker import generate_walker
-
-        return generate_walker
-    raise SystemExit(f"unknown generator {name!r}; choose from {KNOWN_GENERATORS}")
+    if name not in KNOWN_GENERATORS:
+        raise SystemExit(f"unknown generator {name!r}; choose from {KNOWN_GENERATORS}")
+    return generate_function(name)
 
 
 def draw_merged(raw: Path, generators: Sequence[str], ids: int, images_per_camera: int) -> int:
