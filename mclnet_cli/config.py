@@ -83,6 +83,10 @@ class DataConfig:
     spectrum_knots: int = 0  # >= 2: spectral mixes (spectrum_p, pseudo_infrared_p) first bend each channel by a random curve
     jitter: float = 0.0  # random brightness and contrast in [1 - jitter, 1 + jitter], both modalities; not in the method
     blur_p: float = 0.0  # share of images blurred (Gaussian, sigma 0.1-1.5 px), both modalities; not in the method
+    zoom_p: float = 0.0  # share of images shrunk by U(zoom_min, 1) onto their mean colour at a random place; not in the method
+    zoom_min: float = 0.6  # the smallest zoom_p factor, in (0, 1]
+    noise_p: float = 0.0  # share of images with Gaussian sensor noise, sigma U(0, noise_std) of the range; not in the method
+    noise_std: float = 0.1  # the largest noise_p sigma, in pixel values / 255
     resize: ResizeFilter = "bilinear"  # bilinear | lanczos (the authors' code: lanczos)
     identity_draw: IdentityDraw = "cycle"  # cycle: every id before any repeats | independent: P fresh ids each batch (the code)
     instances_with_replacement: bool = False  # K images of an id drawn with replacement even when it has K (the code)
@@ -91,7 +95,8 @@ class DataConfig:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
     def __post_init__(self) -> None:
-        for name in ("grayscale_p", "flip_p", "erasing_p", "spectrum_p", "pseudo_infrared_p", "blur_p"):
+        for name in ("grayscale_p", "flip_p", "erasing_p", "spectrum_p", "pseudo_infrared_p", "blur_p",
+                     "zoom_p", "noise_p"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigError(f"data.{name} is a probability and must be in [0, 1], got {value}")
@@ -99,6 +104,10 @@ class DataConfig:
             raise ConfigError(f"data.spectrum_knots must be 0 (a linear mix) or at least 2, got {self.spectrum_knots}")
         if not 0 <= self.jitter <= 1:
             raise ConfigError(f"data.jitter must be in [0, 1] (factors in [1 - jitter, 1 + jitter]), got {self.jitter}")
+        if not 0 < self.zoom_min <= 1:
+            raise ConfigError(f"data.zoom_min must be in (0, 1] (a shrink factor), got {self.zoom_min}")
+        if not 0 <= self.noise_std <= 1:
+            raise ConfigError(f"data.noise_std must be in [0, 1] (a share of the pixel range), got {self.noise_std}")
         for name, low in (("mean", -math.inf), ("std", 0.0)):
             value = tuple(getattr(self, name))
             if len(value) != 3 or not all(low < v < math.inf for v in value):

@@ -230,3 +230,58 @@ def test_spectrum_knots_reach_the_training_mix_and_the_pseudo_infrared_pairs() -
     assert np.abs(a - b).max() > 10
     with pytest.raises(ConfigError, match="spectrum_knots"):
         DataConfig(spectrum_knots=1)
+
+
+def test_random_zoom_shrinks_the_image_onto_its_mean_colour() -> None:
+    from mclnet_cli.data.transforms import RandomZoom
+
+    image = torch.zeros(3, 40, 20)
+    image[0] = 1.0  # a red image with a green 10x10 square in the middle
+    image[:, 15:25, 5:15] = torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1)
+    mean = image.mean(dim=(1, 2))
+    torch.manual_seed(0)
+    zoom = RandomZoom(1.0, 0.5)
+    factors = []
+    for _ in range(20):
+        out = zoom(image)
+        assert out.shape == image.shape
+        green = ((out[1] > 0.5) & (out[0] < 0.5)).sum().item()  # the square's pixels, smaller after a shrink
+        factors.append((green / 100) ** 0.5)
+        border = torch.cat([out[:, 0], out[:, -1]], dim=1)  # the canvas shows at the top or bottom row unless the factor is ~1
+        if factors[-1] < 0.9:
+            assert torch.allclose(border.mean(dim=1), mean, atol=0.15)
+    assert min(factors) < 0.7 and max(factors) <= 1.0 + 1e-6
+    assert all(f > 0.4 for f in factors)  # never below the lowest factor (0.5, less a pixel's rounding)
+    assert torch.equal(RandomZoom(0.0, 0.5)(image), image)
+
+
+def test_sensor_noise_is_grey_bounded_and_off_at_p_zero() -> None:
+    from mclnet_cli.data.transforms import SensorNoise
+
+    image = torch.full((3, 32, 16), 0.5)
+    torch.manual_seed(1)
+    noise = SensorNoise(1.0, 0.2)
+    spreads = []
+    for _ in range(20):
+        out = noise(image)
+        assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])  # the same on every channel
+        assert out.min() >= 0 and out.max() <= 1
+        spreads.append(float(out[0].std()))
+    assert max(spreads) > 0.05 and max(spreads) < 0.2 * 1.2 and min(spreads) < max(spreads) / 2  # sigma drawn per image
+    assert torch.equal(SensorNoise(0.0, 0.2)(image), image)
+
+
+@pytest.mark.parametrize("modality", ["visible", "infrared"])
+def test_zoom_and_noise_reach_the_training_transform(modality: str) -> None:
+    image = colour_image(16, 8, seed=4)
+    plain = unnormalise(train_transform(PLAIN, modality)(image))
+    for key in ({"zoom_p": 1.0, "zoom_min": 0.5}, {"noise_p": 1.0, "noise_std": 0.3}):
+        torch.manual_seed(2)
+        out = unnormalise(train_transform(dataclasses.replace(PLAIN, **key), modality)(image))
+        assert out.shape == plain.shape and (out - plain).abs().mean() > 0.01, key
+    with pytest.raises(ConfigError, match="data.zoom_min"):
+        DataConfig(zoom_min=0.0)
+    with pytest.raises(ConfigError, match="data.noise_std"):
+        DataConfig(noise_std=2.0)
+    with pytest.raises(ConfigError, match="data.zoom_p"):
+        DataConfig(zoom_p=1.5)

@@ -168,6 +168,60 @@ class RandomSpectrum:
         return f"RandomSpectrum(p={self.p}, knots={self.knots})"
 
 
+class RandomZoom:
+    """With probability ``p``, shrink a [C, H, W] image by a factor U(``low``, 1) and place it at a
+    random position on a canvas of its own mean colour (same size as before).
+
+    Why: cameras see people at different distances, and a detector's box is not always tight;
+    the crop-and-pad of the method only shifts by a few pixels. Draws from torch's global generator.
+    """
+
+    def __init__(self, p: float, low: float) -> None:
+        self.p = p
+        self.low = low
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if torch.rand(1).item() >= self.p:
+            return image
+        _, height, width = image.shape
+        factor = self.low + (1.0 - self.low) * torch.rand(1).item()
+        h, w = max(1, round(height * factor)), max(1, round(width * factor))
+        small = torch.nn.functional.interpolate(
+            image.unsqueeze(0), size=(h, w), mode="bilinear", align_corners=False, antialias=True
+        )[0]
+        top = int(torch.randint(0, height - h + 1, (1,)))
+        left = int(torch.randint(0, width - w + 1, (1,)))
+        canvas = image.mean(dim=(1, 2), keepdim=True).expand_as(image).clone()
+        canvas[:, top : top + h, left : left + w] = small
+        return canvas
+
+    def __repr__(self) -> str:
+        return f"RandomZoom(p={self.p}, low={self.low})"
+
+
+class SensorNoise:
+    """With probability ``p``, add Gaussian noise of standard deviation U(0, ``std``) to a [C, H, W]
+    image in [0, 1], the same on every channel of a pixel, and clip to [0, 1].
+
+    Why: infrared (and low-light visible) cameras are noisy, and the noise is grey: a model trained on
+    clean images reads it as texture. Draws from torch's global generator.
+    """
+
+    def __init__(self, p: float, std: float) -> None:
+        self.p = p
+        self.std = std
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if torch.rand(1).item() >= self.p:
+            return image
+        sigma = self.std * torch.rand(1).item()
+        noise = torch.randn(1, *image.shape[1:]) * sigma
+        return (image + noise).clamp(0.0, 1.0)
+
+    def __repr__(self) -> str:
+        return f"SensorNoise(p={self.p}, std={self.std})"
+
+
 def train_transform(data_cfg: DataConfig, modality: Modality | str) -> Callable[[Image.Image], torch.Tensor]:
     """The training augmentation of one modality: a PIL RGB image -> normalised [3, H, W] tensor."""
     modality = Modality.parse(modality)
@@ -183,8 +237,12 @@ def train_transform(data_cfg: DataConfig, modality: Modality | str) -> Callable[
     if data_cfg.blur_p > 0:
         steps.append(T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 1.5))], p=data_cfg.blur_p))
     steps.append(T.ToTensor())
+    if data_cfg.zoom_p > 0:
+        steps.append(RandomZoom(data_cfg.zoom_p, data_cfg.zoom_min))
     if data_cfg.spectrum_p > 0:
         steps.append(RandomSpectrum(data_cfg.spectrum_p, data_cfg.spectrum_knots))
+    if data_cfg.noise_p > 0:
+        steps.append(SensorNoise(data_cfg.noise_p, data_cfg.noise_std))
     if data_cfg.channel_aug:
         if modality is Modality.VISIBLE:
             steps.append(ChannelExchange(0.5))
