@@ -59,6 +59,11 @@ def generator(name: str):
     return generate_function(name)
 
 
+def pretrain_overrides(epochs: int, decay_epoch: int, extra: Sequence[str] = ()) -> list[str]:
+    """The overrides on ``tiny`` that the pretraining runs with: :data:`PRETRAIN_OVERRIDES`, the schedule, then ``extra``."""
+    return [*PRETRAIN_OVERRIDES, f"seed={SEED}", f"train.epochs={epochs}", f"optim.milestones=[{decay_epoch}]", *extra]
+
+
 def draw_merged(raw: Path, generators: Sequence[str], ids: int, images_per_camera: int) -> int:
     """One SYSU-MM01 tree of ``ids`` people per generator (pids renumbered); returns the number of people."""
     for cam in range(1, 7):
@@ -95,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--weights", type=Path, default=None, help="where to write the file (default OUT/tiny-synthetic.pt)")
     parser.add_argument("--run", type=Path, default=None, help="export this finished run instead of training one")
+    parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more config override on top of the settings above (repeatable)")
     args = parser.parse_args(argv)
     import torch
 
@@ -108,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     generators = [g.strip() for g in args.generators.split(",") if g.strip()]
     if "crowd" in generators:
         raise SystemExit("crowd is the held-out generator: it never goes into the pretraining set")
-    overrides = [*PRETRAIN_OVERRIDES, f"seed={SEED}", f"train.epochs={args.epochs}", f"optim.milestones=[{args.decay_epoch}]"]
+    overrides = pretrain_overrides(args.epochs, args.decay_epoch, args.extra)
     config = load_config("tiny", overrides)
     run = args.run
     start = time.perf_counter()

@@ -230,3 +230,17 @@ def test_training_starts_from_the_packaged_file_and_a_resume_does_not_read_it(
     resumed = load_checkpoint(out / "last.pt")
     assert resumed["epoch"] == 2
     assert torch.allclose(resumed["model"]["backbone.specific.visible.0.0.weight"], after["backbone.specific.visible.0.0.weight"], atol=1e-6)
+
+
+def test_pretrain_tiny_applies_extra_overrides_last() -> None:
+    """``--set`` reaches the pretraining config, after (and over) the script's own settings."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import pretrain_tiny
+
+    plain = load_config("tiny", pretrain_tiny.pretrain_overrides(30, 20))
+    extra = load_config("tiny", pretrain_tiny.pretrain_overrides(30, 20, ["data.zoom_p=0.5", "loss.mmd_ramp=0.1"]))
+    assert (plain.train.epochs, tuple(plain.optim.milestones), plain.model.pretrained) == (30, (20,), "none")
+    assert (plain.data.zoom_p, plain.loss.mmd_ramp) == (0.0, 0.25)
+    assert (extra.data.zoom_p, extra.loss.mmd_ramp) == (0.5, 0.1)
