@@ -169,6 +169,11 @@ class OptimConfig:
     warmup_epochs: int = 10
     milestones: tuple[int, ...] = (20, 50)
     gamma: float = 0.1
+    head_only_epochs: int = 0  # the first N epochs train only the BNNeck + classifier (backbone lr 0); not in the method
+
+    def __post_init__(self) -> None:
+        if self.head_only_epochs < 0:
+            raise ConfigError(f"optim.head_only_epochs must be 0 or more, got {self.head_only_epochs}")
 
 
 @dataclass(frozen=True)

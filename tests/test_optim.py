@@ -107,3 +107,46 @@ def test_adam_is_selectable() -> None:
     opt = build_optimizer(TinyNet(), cfg)
     assert isinstance(opt, torch.optim.Adam)
     assert group_lrs(opt) == pytest.approx({"head": 3e-3, "backbone": 3e-4})
+
+
+def test_head_only_epochs_hold_the_backbone_rate_at_zero_then_follow_the_schedule() -> None:
+    cfg = OptimConfig(lr=0.01, head_lr=0.1, warmup_epochs=2, milestones=(4,), head_only_epochs=2)
+    optimizer = build_optimizer(TinyNet(), cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    seen = []
+    for _ in range(6):
+        seen.append(group_lrs(optimizer))
+        optimizer.step()
+        scheduler.step()
+    assert [round(s["backbone"], 6) for s in seen] == [0.0, 0.0, 0.01, 0.01, 0.001, 0.001]
+    assert [round(s["head"], 6) for s in seen] == [0.05, 0.1, 0.1, 0.1, 0.01, 0.01]
+    restored = build_scheduler(build_optimizer(TinyNet(), cfg), cfg)
+    restored.load_state_dict(scheduler.state_dict())  # the per-group factors survive a checkpoint round trip
+    assert restored.last_epoch == scheduler.last_epoch
+    with pytest.raises(Exception, match="optim.head_only_epochs"):
+        OptimConfig(head_only_epochs=-1)
+
+
+def test_head_only_epochs_leave_the_backbone_weights_where_they_started() -> None:
+    """Through a real training step: the backbone's weights stay put, the BNNeck's move (a parsed-but-unused key fails)."""
+    from mclnet_cli.engine.optim import HEAD_GROUP
+
+    model = TinyNet()
+    cfg = OptimConfig(lr=0.5, head_lr=0.5, warmup_epochs=0, milestones=(), head_only_epochs=1, weight_decay=0.1)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def step() -> None:
+        optimizer.zero_grad()
+        feats = model.backbone(torch.randn(4, 3, 6, 6)).mean(dim=(2, 3))
+        model.classifier(model.bnneck(feats)).logsumexp(1).mean().backward()
+        optimizer.step()
+
+    step()
+    assert torch.equal(model.backbone[0].weight, before["backbone.0.weight"])
+    assert not torch.equal(model.classifier.weight, before["classifier.weight"])
+    scheduler.step()
+    step()
+    assert not torch.equal(model.backbone[0].weight, before["backbone.0.weight"])
+    assert {g["name"] for g in optimizer.param_groups} >= {HEAD_GROUP}

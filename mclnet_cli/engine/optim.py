@@ -4,10 +4,14 @@ Two parameter groups: the BNNeck + classifier (``optim.head_lr``, 0.1 in the
 method) and everything else (``optim.lr``, 0.01). The schedule is per epoch: a
 linear warm-up ``lr * (e + 1) / warmup_epochs`` for ``e < warmup_epochs``, then
 ``lr * gamma ** (number of milestones <= e)`` (x0.1 at 20, x0.01 at 50).
+With ``optim.head_only_epochs`` = N (not in the method) the backbone group's rate is
+0 for the first N epochs: a new classifier is fitted on the start's features before
+they move (a fresh classifier's first gradients otherwise reshape a good start).
 """
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_right
 from typing import Any, Sequence
 
@@ -26,6 +30,13 @@ def lr_factor(epoch: int, warmup_epochs: int, milestones: Sequence[int], gamma: 
     if warmup_epochs > 0 and epoch < warmup_epochs:
         return (epoch + 1) / warmup_epochs
     return gamma ** bisect_right(sorted(milestones), epoch)
+
+
+def group_factor(group: str, epoch: int, cfg: OptimConfig) -> float:
+    """Multiplier of ``group``'s base lr at ``epoch``: :func:`lr_factor`, and 0 for the backbone while head-only."""
+    if group == BACKBONE_GROUP and epoch < cfg.head_only_epochs:
+        return 0.0
+    return lr_factor(epoch, cfg.warmup_epochs, tuple(cfg.milestones), cfg.gamma)
 
 
 def parameter_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
@@ -60,13 +71,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
-    """Per-epoch ``LambdaLR``: call ``step()`` once after each epoch."""
-    warmup, milestones, gamma = cfg.warmup_epochs, tuple(cfg.milestones), cfg.gamma
-
-    def factor(epoch: int) -> float:  # a plain function: LambdaLR keeps it out of state_dict
-        return lr_factor(epoch, warmup, milestones, gamma)
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factor)
+    """Per-epoch ``LambdaLR`` (one factor per group, :func:`group_factor`): call ``step()`` once after each epoch."""
+    # plain partials, not lambdas: LambdaLR keeps them out of state_dict
+    factors = [functools.partial(group_factor, str(g.get("name")), cfg=cfg) for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factors)
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
@@ -75,7 +83,7 @@ def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 
 
 # optim.* keys that --resume may change (optim.name may not: the stored optimizer state is of its kind).
-RESUMABLE_KEYS = ("lr", "head_lr", "momentum", "weight_decay", "warmup_epochs", "milestones", "gamma")
+RESUMABLE_KEYS = ("lr", "head_lr", "momentum", "weight_decay", "warmup_epochs", "milestones", "gamma", "head_only_epochs")
 
 
 def retune_after_resume(
@@ -94,10 +102,13 @@ def retune_after_resume(
         return []
     bases = {HEAD_GROUP: cfg.head_lr, BACKBONE_GROUP: cfg.lr}
     scheduler.base_lrs = [float(bases.get(str(group.get("name")), cfg.lr)) for group in optimizer.param_groups]
-    factor = lr_factor(int(scheduler.last_epoch), cfg.warmup_epochs, tuple(cfg.milestones), cfg.gamma)
+    epoch = int(scheduler.last_epoch)
+    scheduler.lr_lambdas = [
+        functools.partial(group_factor, str(g.get("name")), cfg=cfg) for g in optimizer.param_groups
+    ]
     for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
         group["initial_lr"] = base
-        group["lr"] = base * factor
+        group["lr"] = base * group_factor(str(group.get("name")), epoch, cfg)
         if "momentum" in group:
             group["momentum"] = cfg.momentum
         group["weight_decay"] = cfg.weight_decay
