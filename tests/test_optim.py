@@ -120,9 +120,21 @@ def test_head_only_epochs_hold_the_backbone_rate_at_zero_then_follow_the_schedul
         scheduler.step()
     assert [round(s["backbone"], 6) for s in seen] == [0.0, 0.0, 0.01, 0.01, 0.001, 0.001]
     assert [round(s["head"], 6) for s in seen] == [0.05, 0.1, 0.1, 0.1, 0.01, 0.01]
-    restored = build_scheduler(build_optimizer(TinyNet(), cfg), cfg)
-    restored.load_state_dict(scheduler.state_dict())  # the per-group factors survive a checkpoint round trip
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(scheduler.state_dict(), buffer)  # as last.pt holds it: nothing but plain values
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    assert state["lr_lambdas"] == [None, None]
+    optimizer2 = build_optimizer(TinyNet(), cfg)
+    restored = build_scheduler(optimizer2, cfg)
+    restored.load_state_dict(state)
     assert restored.last_epoch == scheduler.last_epoch
+    for _ in range(2):  # and it goes on with the schedule: epochs 6 and 7 at the decayed rate
+        optimizer2.step()
+        restored.step()
+        assert round(group_lrs(optimizer2)["backbone"], 6) == 0.001
     with pytest.raises(Exception, match="optim.head_only_epochs"):
         OptimConfig(head_only_epochs=-1)
 
@@ -149,4 +161,24 @@ def test_head_only_epochs_leave_the_backbone_weights_where_they_started() -> Non
     scheduler.step()
     step()
     assert not torch.equal(model.backbone[0].weight, before["backbone.0.weight"])
-    assert {g["name"] for g in optimizer.param_groups} >= {HEAD_GROUP}
+
+
+def test_resume_applies_a_changed_head_only_epochs_even_to_a_run_older_than_the_key() -> None:
+    from mclnet_cli.engine.optim import retune_after_resume
+
+    old = OptimConfig(lr=0.01, head_lr=0.1, warmup_epochs=0, milestones=(10,))
+    optimizer = build_optimizer(TinyNet(), old)
+    scheduler = build_scheduler(optimizer, old)
+    optimizer.step()
+    scheduler.step()  # epoch 1 reached
+    stored = {"lr": 0.01, "head_lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "warmup_epochs": 0,
+              "milestones": [10], "gamma": 0.1}  # a JSON config from before head_only_epochs: no such key, a list
+    assert retune_after_resume(optimizer, scheduler, stored, old) == []  # nothing changed: no note
+    new = OptimConfig(lr=0.01, head_lr=0.1, warmup_epochs=0, milestones=(10,), head_only_epochs=3)
+    notes = retune_after_resume(optimizer, scheduler, stored, new)
+    assert len(notes) == 1 and "optim.head_only_epochs 0 -> 3" in notes[0]
+    assert group_lrs(optimizer)["backbone"] == 0.0 and group_lrs(optimizer)["head"] == pytest.approx(0.1)
+    for expected in (0.0, 0.01):  # epoch 2 still head-only, epoch 3 the backbone trains
+        optimizer.step()
+        scheduler.step()
+        assert group_lrs(optimizer)["backbone"] == pytest.approx(expected)

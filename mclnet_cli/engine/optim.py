@@ -5,13 +5,13 @@ method) and everything else (``optim.lr``, 0.01). The schedule is per epoch: a
 linear warm-up ``lr * (e + 1) / warmup_epochs`` for ``e < warmup_epochs``, then
 ``lr * gamma ** (number of milestones <= e)`` (x0.1 at 20, x0.01 at 50).
 With ``optim.head_only_epochs`` = N (not in the method) the backbone group's rate is
-0 for the first N epochs: a new classifier is fitted on the start's features before
-they move (a fresh classifier's first gradients otherwise reshape a good start).
+0 for the first N epochs: a new classifier is fitted on the start's weights before
+they move (a fresh classifier's first gradients otherwise reshape a good start). The
+backbone's BatchNorm statistics still follow the new data in those epochs.
 """
 
 from __future__ import annotations
 
-import functools
 from bisect import bisect_right
 from typing import Any, Sequence
 
@@ -72,9 +72,27 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-epoch ``LambdaLR`` (one factor per group, :func:`group_factor`): call ``step()`` once after each epoch."""
-    # plain partials, not lambdas: LambdaLR keeps them out of state_dict
-    factors = [functools.partial(group_factor, str(g.get("name")), cfg=cfg) for g in optimizer.param_groups]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=factors)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=_group_factors(optimizer, cfg))
+
+
+def _group_factors(optimizer: torch.optim.Optimizer, cfg: OptimConfig) -> list:
+    """One factor function per parameter group. Plain functions on purpose: ``LambdaLR.state_dict``
+    stores them as None (a callable object's attributes would be pickled into every checkpoint)."""
+
+    def factor_of(name: str):
+        def factor(epoch: int) -> float:
+            return group_factor(name, epoch, cfg)
+
+        return factor
+
+    return [factor_of(str(group.get("name"))) for group in optimizer.param_groups]
+
+
+def _same(key: str, stored: Any, current: Any) -> bool:
+    """Whether a stored ``optim`` value equals the current one (a JSON list and a tuple alike)."""
+    if key == "milestones":
+        return tuple(stored or ()) == tuple(current)
+    return stored == current
 
 
 def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
@@ -96,16 +114,18 @@ def retune_after_resume(
     recomputed for the epoch reached (the schedule itself always follows ``cfg``).
     Returns one note per change, for the user (e.g. lowering the rate after a NaN stop).
     """
-    stored = dict(stored) if isinstance(stored, dict) else {}
-    changed = [key for key in RESUMABLE_KEYS if key in stored and stored[key] != getattr(cfg, key)]
+    if not isinstance(stored, dict):
+        return []
+    defaults = OptimConfig()
+    # a key the run's config lacks (a run older than the key) had the default's behaviour
+    stored = {key: getattr(defaults, key) for key in RESUMABLE_KEYS} | dict(stored)
+    changed = [key for key in RESUMABLE_KEYS if not _same(key, stored[key], getattr(cfg, key))]
     if not changed:
         return []
     bases = {HEAD_GROUP: cfg.head_lr, BACKBONE_GROUP: cfg.lr}
     scheduler.base_lrs = [float(bases.get(str(group.get("name")), cfg.lr)) for group in optimizer.param_groups]
     epoch = int(scheduler.last_epoch)
-    scheduler.lr_lambdas = [
-        functools.partial(group_factor, str(g.get("name")), cfg=cfg) for g in optimizer.param_groups
-    ]
+    scheduler.lr_lambdas = _group_factors(optimizer, cfg)
     for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
         group["initial_lr"] = base
         group["lr"] = base * group_factor(str(group.get("name")), epoch, cfg)

@@ -679,7 +679,8 @@ def _assess(run: _Run, epoch: int, row: dict[str, Any]) -> health_check.Health:
     verdict = health_check.assess_epoch(
         row, epoch=epoch,
         from_epoch=health_check.check_from_epoch(
-            config.train.epochs, config.optim.warmup_epochs, len(run.loader), config.train.health_from_epoch
+            config.train.epochs, max(config.optim.warmup_epochs, config.optim.head_only_epochs), len(run.loader),
+            config.train.health_from_epoch
         ),
         num_classes=run.loader.num_classes,
         supcon_at_chance=health_check.supcon_chance(
