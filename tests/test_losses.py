@@ -207,7 +207,8 @@ def test_criterion_applies_mmd_bandwidth_setting() -> None:
     loss's with the same setting and differs from the default's."""
     from mclnet_cli.config import load_config
 
-    only_mmd = ["loss.weights.id=0", "loss.weights.supcon=0", "loss.weights.hks=0", "loss.weights.mmd=1", "loss.mmd_ramp=null"]
+    only_mmd = ["loss.weights.id=0", "loss.weights.supcon=0", "loss.weights.hks=0", "loss.weights.mmd=1", "loss.mmd_ramp=null",
+                "loss.mmd_feature=pool"]  # the reference below aligns raw f4
     grads = {}
     for setting in ("detached", "differentiable"):
         crit = Criterion.from_config(load_config("tiny", [*only_mmd, f"loss.mmd_bandwidth={setting}"]).loss)
@@ -253,7 +254,7 @@ def test_criterion_applies_mmd_feature_setting() -> None:
     assert not torch.allclose(grads["pool"], grads["standardized"], atol=1e-4)
     x = torch.randn(6, 4, generator=_gen(61))
     assert torch.allclose(standardize(5 * x - 7), standardize(x), atol=1e-4)
-    assert load_config("tiny").loss.mmd_feature == "pool" and load_config("sysu").loss.mmd_feature == "pool"
+    assert load_config("tiny").loss.mmd_feature == "standardized" and load_config("sysu").loss.mmd_feature == "pool"
     with pytest.raises(ConfigError, match="mmd_feature"):
         load_config("tiny", ["loss.mmd_feature=bn"])
 

@@ -25,6 +25,7 @@ runner = CliRunner()
 FEW_STEPS = [  # a tiny run of 2 steps on a tiny batch (2 ids x 2 images per spectrum)
     "train.epochs=1", "train.steps_per_epoch=2", "data.num_ids=2", "data.num_instances=2", "data.workers=0",
     "train.recalibrate_neck=false", "train.stop_on_collapse=false",
+    "optim.head_only_epochs=0",  # tiny holds the backbone for 2 epochs; these 2 steps must move it
 ]
 
 
