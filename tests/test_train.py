@@ -37,6 +37,7 @@ FAST = [
     "optim.warmup_epochs=2",
     "optim.milestones=[3]",
     "loss.mmd_gate=null",  # every term from the first step, as these tests were written (the gate: test_losses.py)
+    "optim.head_only_epochs=0",  # the backbone trains from the first step too (the hold: test_optim.py)
 ]
 
 

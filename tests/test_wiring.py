@@ -124,8 +124,16 @@ def _expected_term(name: str, out: ModelOutput, labels: torch.Tensor, modalities
     if name == "id":
         return id_loss(out.logits, labels, cfg.label_smoothing)
     if name == "mmd":
-        return mmd_loss(f4[vis], f4[~vis], labels[vis], labels[~vis], cfg.mmd_margin)
+        z = _mmd_input(f4, cfg.mmd_feature)
+        return mmd_loss(z[vis], z[~vis], labels[vis], labels[~vis], cfg.mmd_margin)
     return triplet_loss(f4, labels, modalities, cfg.triplet_margin)
+
+
+def _mmd_input(f4: torch.Tensor, mmd_feature: str) -> torch.Tensor:
+    """What MMD aligns under ``loss.mmd_feature`` (``tiny``: standardised f4; checked in test_losses.py)."""
+    from mclnet_cli.losses.criterion import standardize
+
+    return standardize(f4) if mmd_feature == "standardized" else f4
 
 
 def _default_term(name: str, out: ModelOutput, labels: torch.Tensor, modalities: torch.Tensor) -> torch.Tensor:
@@ -137,8 +145,9 @@ def _default_term(name: str, out: ModelOutput, labels: torch.Tensor, modalities:
         return hks_loss([out.features[s] for s in SCALES])
     if name == "id":
         return id_loss(out.logits, labels)
-    if name == "mmd":
-        return mmd_loss(f4[vis], f4[~vis], labels[vis], labels[~vis])
+    if name == "mmd":  # the same MMD input as the config's, so only the margin differs
+        z = _mmd_input(f4, load_config("tiny", LOSS_SETTINGS).loss.mmd_feature)
+        return mmd_loss(z[vis], z[~vis], labels[vis], labels[~vis])
     return triplet_loss(f4, labels, modalities)
 
 
