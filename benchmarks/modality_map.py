@@ -27,27 +27,34 @@ DIRECTIONS = (("infrared", "visible"), ("visible", "visible"), ("infrared", "inf
 def direction_map(
     query: np.ndarray, gallery: np.ndarray, q_pids: np.ndarray, g_pids: np.ndarray, q_cams: np.ndarray,
     g_cams: np.ndarray,
-) -> float:
-    """mAP (percent) of L2-normalised ``query`` against ``gallery``, the query's own camera excluded."""
+) -> tuple[float, int]:
+    """mAP (percent) of L2-normalised ``query`` against ``gallery``, the query's own camera excluded, and how
+    many queries kept a true match (the others are not in the mean)."""
     from mclnet_cli.metrics.ranking import evaluate_ranking
 
     distmat = 1.0 - query @ gallery.T
     valid = q_cams[:, None] != g_cams[None, :]
-    return 100.0 * float(evaluate_ranking(distmat, q_pids, g_pids, valid_mask=valid).mAP)
+    result = evaluate_ranking(distmat, q_pids, g_pids, valid_mask=valid)
+    return 100.0 * float(result.mAP), int(result.num_valid)
 
 
-def modality_maps(checkpoint: Path, prepared: Path, feature: str = "bn", seed: int = 0) -> dict[str, dict[str, float]]:
-    """``{"infrared->visible": {"mAP": .., "chance": ..}, ...}`` over the test split of ``prepared``."""
+def modality_maps(
+    checkpoint: Path, prepared: Path, feature: str = "bn", seed: int = 0, draws: int = 5,
+) -> dict[str, dict[str, float]]:
+    """``{"infrared->visible": {"mAP": .., "chance": .., "queries": ..}, ...}`` over the test split of
+    ``prepared``; chance is the mean over ``draws`` sets of random features."""
     from mclnet_cli.data.records import load_prepared
     from mclnet_cli.engine.checkpoint import load_model
     from mclnet_cli.engine.evaluate import embed_samples, l2_normalise
 
     samples = load_prepared(prepared).samples
     test = [i for i, s in enumerate(samples) if s.split == "test"]
+    if not test or any(samples[i].cam < 0 for i in test):
+        raise SystemExit(f"{prepared}: needs test images with known cameras (the own camera is excluded)")
     arrays, rows = embed_samples(load_model(checkpoint), samples, test, batch_size=64, device="cpu", features=(feature,))
     features = l2_normalise(arrays[feature])
     rng = np.random.default_rng(seed)
-    random = l2_normalise(rng.normal(size=features.shape).astype(np.float32))
+    randoms = [l2_normalise(rng.normal(size=features.shape).astype(np.float32)) for _ in range(draws)]
 
     def part(modality: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         chosen = [i for i in test if samples[i].modality.value == modality]
@@ -56,10 +63,9 @@ def modality_maps(checkpoint: Path, prepared: Path, feature: str = "bn", seed: i
     out: dict[str, dict[str, float]] = {}
     for q_mod, g_mod in DIRECTIONS:
         (q_rows, q_pids, q_cams), (g_rows, g_pids, g_cams) = part(q_mod), part(g_mod)
-        out[f"{q_mod}->{g_mod}"] = {
-            "mAP": direction_map(features[q_rows], features[g_rows], q_pids, g_pids, q_cams, g_cams),
-            "chance": direction_map(random[q_rows], random[g_rows], q_pids, g_pids, q_cams, g_cams),
-        }
+        score, queries = direction_map(features[q_rows], features[g_rows], q_pids, g_pids, q_cams, g_cams)
+        chance = [direction_map(r[q_rows], r[g_rows], q_pids, g_pids, q_cams, g_cams)[0] for r in randoms]
+        out[f"{q_mod}->{g_mod}"] = {"mAP": score, "chance": float(np.mean(chance)), "queries": queries}
     return out
 
 
@@ -68,17 +74,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("prepared", type=Path)
     parser.add_argument("--feature", default="bn", choices=("bn", "pool"))
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random features")
+    parser.add_argument("--draws", type=int, default=5, help="sets of random features averaged for chance")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     import torch
 
-    torch.set_num_threads(1)
-    result = modality_maps(args.checkpoint, args.prepared, args.feature)
+    torch.set_num_threads(args.threads)
+    result = modality_maps(args.checkpoint, args.prepared, args.feature, args.seed, args.draws)
     if args.json:
         print(json.dumps(result))
     else:
         for name, row in result.items():
-            print(f"{name:22s} mAP {row['mAP']:5.1f}  chance {row['chance']:5.1f}  ({row['mAP'] / row['chance']:.2f}x)")
+            print(f"{name:22s} mAP {row['mAP']:5.1f}  chance {row['chance']:5.1f}  ({row['mAP'] / row['chance']:.2f}x, "
+                  f"{row['queries']} queries)")
     return 0
 
 

@@ -104,3 +104,21 @@ def test_bench_archive_redraws_chunks_and_its_recall_matches_exact_search(tmp_pa
     by_nprobe = {row["nprobe"]: row["recall_at_10"] for row in result["search"]}
     assert by_nprobe[max(by_nprobe)] == 1.0  # every cell probed: exact
     assert result["build_peak_anon_mb"] > 0
+
+
+def test_modality_map_excludes_the_query_camera_and_equals_a_hand_ap() -> None:
+    """benchmarks/modality_map.py: with the own camera excluded a query never finds itself, and the mAP
+    is the mean of hand-computed average precisions over the queries that keep a match."""
+    import numpy as np
+    import modality_map
+
+    # 3 images, unit vectors; pids 1, 1, 2; cameras 1, 2, 2. Query 0 (cam 1) ranks 1 then 2: AP 1 (pid 1 first).
+    # Query 1 (cam 2) sees only image 0 (other camera): AP 1. Query 2 (cam 2) sees only image 0 (pid 1): no match.
+    x = np.array([[1.0, 0.0], [0.9, np.sqrt(1 - 0.81)], [0.0, 1.0]], dtype=np.float32)
+    pids, cams = np.array([1, 1, 2]), np.array([1, 2, 2])
+    score, queries = modality_map.direction_map(x, x, pids, pids, cams, cams)
+    assert (score, queries) == (100.0, 2)
+    # now image 2 closer to query 0 than its match: ranked list [2, 1], AP of query 0 = 1/2
+    y = np.array([[1.0, 0.0], [0.0, 1.0], [0.95, np.sqrt(1 - 0.9025)]], dtype=np.float32)
+    score, queries = modality_map.direction_map(y, y, pids, pids, cams, cams)
+    assert queries == 2 and score == pytest.approx(100.0 * (0.5 + 1.0) / 2)

@@ -92,7 +92,8 @@ def test_assess_epoch_names_each_sign_of_collapse() -> None:
 
 
 def test_check_from_epoch_defaults() -> None:
-    assert health.check_from_epoch(16, 1, 100) == 4  # tiny: after a quarter of the schedule (step 500)
+    assert health.check_from_epoch(16, 1, 100) == 4  # after a quarter of the schedule (step 500)
+    assert health.check_from_epoch(16, 2, 100) == 4  # tiny: its warm-up is its 2 head-only epochs (train.py)
     assert health.check_from_epoch(151, 10, 350) == 38  # the recipe
     assert health.check_from_epoch(8, 1, 25) >= 8  # the quick demo's 200 steps: never judged
     assert health.check_from_epoch(2, 1, 10, configured=0) == 0

@@ -40,7 +40,12 @@ HEAD_MARGIN = 0.05
 AUGMENTATION_OFF = ("data.erasing_p=0", "data.spectrum_p=0", "data.pseudo_infrared_p=0")
 # ... and every term from the first step: the preset's MMD gate (docs/method.md, finding 9) would keep
 # MMD out of all 60 steps, and the margins above were measured with the whole objective
-WHOLE_OBJECTIVE = ("loss.mmd_gate=null",)
+WHOLE_OBJECTIVE = (
+    "loss.mmd_gate=null",
+    # the margins below were measured before tiny's head-only start and standardised MMD (2026-12-07):
+    # every step trains the backbone and MMD aligns raw f4, as then
+    "optim.head_only_epochs=0", "loss.mmd_feature=pool",
+)
 
 
 # --------------------------------------------------------------- feature statistics

@@ -244,3 +244,25 @@ def test_pretrain_tiny_applies_extra_overrides_last() -> None:
     assert (plain.train.epochs, tuple(plain.optim.milestones), plain.model.pretrained) == (30, (20,), "none")
     assert (plain.data.zoom_p, plain.loss.mmd_ramp) == (0.0, 0.25)
     assert (extra.data.zoom_p, extra.loss.mmd_ramp) == (0.5, 0.1)
+
+
+def test_tinys_first_epochs_train_the_neck_and_classifier_on_the_start(prepared_dataset: Path, tmp_path: Path) -> None:
+    """``tiny`` holds the backbone for its first 2 epochs (``optim.head_only_epochs``): through ``fit`` at the
+    preset's rates, an epoch leaves every backbone weight at the shipped start's and moves the neck's; the
+    third epoch moves the backbone. A preset key parsed but not applied fails here."""
+    from mclnet_cli.engine.checkpoint import load_checkpoint
+    from mclnet_cli.engine.train import fit
+
+    assert load_config("tiny").optim.head_only_epochs == 2
+    shipped = read_packaged("synthetic")["state"]
+    fast = ["train.steps_per_epoch=2", "data.num_ids=2", "data.num_instances=2", "data.workers=0",
+            "train.recalibrate_neck=false", "train.eval_every=0", "train.stop_on_collapse=false"]
+    out = tmp_path / "run"
+    fit(load_config("tiny", [*fast, "train.epochs=2"]), prepared_dataset, out, device="cpu")
+    held = load_checkpoint(out / "last.pt")["model"]
+    conv = [k for k in shipped if k.startswith("backbone.") and k.endswith(".weight") and shipped[k].ndim == 4]
+    assert conv and all(torch.equal(held[k], shipped[k].float()) for k in conv)
+    assert not torch.allclose(held["neck.bn.weight"], shipped["neck.bn.weight"].float(), atol=1e-4)
+    fit(load_config("tiny", [*fast, "train.epochs=3"]), prepared_dataset, out, device="cpu", resume=True)
+    moved = load_checkpoint(out / "last.pt")["model"]
+    assert any(not torch.allclose(moved[k], held[k], atol=1e-6) for k in conv)
