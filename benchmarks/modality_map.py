@@ -30,9 +30,10 @@ def direction_map(
 ) -> tuple[float, int]:
     """mAP (percent) of L2-normalised ``query`` against ``gallery``, the query's own camera excluded, and how
     many queries kept a true match (the others are not in the mean)."""
+    from mclnet_cli.engine.evaluate import trial_distances
     from mclnet_cli.metrics.ranking import evaluate_ranking
 
-    distmat = 1.0 - query @ gallery.T
+    distmat = trial_distances(query, gallery)  # 1 - cosine, as evaluate scores a trial
     valid = q_cams[:, None] != g_cams[None, :]
     result = evaluate_ranking(distmat, q_pids, g_pids, valid_mask=valid)
     return 100.0 * float(result.mAP), int(result.num_valid)

@@ -136,8 +136,11 @@ def _mmd_input(f4: torch.Tensor, mmd_feature: str) -> torch.Tensor:
     return standardize(f4) if mmd_feature == "standardized" else f4
 
 
-def _default_term(name: str, out: ModelOutput, labels: torch.Tensor, modalities: torch.Tensor) -> torch.Tensor:
-    """The same term with the functional loss's default setting (what a criterion ignoring the config gives)."""
+def _default_term(
+    name: str, out: ModelOutput, labels: torch.Tensor, modalities: torch.Tensor, mmd_feature: str = "pool"
+) -> torch.Tensor:
+    """The same term with the functional loss's default setting (what a criterion ignoring the config gives);
+    MMD on the config's input (``mmd_feature``), so only its margin differs."""
     f4, vis = out.features["layer4"], modalities == 0
     if name == "supcon":
         return sum(supcon_loss(out.features[s], labels) for s in SCALES)
@@ -145,8 +148,8 @@ def _default_term(name: str, out: ModelOutput, labels: torch.Tensor, modalities:
         return hks_loss([out.features[s] for s in SCALES])
     if name == "id":
         return id_loss(out.logits, labels)
-    if name == "mmd":  # the same MMD input as the config's, so only the margin differs
-        z = _mmd_input(f4, load_config("tiny", LOSS_SETTINGS).loss.mmd_feature)
+    if name == "mmd":
+        z = _mmd_input(f4, mmd_feature)
         return mmd_loss(z[vis], z[~vis], labels[vis], labels[~vis])
     return triplet_loss(f4, labels, modalities)
 
@@ -162,7 +165,7 @@ def test_criterion_passes_configured_settings_to_each_loss(term: str) -> None:
     expected = _expected_term(term, out, labels, modalities, cfg)
     assert parts[term].item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-7)
     # the setting matters on this input, so a criterion ignoring it would be caught
-    assert abs(expected.item() - _default_term(term, out, labels, modalities).item()) > 1e-3
+    assert abs(expected.item() - _default_term(term, out, labels, modalities, cfg.mmd_feature).item()) > 1e-3
 
 
 # ----------------------------------------------------------------------------- 3: training loader slots
